@@ -1,0 +1,10 @@
+//! The cache proper: keys, the bounded store, the storage policy and
+//! single-flight coalescing of misses.
+
+pub mod flight;
+pub mod key;
+pub mod policy;
+pub mod store;
+
+pub use key::{CacheKey, RequestIdentity};
+pub use store::{Entry, Lookup, Store};

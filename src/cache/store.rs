@@ -1,0 +1,321 @@
+//! The bounded in-memory store: complete answers by [`CacheKey`], on quick_cache.
+//!
+//! Two bounds hold at all times, with one weight budget: every entry weighs
+//! the larger of its bytes and `max_bytes / maxsize` (the *unit*), and the
+//! budget is at most `maxsize` units, so neither the entry count nor the
+//! bytes can pass their limit. quick_cache's S3-FIFO policy picks victims
+//! (scan resistant: a burst of one-off keys does not flush the hot set).
+//! TTL is ours: an entry past `expires_at` is never returned, and
+//! [`Store::purge_expired`] (run by a background task) removes such entries
+//! so `len` counts live ones.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+
+use super::key::CacheKey;
+
+/// A complete upstream answer, shared by every hit (the body is never copied).
+#[derive(Debug)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// End-to-end headers only; hop-by-hop ones are dropped before storing.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub route: Arc<str>,
+    /// `route METHOD path?query body`, matched by `invalidate`.
+    pub description: String,
+    pub stored_at: Instant,
+    pub expires_at: Instant,
+    /// The upstream's own `Age` when the answer arrived, in seconds.
+    pub initial_age: u64,
+    /// How long the upstream took to produce this answer.
+    pub upstream_time: Duration,
+}
+
+/// Bookkeeping bytes per entry beyond body, headers and description.
+const ENTRY_OVERHEAD: u64 = 256;
+
+impl Entry {
+    /// Bytes this entry holds in memory, as counted against `max_bytes`.
+    pub fn size(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        self.body.len() as u64 + self.description.len() as u64 + headers as u64 + ENTRY_OVERHEAD
+    }
+
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        now < self.expires_at
+    }
+
+    /// `Age` in seconds (RFC 9111 §4.2.3: the upstream's age plus our residence).
+    pub fn age(&self, now: Instant) -> u64 {
+        self.initial_age + now.saturating_duration_since(self.stored_at).as_secs()
+    }
+
+    pub fn ttl_left(&self, now: Instant) -> Duration {
+        self.expires_at.saturating_duration_since(now)
+    }
+}
+
+#[derive(Clone)]
+struct EntryWeighter {
+    unit: u64,
+}
+
+impl Weighter<CacheKey, Arc<Entry>> for EntryWeighter {
+    fn weight(&self, _key: &CacheKey, entry: &Arc<Entry>) -> u64 {
+        entry.size().max(self.unit)
+    }
+}
+
+/// Counts evictions (quick_cache reports them through its lifecycle hooks).
+#[derive(Clone, Default)]
+struct EvictionCounter(Arc<AtomicU64>);
+
+impl Lifecycle<CacheKey, Arc<Entry>> for EvictionCounter {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: CacheKey, _entry: Arc<Entry>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub enum Lookup {
+    Fresh(Arc<Entry>),
+    Miss,
+}
+
+pub struct Store {
+    entries: Cache<CacheKey, Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>,
+    evictions: Arc<AtomicU64>,
+    /// Entries dropped because their TTL ran out (on lookup or by the purge).
+    expirations: AtomicU64,
+    maxsize: u64,
+    max_bytes: u64,
+    /// The heaviest entry a shard can take; larger answers are not stored.
+    max_entry_bytes: u64,
+}
+
+impl Store {
+    pub fn new(maxsize: u64, max_bytes: u64, max_object_bytes: u64) -> Self {
+        let maxsize = maxsize.max(1);
+        let unit = (max_bytes / maxsize).max(1);
+        // Shards split both budgets; keep each holding >= 32 entries (else
+        // quick_cache merges shards itself) and able to take one whole
+        // max-size object.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let mut shards = (cores * 4).min(maxsize / 32).max(1).next_power_of_two();
+        while shards > 1 && (shards * 32 > maxsize || (maxsize / shards) * unit < max_object_bytes) {
+            shards /= 2;
+        }
+        let shard_weight = (maxsize / shards) * unit;
+        let evictions = Arc::new(AtomicU64::new(0));
+        let options = OptionsBuilder::new()
+            .shards(shards as usize)
+            .estimated_items_capacity(maxsize as usize)
+            .weight_capacity(shard_weight * shards)
+            .build()
+            .expect("store options are valid");
+        let entries = Cache::with_options(
+            options,
+            EntryWeighter { unit },
+            DefaultHashBuilder::default(),
+            EvictionCounter(evictions.clone()),
+        );
+        debug_assert_eq!(entries.num_shards() as u64, shards);
+        Self {
+            entries,
+            evictions,
+            expirations: AtomicU64::new(0),
+            maxsize,
+            max_bytes,
+            max_entry_bytes: shard_weight.min(max_object_bytes),
+        }
+    }
+
+    pub fn get(&self, key: &CacheKey, now: Instant) -> Lookup {
+        match self.entries.get(key) {
+            Some(entry) if entry.is_fresh(now) => Lookup::Fresh(entry),
+            Some(_) => {
+                if self.entries.remove_if(key, |e| !e.is_fresh(now)).is_some() {
+                    self.expirations.fetch_add(1, Ordering::Relaxed);
+                }
+                Lookup::Miss
+            }
+            None => Lookup::Miss,
+        }
+    }
+
+    /// Stores `entry` unless it is heavier than one entry may be; says which.
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) -> bool {
+        if entry.size() > self.max_entry_bytes {
+            return false;
+        }
+        self.entries.insert(key, entry);
+        true
+    }
+
+    /// Removes every entry; returns how many there were.
+    pub fn clear(&self) -> usize {
+        let before = self.entries.len();
+        self.entries.clear();
+        before
+    }
+
+    /// Removes the entries whose description contains `pattern`; returns how many.
+    pub fn invalidate(&self, pattern: &str) -> usize {
+        let removed = AtomicUsize::new(0);
+        self.entries.retain(|_, entry| {
+            let keep = !entry.description.contains(pattern);
+            if !keep {
+                removed.fetch_add(1, Ordering::Relaxed);
+            }
+            keep
+        });
+        removed.into_inner()
+    }
+
+    /// Removes entries whose TTL has run out; returns how many.
+    pub fn purge_expired(&self, now: Instant) -> usize {
+        let removed = AtomicUsize::new(0);
+        self.entries.retain(|_, entry| {
+            let fresh = entry.is_fresh(now);
+            if !fresh {
+                removed.fetch_add(1, Ordering::Relaxed);
+            }
+            fresh
+        });
+        let removed = removed.into_inner();
+        self.expirations.fetch_add(removed as u64, Ordering::Relaxed);
+        removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes held by live entries (walks the store: for stats, not the hot path).
+    pub fn bytes(&self) -> u64 {
+        self.entries.iter().map(|(_, entry)| entry.size()).sum()
+    }
+
+    pub fn maxsize(&self) -> u64 {
+        self.maxsize
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.max_entry_bytes
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    pub fn expirations(&self) -> u64 {
+        self.expirations.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(body_len: usize, description: &str, ttl: Duration) -> Arc<Entry> {
+        let now = Instant::now();
+        Arc::new(Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from(vec![b'x'; body_len]),
+            route: "r".into(),
+            description: description.into(),
+            stored_at: now,
+            expires_at: now + ttl,
+            initial_age: 0,
+            upstream_time: Duration::ZERO,
+        })
+    }
+
+    fn key(i: u32) -> CacheKey {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&i.to_le_bytes());
+        bytes[4..8].copy_from_slice(&i.wrapping_mul(2654435761).to_le_bytes());
+        CacheKey::from_bytes(bytes)
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn entry_count_never_passes_maxsize() {
+        let store = Store::new(100, 1 << 30, 1 << 20);
+        for i in 0..5_000 {
+            store.insert(key(i), entry(10, "d", HOUR));
+            assert!(store.len() <= 100);
+        }
+        assert!(store.len() > 50, "store keeps most of its capacity: {}", store.len());
+        assert!(store.evictions() > 0);
+    }
+
+    #[test]
+    fn bytes_never_pass_max_bytes() {
+        let store = Store::new(1000, 1 << 20, 64 << 10);
+        for i in 0..2_000 {
+            store.insert(key(i), entry(40_000, "d", HOUR));
+            assert!(store.bytes() <= 1 << 20);
+        }
+        assert!(store.len() >= 10);
+    }
+
+    #[test]
+    fn oversized_entries_are_refused() {
+        let store = Store::new(1000, 1 << 20, 1000);
+        assert!(!store.insert(key(1), entry(5000, "d", HOUR)));
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn expired_entries_are_never_returned() {
+        let store = Store::new(100, 1 << 20, 1 << 10);
+        store.insert(key(1), entry(1, "d", Duration::from_millis(1)));
+        let later = Instant::now() + Duration::from_secs(1);
+        assert!(matches!(store.get(&key(1), later), Lookup::Miss));
+        assert_eq!(store.len(), 0);
+        assert_eq!(store.expirations(), 1);
+    }
+
+    #[test]
+    fn purge_removes_only_expired_entries() {
+        let store = Store::new(100, 1 << 20, 1 << 10);
+        store.insert(key(1), entry(1, "a", Duration::from_millis(1)));
+        store.insert(key(2), entry(1, "b", HOUR));
+        assert_eq!(store.purge_expired(Instant::now() + Duration::from_secs(1)), 1);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn invalidate_matches_descriptions() {
+        let store = Store::new(100, 1 << 20, 1 << 10);
+        store.insert(key(1), entry(1, r#"get_metrics POST /api/metrics {"org":"Vale"}"#, HOUR));
+        store.insert(key(2), entry(1, r#"get_actions POST /api/actions {"org":"Vale"}"#, HOUR));
+        store.insert(key(3), entry(1, r#"get_metrics POST /api/metrics {"org":"Acme"}"#, HOUR));
+        assert_eq!(store.invalidate("Vale"), 2);
+        assert_eq!(store.invalidate("get_metrics"), 1);
+        assert_eq!(store.len(), 0);
+    }
+}

@@ -1,0 +1,563 @@
+//! Configuration: clap flags and env vars ([`Cli`]) over `proxy.toml`
+//! ([`FileConfig`]) over defaults, resolved once into a validated [`Config`].
+//!
+//! Precedence is flags > env > file > defaults. clap resolves the first two
+//! (every flag names its env var), [`Config::resolve`] applies the file and
+//! the defaults and validates everything, so nothing downstream re-reads the
+//! environment or re-checks a value. Errors name the flag or file field at
+//! fault.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::builder::BoolishValueParser;
+use clap::Parser;
+use http::{StatusCode, Uri};
+use serde::{Deserialize, Serialize};
+
+use crate::routes::{Route, RouteTable};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
+pub const DEFAULT_TTL: Duration = Duration::from_secs(4 * 3600);
+pub const DEFAULT_MAXSIZE: u64 = 1000;
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Command line flags; each also reads the env var it names.
+#[derive(Debug, Default, Parser)]
+#[command(name = "dashcache", version, about = "Caching reverse proxy for slow analytics APIs")]
+pub struct Cli {
+    /// TOML configuration file (see proxy.toml).
+    #[arg(long, value_name = "FILE", env = "DASHCACHE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", env = "DASHCACHE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Backend base URL, http:// or https://.
+    #[arg(long, value_name = "URL", env = "DASHCACHE_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// Default time to live: seconds, or a duration such as "4h".
+    #[arg(long, value_name = "SECONDS", env = "CACHE_TTL", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+
+    /// Maximum number of cached entries.
+    #[arg(long, value_name = "N", env = "CACHE_MAXSIZE")]
+    pub maxsize: Option<u64>,
+
+    /// Turn caching on or off (off: pure pass-through).
+    #[arg(long, value_name = "BOOL", env = "CACHE_ENABLED", value_parser = BoolishValueParser::new())]
+    pub cache_enabled: Option<bool>,
+
+    /// Bound on the bytes held by the store, e.g. "256MiB".
+    #[arg(long, value_name = "SIZE", env = "DASHCACHE_MAX_BYTES")]
+    pub max_bytes: Option<ByteSize>,
+
+    /// Largest answer that is cached; larger ones stream through.
+    #[arg(long, value_name = "SIZE", env = "DASHCACHE_MAX_OBJECT_BYTES")]
+    pub max_object_bytes: Option<ByteSize>,
+
+    /// Largest request body accepted (413 beyond).
+    #[arg(long, value_name = "SIZE", env = "DASHCACHE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<ByteSize>,
+
+    /// Time allowed to open a connection to the upstream.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+
+    /// Time allowed for the upstream's response head, and between body chunks.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_UPSTREAM_TIMEOUT", value_parser = parse_duration)]
+    pub upstream_timeout: Option<Duration>,
+
+    /// Extra PEM CA bundle trusted for an https upstream.
+    #[arg(long, value_name = "FILE", env = "DASHCACHE_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
+
+    /// Bearer token required by the admin API's mutations.
+    #[arg(long, value_name = "TOKEN", env = "CACHE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Log filter, e.g. "info" or "dashcache=debug" (default: RUST_LOG, else info).
+    #[arg(long, value_name = "FILTER", env = "DASHCACHE_LOG")]
+    pub log_level: Option<String>,
+
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check: bool,
+
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Seconds ("14400") or a humantime duration ("4h", "90s", "1h 30m").
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; expected seconds or a duration such as \"4h\" or \"90s\""))
+}
+
+/// A duration in the file: an integer of seconds or a string such as "4h".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for FileDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom("expected seconds or a duration string such as \"4h\"")
+        })? {
+            Raw::Seconds(s) => Ok(Self(Duration::from_secs(s))),
+            Raw::Text(t) => parse_duration(&t).map(Self).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for FileDuration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// `proxy.toml` as written: every field optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    #[serde(default)]
+    pub cache: FileCache,
+    #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCache {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxsize: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_object_bytes: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cacheable_statuses: Option<Vec<u16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub honor_client_no_cache: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purge_interval: Option<FileDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub name: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
+}
+
+/// Where and how to reach the backend.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Scheme and authority, e.g. `https://api.internal:8443`.
+    pub origin: Uri,
+    /// Path prefix joined before every request path ("" for none).
+    pub base_path: String,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// The URL as the operator wrote it, for messages.
+    pub fn display(&self) -> String {
+        format!("{}{}", self.origin.to_string().trim_end_matches('/'), self.base_path)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub maxsize: u64,
+    pub max_bytes: u64,
+    pub max_object_bytes: u64,
+    pub cacheable_statuses: Vec<StatusCode>,
+    pub honor_client_no_cache: bool,
+    pub purge_interval: Duration,
+}
+
+/// The validated configuration every other module reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub routes: RouteTable,
+    pub max_body_bytes: u64,
+    pub admin_token: Option<String>,
+    pub shutdown_timeout: Duration,
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// Flags and env from `cli`, then the file it names (if any), then defaults.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(cli, file, cli.config.clone())
+    }
+
+    pub fn resolve(cli: &Cli, file: FileConfig, source: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let fc = file.cache;
+        let listen = cli
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default listen address parses"));
+        let upstream_text = cli
+            .upstream
+            .clone()
+            .or(file.upstream)
+            .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
+        let (origin, base_path) = parse_upstream(&upstream_text)?;
+        let ca_file = cli.upstream_ca_file.clone().or(file.upstream_ca_file);
+        if let Some(path) = &ca_file {
+            if !path.is_file() {
+                return Err(ConfigError::invalid(
+                    "upstream_ca_file",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+        let upstream = UpstreamConfig {
+            origin,
+            base_path,
+            ca_file,
+            connect_timeout: positive(
+                "connect_timeout",
+                cli.connect_timeout.or(file.connect_timeout.map(|d| d.0)),
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            timeout: positive(
+                "upstream_timeout",
+                cli.upstream_timeout.or(file.upstream_timeout.map(|d| d.0)),
+                DEFAULT_UPSTREAM_TIMEOUT,
+            )?,
+        };
+
+        let maxsize = cli.maxsize.or(fc.maxsize).unwrap_or(DEFAULT_MAXSIZE);
+        if maxsize == 0 {
+            return Err(ConfigError::invalid("cache.maxsize (CACHE_MAXSIZE, --maxsize)", "must be at least 1"));
+        }
+        let max_bytes = cli.max_bytes.or(fc.max_bytes).map_or(DEFAULT_MAX_BYTES, |b| b.0);
+        let max_object_bytes = cli
+            .max_object_bytes
+            .or(fc.max_object_bytes)
+            .map_or(DEFAULT_MAX_OBJECT_BYTES, |b| b.0);
+        if max_bytes == 0 {
+            return Err(ConfigError::invalid("cache.max_bytes", "must be greater than zero"));
+        }
+        if max_object_bytes == 0 || max_object_bytes > max_bytes {
+            return Err(ConfigError::invalid(
+                "cache.max_object_bytes",
+                format!("must be between 1 byte and cache.max_bytes ({})", ByteSize(max_bytes)),
+            ));
+        }
+        let cacheable_statuses = fc
+            .cacheable_statuses
+            .unwrap_or_else(|| vec![200])
+            .into_iter()
+            .map(|code| {
+                StatusCode::from_u16(code)
+                    .ok()
+                    .filter(|s| !s.is_informational())
+                    .ok_or_else(|| {
+                        ConfigError::invalid("cache.cacheable_statuses", format!("{code} is not a final HTTP status"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cache = CacheConfig {
+            enabled: cli.cache_enabled.or(fc.enabled).unwrap_or(true),
+            ttl: positive(
+                "cache.ttl (CACHE_TTL, --ttl)",
+                cli.ttl.or(fc.ttl.map(|d| d.0)),
+                DEFAULT_TTL,
+            )?,
+            maxsize,
+            max_bytes,
+            max_object_bytes,
+            cacheable_statuses,
+            honor_client_no_cache: fc.honor_client_no_cache.unwrap_or(false),
+            purge_interval: positive(
+                "cache.purge_interval",
+                fc.purge_interval.map(|d| d.0),
+                DEFAULT_PURGE_INTERVAL,
+            )?,
+        };
+
+        let routes = file
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Route::from_file(r).map_err(|reason| ConfigError::invalid(format!("route[{i}]"), reason)))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let admin_token = cli.admin_token.clone().or(file.admin_token).filter(|t| !t.is_empty());
+
+        Ok(Self {
+            listen,
+            upstream,
+            cache,
+            routes: RouteTable::new(routes),
+            max_body_bytes: cli.max_body_bytes.or(file.max_body_bytes).map_or(DEFAULT_MAX_BODY_BYTES, |b| b.0),
+            admin_token,
+            shutdown_timeout: file.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+            source,
+        })
+    }
+
+    /// The effective configuration in `proxy.toml` form (the token redacted).
+    pub fn to_toml(&self) -> String {
+        let file = FileConfig {
+            listen: Some(self.listen),
+            upstream: Some(self.upstream.display()),
+            upstream_ca_file: self.upstream.ca_file.clone(),
+            connect_timeout: Some(FileDuration(self.upstream.connect_timeout)),
+            upstream_timeout: Some(FileDuration(self.upstream.timeout)),
+            shutdown_timeout: Some(FileDuration(self.shutdown_timeout)),
+            max_body_bytes: Some(ByteSize(self.max_body_bytes)),
+            admin_token: self.admin_token.as_ref().map(|_| "<redacted>".to_owned()),
+            cache: FileCache {
+                enabled: Some(self.cache.enabled),
+                ttl: Some(FileDuration(self.cache.ttl)),
+                maxsize: Some(self.cache.maxsize),
+                max_bytes: Some(ByteSize(self.cache.max_bytes)),
+                max_object_bytes: Some(ByteSize(self.cache.max_object_bytes)),
+                cacheable_statuses: Some(self.cache.cacheable_statuses.iter().map(|s| s.as_u16()).collect()),
+                honor_client_no_cache: Some(self.cache.honor_client_no_cache),
+                purge_interval: Some(FileDuration(self.cache.purge_interval)),
+            },
+            routes: self.routes.iter().map(Route::to_file).collect(),
+        };
+        toml::to_string_pretty(&file).expect("effective config serialises")
+    }
+}
+
+impl FileConfig {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+fn positive(field: &str, value: Option<Duration>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        Some(d) if d.is_zero() => Err(ConfigError::invalid(field, "must be greater than zero")),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    }
+}
+
+/// Splits an upstream URL into its origin (scheme + authority) and path prefix.
+fn parse_upstream(text: &str) -> Result<(Uri, String), ConfigError> {
+    const FIELD: &str = "upstream (DASHCACHE_UPSTREAM, --upstream)";
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| ConfigError::invalid(FIELD, format!("{text:?} is not a URL: {e}")))?;
+    let scheme = uri.scheme_str().unwrap_or_default();
+    if scheme != "http" && scheme != "https" {
+        return Err(ConfigError::invalid(
+            FIELD,
+            format!("{text:?} must start with http:// or https://"),
+        ));
+    }
+    let Some(authority) = uri.authority().cloned() else {
+        return Err(ConfigError::invalid(FIELD, format!("{text:?} has no host")));
+    };
+    if uri.query().is_some() {
+        return Err(ConfigError::invalid(FIELD, format!("{text:?} must not carry a query")));
+    }
+    let origin = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query("/")
+        .build()
+        .map_err(|e| ConfigError::invalid(FIELD, e.to_string()))?;
+    Ok((origin, uri.path().trim_end_matches('/').to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(cli: Cli, toml_text: &str) -> Result<Config, ConfigError> {
+        let file = FileConfig::parse(toml_text, Path::new("test.toml"))?;
+        Config::resolve(&cli, file, None)
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let config = resolve(Cli::default(), "").unwrap();
+        assert_eq!(config.cache.ttl, Duration::from_secs(14400));
+        assert_eq!(config.cache.maxsize, 1000);
+        assert!(config.cache.enabled);
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.upstream.display(), "http://127.0.0.1:8000");
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_strings() {
+        let config = resolve(Cli::default(), "[cache]\nttl = \"90s\"\n").unwrap();
+        assert_eq!(config.cache.ttl, Duration::from_secs(90));
+        let config = resolve(Cli::default(), "[cache]\nttl = 7200\n").unwrap();
+        assert_eq!(config.cache.ttl, Duration::from_secs(7200));
+        assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(14400)));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let cli = Cli {
+            ttl: Some(Duration::from_secs(60)),
+            ..Cli::default()
+        };
+        let config = resolve(cli, "[cache]\nttl = \"2h\"\nmaxsize = 5\n").unwrap();
+        assert_eq!(config.cache.ttl, Duration::from_secs(60));
+        assert_eq!(config.cache.maxsize, 5);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = resolve(Cli::default(), "[cache]\nttll = 5\n").unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("ttll"), "{chain}");
+    }
+
+    #[test]
+    fn a_bad_ttl_names_the_field() {
+        let err = resolve(Cli::default(), "[cache]\nttl = \"soon\"\n").unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("ttl"), "{chain}");
+        let err = resolve(Cli::default(), "[cache]\nttl = 0\n").unwrap_err();
+        assert!(err.to_string().contains("cache.ttl"), "{err}");
+    }
+
+    #[test]
+    fn upstream_must_be_an_http_url() {
+        for bad in ["ftp://x", "not a url", "http://"] {
+            let cli = Cli {
+                upstream: Some(bad.into()),
+                ..Cli::default()
+            };
+            let err = resolve(cli, "").unwrap_err();
+            assert!(err.to_string().contains("upstream"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn upstream_path_becomes_a_prefix() {
+        let cli = Cli {
+            upstream: Some("https://api.example:8443/backend/".into()),
+            ..Cli::default()
+        };
+        let config = resolve(cli, "").unwrap();
+        assert_eq!(config.upstream.base_path, "/backend");
+        assert_eq!(config.upstream.origin.to_string(), "https://api.example:8443/");
+    }
+
+    #[test]
+    fn sizes_accept_units() {
+        let config = resolve(Cli::default(), "[cache]\nmax_bytes = \"64MiB\"\nmax_object_bytes = \"1MiB\"\n").unwrap();
+        assert_eq!(config.cache.max_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.cache.max_object_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn the_effective_config_round_trips() {
+        let text = "[cache]\nttl = \"2h\"\n\n[[route]]\nname = \"get_metrics\"\npath = \"/api/metrics\"\nmethods = [\"POST\"]\n";
+        let config = resolve(Cli::default(), text).unwrap();
+        let printed = config.to_toml();
+        let again = resolve(Cli::default(), &printed).unwrap();
+        assert_eq!(again.cache.ttl, Duration::from_secs(7200));
+        assert_eq!(again.routes.iter().count(), 1);
+    }
+}

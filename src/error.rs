@@ -1,0 +1,120 @@
+//! Error enums of the request path and their one mapping to an HTTP answer.
+//!
+//! Every failure a client can see is a [`ProxyError`]; [`ProxyError::status`]
+//! is an exhaustive match, so adding a variant forces a decision about its
+//! status code. The JSON body is the seed's error shape,
+//! `{"status":"error","message":"…"}`. Errors are never cached.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Boxed error from hyper, the connector or a body stream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("upstream {upstream} is unreachable")]
+    UpstreamUnreachable {
+        upstream: String,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("request to upstream {upstream} failed")]
+    UpstreamFailed {
+        upstream: String,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("upstream {upstream} did not answer within {timeout:?}")]
+    UpstreamTimeout { upstream: String, timeout: Duration },
+
+    #[error("upstream {upstream} sent an incomplete or invalid response body")]
+    UpstreamBody {
+        upstream: String,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+
+    #[error("request body could not be read")]
+    ClientBody {
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("the fill for this key was abandoned before it completed")]
+    FillAbandoned,
+
+    #[error("{0}")]
+    AdminParameter(String),
+
+    #[error("admin endpoint requires a valid bearer token")]
+    AdminUnauthorized,
+
+    #[error("admin endpoint {path} only answers loopback clients when no admin token is configured")]
+    AdminForbidden { path: String },
+
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        method: http::Method,
+        path: String,
+        allow: &'static str,
+    },
+
+    #[error("no admin endpoint at {path}")]
+    AdminNotFound { path: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            Self::FillAbandoned => StatusCode::BAD_GATEWAY,
+            Self::AdminParameter(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            Self::AdminForbidden { .. } => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::AdminNotFound { .. } => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// Short machine-friendly name, used in logs and in `Cache-Status` details.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::UpstreamUnreachable { .. } => "upstream-unreachable",
+            Self::UpstreamFailed { .. } => "upstream-failed",
+            Self::UpstreamTimeout { .. } => "upstream-timeout",
+            Self::UpstreamBody { .. } => "upstream-body",
+            Self::BodyTooLarge { .. } => "body-too-large",
+            Self::ClientBody { .. } => "client-body",
+            Self::FillAbandoned => "fill-abandoned",
+            Self::AdminParameter(_) => "admin-parameter",
+            Self::AdminUnauthorized => "admin-unauthorized",
+            Self::AdminForbidden { .. } => "admin-forbidden",
+            Self::MethodNotAllowed { .. } => "method-not-allowed",
+            Self::AdminNotFound { .. } => "admin-not-found",
+        }
+    }
+
+    /// The message shown to the client: this error and its sources, joined.
+    pub fn message(&self) -> String {
+        let mut message = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        message
+    }
+}

@@ -1,0 +1,34 @@
+//! dashcache: a caching reverse proxy for slow analytics APIs.
+//!
+//! Modules in request-flow order:
+//!
+//! - [`config`]: flags + env + proxy.toml → one validated [`config::Config`]
+//! - [`server`]: listener, HTTP/1 + HTTP/2, graceful shutdown, expiry purge
+//! - [`admin`]: `/api/cache/*` (stats, clear, invalidate), answered locally
+//! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
+//! - [`routes`]: route table (name, TTL, cache on/off per path and method)
+//! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::store`]
+//!   (bounded store on quick_cache), [`cache::policy`] (what may be stored),
+//!   [`cache::flight`] (single-flight)
+//! - [`upstream`]: pooled http/https client with timeouts
+//! - [`headers`]: hop-by-hop and forwarding header rules
+//! - [`body`]: response body types, bounded upstream reads
+//! - [`respond`]: `X-Cache`/`Age`/`Cache-Status`, JSON answers
+//! - [`metrics`]: counters behind stats
+//! - [`error`]: the request path's error enum and its HTTP mapping
+
+pub mod admin;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod metrics;
+pub mod proxy;
+pub mod respond;
+pub mod routes;
+pub mod server;
+pub mod upstream;
+
+pub use config::{Cli, Config};
+pub use server::Server;

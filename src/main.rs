@@ -1,0 +1,77 @@
+//! The `dashcache` binary: parse flags, load the configuration, start
+//! logging, run the proxy until SIGTERM/SIGINT, and turn any error into one
+//! message and a non-zero exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use dashcache::{Cli, Config, Server};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("dashcache: {}", error_chain(&err));
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        let source = config.source.as_ref().map_or("flags, env and defaults".into(), |p| p.display().to_string());
+        println!("dashcache: configuration OK ({source})");
+        return ExitCode::SUCCESS;
+    }
+    if cli.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+
+    // Log lines go through a background writer so a slow terminal or pipe
+    // never stalls a request; the guard flushes them at exit.
+    let (writer, _flush_guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = match &cli.log_level {
+        Some(level) => EnvFilter::try_new(level),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    };
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(err) => {
+            eprintln!("dashcache: invalid log filter (--log-level / RUST_LOG): {err}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("dashcache: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let server = Server::bind(config).await?;
+        server.run(dashcache::server::shutdown_signal()).await;
+        Ok::<_, dashcache::server::ServerError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %error_chain(&err), "dashcache stopped");
+            eprintln!("dashcache: {}", error_chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

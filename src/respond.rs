@@ -1,0 +1,221 @@
+//! Answers to clients: cache outcome headers on proxied answers, and the
+//! JSON bodies of errors and the admin API.
+//!
+//! Every proxied answer carries `X-Cache` (the short status the seed's users
+//! grep for), `Age` when it comes from a stored entry, and an RFC 9211
+//! `Cache-Status` that says why.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use http::header::{HeaderName, HeaderValue, AGE, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, Response, StatusCode};
+use serde_json::json;
+
+use crate::body::{self, ProxyBody, UpstreamBody};
+use crate::cache::flight::BufferedAnswer;
+use crate::cache::policy::NotStorable;
+use crate::cache::Entry;
+use crate::error::ProxyError;
+
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// What the cache did for one request; the same word in headers, logs and stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Bypass,
+    /// Answered by the admin API, not a proxied request.
+    Admin,
+}
+
+impl CacheStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Bypass => "BYPASS",
+            Self::Admin => "ADMIN",
+        }
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
+    }
+}
+
+/// The RFC 9211 `Cache-Status` member this proxy adds for one answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStatusField {
+    pub hit: bool,
+    /// `fwd=`: why the request went upstream (`miss`, `bypass`, `request`).
+    pub fwd: Option<&'static str>,
+    pub fwd_status: Option<u16>,
+    pub ttl: Option<u64>,
+    pub stored: bool,
+    pub collapsed: bool,
+    pub detail: Option<&'static str>,
+}
+
+impl CacheStatusField {
+    pub fn hit(ttl_left: u64) -> Self {
+        Self {
+            hit: true,
+            ttl: Some(ttl_left),
+            ..Self::default()
+        }
+    }
+
+    pub fn forward(fwd: &'static str) -> Self {
+        Self {
+            fwd: Some(fwd),
+            ..Self::default()
+        }
+    }
+
+    pub fn not_stored(mut self, reason: NotStorable) -> Self {
+        self.detail = Some(reason.as_str());
+        self
+    }
+
+    fn render(&self) -> HeaderValue {
+        let mut text = String::from("dashcache");
+        if self.hit {
+            text.push_str("; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            let _ = write!(text, "; fwd={fwd}");
+        }
+        if let Some(status) = self.fwd_status {
+            let _ = write!(text, "; fwd-status={status}");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(text, "; ttl={ttl}");
+        }
+        if self.stored {
+            text.push_str("; stored");
+        }
+        if self.collapsed {
+            text.push_str("; collapsed");
+        }
+        if let Some(detail) = self.detail {
+            let _ = write!(text, "; detail={detail}");
+        }
+        HeaderValue::from_str(&text).expect("cache-status is ASCII")
+    }
+}
+
+fn mark(headers: &mut HeaderMap, status: CacheStatus, field: CacheStatusField) {
+    headers.insert(X_CACHE.clone(), status.header_value());
+    headers.insert(CACHE_STATUS.clone(), field.render());
+}
+
+/// An answer from a stored entry: a hit, or a miss that this fill stored.
+pub fn from_entry(
+    entry: &Entry,
+    status: CacheStatus,
+    field: CacheStatusField,
+    head: bool,
+    now: Instant,
+) -> Response<ProxyBody> {
+    let body = if head { body::empty() } else { body::full(entry.body.clone()) };
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    let headers = response.headers_mut();
+    headers.clone_from(&entry.headers);
+    headers.insert(AGE, HeaderValue::from(entry.age(now)));
+    mark(headers, status, field);
+    response
+}
+
+/// A complete answer that was not stored (shared with coalesced waiters).
+pub fn from_buffered(answer: &BufferedAnswer, field: CacheStatusField, head: bool) -> Response<ProxyBody> {
+    let body = if head { body::empty() } else { body::full(answer.body.clone()) };
+    let mut response = Response::new(body);
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    headers.clone_from(&answer.headers);
+    mark(headers, CacheStatus::Miss, field.not_stored(answer.reason));
+    response
+}
+
+/// An upstream answer passed through as a stream.
+pub fn streamed(
+    mut parts: http::response::Parts,
+    body: UpstreamBody,
+    status: CacheStatus,
+    field: CacheStatusField,
+    head: bool,
+) -> Response<ProxyBody> {
+    mark(&mut parts.headers, status, field);
+    let body = if head { body::empty() } else { http_body_util::Either::Right(body) };
+    Response::from_parts(parts, body)
+}
+
+pub fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(value.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `{"status":"error","message":…}` with the error's status and any header
+/// its status calls for (`Allow` on 405, `WWW-Authenticate` on 401).
+pub fn error(err: &ProxyError) -> Response<ProxyBody> {
+    let mut response = json(err.status(), json!({ "status": "error", "message": err.message() }));
+    match err {
+        ProxyError::MethodNotAllowed { allow, .. } => {
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        ProxyError::AdminUnauthorized => {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="dashcache""#));
+        }
+        _ => {}
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hit_reports_its_ttl() {
+        assert_eq!(CacheStatusField::hit(42).render(), "dashcache; hit; ttl=42");
+    }
+
+    #[test]
+    fn a_stored_miss_says_so() {
+        let field = CacheStatusField {
+            fwd_status: Some(200),
+            stored: true,
+            ..CacheStatusField::forward("miss")
+        };
+        assert_eq!(field.render(), "dashcache; fwd=miss; fwd-status=200; stored");
+    }
+
+    #[test]
+    fn an_unstored_miss_gives_the_reason() {
+        let field = CacheStatusField::forward("miss").not_stored(NotStorable::SetCookie);
+        assert_eq!(field.render(), "dashcache; fwd=miss; detail=set-cookie");
+    }
+
+    #[test]
+    fn errors_are_json_with_the_seed_shape() {
+        let response = error(&ProxyError::BodyTooLarge { limit: 10 });
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn unauthorized_answers_name_the_scheme() {
+        let response = error(&ProxyError::AdminUnauthorized);
+        assert!(response.headers()[WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+    }
+}

@@ -1,0 +1,162 @@
+//! The upstream: one pooled keep-alive client for http and https backends,
+//! with connect and response timeouts mapped to 502/504.
+//!
+//! One hyper-util legacy `Client` is shared by every request: it keeps idle
+//! connections per host and negotiates HTTP/2 over TLS via ALPN. TLS is
+//! rustls, verifying against the Mozilla roots, the system store and an
+//! optional operator CA file; there is no switch to skip verification.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::config::UpstreamConfig;
+use crate::error::ProxyError;
+
+/// Buffered (cacheable requests, replayable) or streamed (pass-through).
+pub type UpstreamRequestBody = Either<Full<Bytes>, Limited<Incoming>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    #[error("cannot read upstream CA file {path}")]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("upstream CA file {path} holds no usable certificate")]
+    CaEmpty { path: std::path::PathBuf },
+    #[error("cannot build the TLS client configuration")]
+    Tls(#[from] rustls::Error),
+}
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>,
+    origin: Uri,
+    base_path: String,
+    timeout: Duration,
+    /// The URL as configured, for messages.
+    name: String,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamSetupError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(root_store(config.ca_file.as_deref())?)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Self {
+            client,
+            origin: config.origin.clone(),
+            base_path: config.base_path.clone(),
+            timeout: config.timeout,
+            name: config.display(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The upstream URI for a client's `path?query`.
+    pub fn uri_for(&self, path_and_query: &str) -> Uri {
+        let mut parts = self.origin.clone().into_parts();
+        let joined = format!("{}{}", self.base_path, path_and_query);
+        parts.path_and_query = Some(joined.parse().unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")));
+        Uri::from_parts(parts).expect("origin and a valid path make a valid URI")
+    }
+
+    /// Sends `request` and waits for the response head, within the timeout.
+    pub async fn send(&self, request: Request<UpstreamRequestBody>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(self.classify(error)),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                upstream: self.name.clone(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    fn classify(&self, error: hyper_util::client::legacy::Error) -> ProxyError {
+        let mut timed_out = false;
+        let mut cause = error.source();
+        while let Some(err) = cause {
+            timed_out |= err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+            cause = err.source();
+        }
+        if timed_out {
+            ProxyError::UpstreamTimeout {
+                upstream: self.name.clone(),
+                timeout: self.timeout,
+            }
+        } else if error.is_connect() {
+            ProxyError::UpstreamUnreachable {
+                upstream: self.name.clone(),
+                source: error.into(),
+            }
+        } else {
+            ProxyError::UpstreamFailed {
+                upstream: self.name.clone(),
+                source: error.into(),
+            }
+        }
+    }
+}
+
+fn root_store(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, UpstreamSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // The system store adds corporate CAs; a missing or partly unreadable
+    // store is not fatal because the Mozilla roots are already in.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| UpstreamSetupError::CaFile {
+                path: path.to_owned(),
+                source,
+            })?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(UpstreamSetupError::CaEmpty { path: path.to_owned() });
+        }
+    }
+    Ok(roots)
+}
