@@ -108,7 +108,7 @@ impl Proxy {
             status = served.response.status().as_u16(),
             cache = served.cache.as_str(),
             route = &*served.route,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
         );
         served.response
     }
