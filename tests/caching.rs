@@ -41,10 +41,8 @@ async fn answers_carry_age_and_an_rfc_9211_cache_status() {
 
     let hit_status = hit.header("cache-status");
     assert!(hit_status.starts_with("dashcache; hit"), "{hit_status}");
-    let ttl: u64 = hit_status
-        .split("; ")
-        .find_map(|p| p.strip_prefix("ttl="))
-        .and_then(|t| t.parse().ok())
+    let ttl = hit
+        .cache_status_ttl()
         .unwrap_or_else(|| panic!("a hit says its ttl: {hit_status}"));
     assert!(ttl > 14_000 && ttl <= 14_400, "ttl left is close to the 4 h default: {ttl}");
     let age: u64 = hit.header("age").parse().expect("a hit carries a numeric Age");

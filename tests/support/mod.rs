@@ -478,6 +478,14 @@ impl Reply {
         self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 
+    /// The `ttl=` member of `Cache-Status`, if any.
+    pub fn cache_status_ttl(&self) -> Option<u64> {
+        self.header("cache-status")
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("ttl="))
+            .and_then(|t| t.parse().ok())
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
