@@ -593,11 +593,18 @@ impl RawReply {
 pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawReply {
     let mut stream = TcpStream::connect(addr).await.expect("connect to proxy");
     stream.write_all(request).await.expect("write request");
+    // Read until EOF; a reset after the answer (the server closing with
+    // request bytes unread) ends the read but keeps what arrived.
     let mut buf = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut buf))
-        .await
-        .expect("the server closes the connection")
-        .expect("read answer");
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => panic!("the server did not close the connection"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
     let head_end = find(&buf, b"\r\n\r\n").expect("a complete answer head") + 4;
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
