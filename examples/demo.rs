@@ -39,7 +39,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cli.config = Some("proxy.toml".into());
     }
     let delay = Duration::from_millis(
-        std::env::var("DEMO_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+        std::env::var("DEMO_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000),
     );
     let backend: SocketAddr = std::env::var("DEMO_BACKEND_LISTEN")
         .unwrap_or_else(|_| BACKEND.to_owned())
@@ -48,7 +51,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = dashcache::Config::load(&cli)?;
 
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
 
     let listener = TcpListener::bind(backend).await?;
@@ -67,7 +72,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn serve_backend(listener: TcpListener, delay: Duration) {
     let queries = Arc::new(AtomicU64::new(0));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let queries = queries.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
@@ -81,9 +88,17 @@ async fn serve_backend(listener: TcpListener, delay: Duration) {
     }
 }
 
-async fn answer(request: Request<Incoming>, delay: Duration, queries: &AtomicU64) -> Response<Full<Bytes>> {
+async fn answer(
+    request: Request<Incoming>,
+    delay: Duration,
+    queries: &AtomicU64,
+) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let filters: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let function = match (&parts.method, parts.uri.path()) {
         (&Method::GET, "/health") => return reply(StatusCode::OK, json!({"status": "healthy"})),

@@ -24,21 +24,28 @@ use crate::respond::{self, CacheStatus};
 const PREFIX: &str = "/api/cache";
 
 pub fn is_admin_path(path: &str) -> bool {
-    path == PREFIX || path.strip_prefix(PREFIX).is_some_and(|rest| rest.starts_with('/'))
+    path == PREFIX
+        || path
+            .strip_prefix(PREFIX)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: ClientInfo) -> Served {
     let path = request.uri().path().trim_end_matches('/');
     let endpoint = path.strip_prefix(PREFIX).unwrap_or_default();
     let result = match endpoint {
-        "/stats" => allow(&request, &[Method::GET, Method::HEAD], "GET, HEAD").map(|()| stats(proxy)),
+        "/stats" => {
+            allow(&request, &[Method::GET, Method::HEAD], "GET, HEAD").map(|()| stats(proxy))
+        }
         "/clear" => allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
             .map(|()| clear(proxy)),
         "/invalidate" => allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
             .and_then(|()| invalidate(proxy, request.uri().query())),
-        _ => Err(ProxyError::AdminNotFound { path: path.to_owned() }),
+        _ => Err(ProxyError::AdminNotFound {
+            path: path.to_owned(),
+        }),
     };
     let response = result.unwrap_or_else(|err| {
         warn!(path, client = %client.addr.ip(), error = %err.message(), "admin request refused");
@@ -51,7 +58,11 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
     }
 }
 
-fn allow(request: &Request<Incoming>, methods: &[Method], allow: &'static str) -> Result<(), ProxyError> {
+fn allow(
+    request: &Request<Incoming>,
+    methods: &[Method],
+    allow: &'static str,
+) -> Result<(), ProxyError> {
     if methods.contains(request.method()) {
         Ok(())
     } else {
@@ -63,10 +74,17 @@ fn allow(request: &Request<Incoming>, methods: &[Method], allow: &'static str) -
     }
 }
 
-fn authorize(proxy: &Proxy, headers: &HeaderMap, client: ClientInfo, path: &str) -> Result<(), ProxyError> {
+fn authorize(
+    proxy: &Proxy,
+    headers: &HeaderMap,
+    client: ClientInfo,
+    path: &str,
+) -> Result<(), ProxyError> {
     match &proxy.config.admin_token {
         None if client.addr.ip().to_canonical().is_loopback() => Ok(()),
-        None => Err(ProxyError::AdminForbidden { path: path.to_owned() }),
+        None => Err(ProxyError::AdminForbidden {
+            path: path.to_owned(),
+        }),
         Some(token) => {
             let presented = headers
                 .get(AUTHORIZATION)

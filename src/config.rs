@@ -60,7 +60,11 @@ impl ConfigError {
 
 /// Command line flags; each also reads the env var it names.
 #[derive(Debug, Default, Parser)]
-#[command(name = "dashcache", version, about = "Caching reverse proxy for slow analytics APIs")]
+#[command(
+    name = "dashcache",
+    version,
+    about = "Caching reverse proxy for slow analytics APIs"
+)]
 pub struct Cli {
     /// TOML configuration file (see proxy.toml).
     #[arg(long, value_name = "FILE", env = "DASHCACHE_CONFIG")]
@@ -111,7 +115,12 @@ pub struct Cli {
     pub upstream_ca_file: Option<PathBuf>,
 
     /// Bearer token required by the admin API's mutations.
-    #[arg(long, value_name = "TOKEN", env = "CACHE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CACHE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
 
     /// Log filter, e.g. "info" or "dashcache=debug" (default: RUST_LOG, else info).
@@ -153,7 +162,9 @@ impl<'de> Deserialize<'de> for FileDuration {
             serde::de::Error::custom("expected seconds or a duration string such as \"4h\"")
         })? {
             Raw::Seconds(s) => Ok(Self(Duration::from_secs(s))),
-            Raw::Text(t) => parse_duration(&t).map(Self).map_err(serde::de::Error::custom),
+            Raw::Text(t) => parse_duration(&t)
+                .map(Self)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -239,7 +250,11 @@ pub struct UpstreamConfig {
 impl UpstreamConfig {
     /// The URL as the operator wrote it, for messages.
     pub fn display(&self) -> String {
-        format!("{}{}", self.origin.to_string().trim_end_matches('/'), self.base_path)
+        format!(
+            "{}{}",
+            self.origin.to_string().trim_end_matches('/'),
+            self.base_path
+        )
     }
 }
 
@@ -278,12 +293,17 @@ impl Config {
         Self::resolve(cli, file, cli.config.clone())
     }
 
-    pub fn resolve(cli: &Cli, file: FileConfig, source: Option<PathBuf>) -> Result<Self, ConfigError> {
+    pub fn resolve(
+        cli: &Cli,
+        file: FileConfig,
+        source: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
         let fc = file.cache;
-        let listen = cli
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default listen address parses"));
+        let listen = cli.listen.or(file.listen).unwrap_or_else(|| {
+            DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses")
+        });
         let upstream_text = cli
             .upstream
             .clone()
@@ -317,20 +337,32 @@ impl Config {
 
         let maxsize = cli.maxsize.or(fc.maxsize).unwrap_or(DEFAULT_MAXSIZE);
         if maxsize == 0 {
-            return Err(ConfigError::invalid("cache.maxsize (CACHE_MAXSIZE, --maxsize)", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "cache.maxsize (CACHE_MAXSIZE, --maxsize)",
+                "must be at least 1",
+            ));
         }
-        let max_bytes = cli.max_bytes.or(fc.max_bytes).map_or(DEFAULT_MAX_BYTES, |b| b.0);
+        let max_bytes = cli
+            .max_bytes
+            .or(fc.max_bytes)
+            .map_or(DEFAULT_MAX_BYTES, |b| b.0);
         let max_object_bytes = cli
             .max_object_bytes
             .or(fc.max_object_bytes)
             .map_or(DEFAULT_MAX_OBJECT_BYTES, |b| b.0);
         if max_bytes == 0 {
-            return Err(ConfigError::invalid("cache.max_bytes", "must be greater than zero"));
+            return Err(ConfigError::invalid(
+                "cache.max_bytes",
+                "must be greater than zero",
+            ));
         }
         if max_object_bytes == 0 || max_object_bytes > max_bytes {
             return Err(ConfigError::invalid(
                 "cache.max_object_bytes",
-                format!("must be between 1 byte and cache.max_bytes ({})", ByteSize(max_bytes)),
+                format!(
+                    "must be between 1 byte and cache.max_bytes ({})",
+                    ByteSize(max_bytes)
+                ),
             ));
         }
         let cacheable_statuses = fc
@@ -342,7 +374,10 @@ impl Config {
                     .ok()
                     .filter(|s| !s.is_informational())
                     .ok_or_else(|| {
-                        ConfigError::invalid("cache.cacheable_statuses", format!("{code} is not a final HTTP status"))
+                        ConfigError::invalid(
+                            "cache.cacheable_statuses",
+                            format!("{code} is not a final HTTP status"),
+                        )
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -369,19 +404,31 @@ impl Config {
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| Route::from_file(r).map_err(|reason| ConfigError::invalid(format!("route[{i}]"), reason)))
+            .map(|(i, r)| {
+                Route::from_file(r)
+                    .map_err(|reason| ConfigError::invalid(format!("route[{i}]"), reason))
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let admin_token = cli.admin_token.clone().or(file.admin_token).filter(|t| !t.is_empty());
+        let admin_token = cli
+            .admin_token
+            .clone()
+            .or(file.admin_token)
+            .filter(|t| !t.is_empty());
 
         Ok(Self {
             listen,
             upstream,
             cache,
             routes: RouteTable::new(routes),
-            max_body_bytes: cli.max_body_bytes.or(file.max_body_bytes).map_or(DEFAULT_MAX_BODY_BYTES, |b| b.0),
+            max_body_bytes: cli
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .map_or(DEFAULT_MAX_BODY_BYTES, |b| b.0),
             admin_token,
-            shutdown_timeout: file.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+            shutdown_timeout: file
+                .shutdown_timeout
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
             source,
         })
     }
@@ -403,7 +450,13 @@ impl Config {
                 maxsize: Some(self.cache.maxsize),
                 max_bytes: Some(ByteSize(self.cache.max_bytes)),
                 max_object_bytes: Some(ByteSize(self.cache.max_object_bytes)),
-                cacheable_statuses: Some(self.cache.cacheable_statuses.iter().map(|s| s.as_u16()).collect()),
+                cacheable_statuses: Some(
+                    self.cache
+                        .cacheable_statuses
+                        .iter()
+                        .map(|s| s.as_u16())
+                        .collect(),
+                ),
                 honor_client_no_cache: Some(self.cache.honor_client_no_cache),
                 purge_interval: Some(FileDuration(self.cache.purge_interval)),
             },
@@ -430,7 +483,11 @@ impl FileConfig {
     }
 }
 
-fn positive(field: &str, value: Option<Duration>, default: Duration) -> Result<Duration, ConfigError> {
+fn positive(
+    field: &str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match value {
         Some(d) if d.is_zero() => Err(ConfigError::invalid(field, "must be greater than zero")),
         Some(d) => Ok(d),
@@ -455,7 +512,10 @@ fn parse_upstream(text: &str) -> Result<(Uri, String), ConfigError> {
         return Err(ConfigError::invalid(FIELD, format!("{text:?} has no host")));
     };
     if uri.query().is_some() {
-        return Err(ConfigError::invalid(FIELD, format!("{text:?} must not carry a query")));
+        return Err(ConfigError::invalid(
+            FIELD,
+            format!("{text:?} must not carry a query"),
+        ));
     }
     let origin = Uri::builder()
         .scheme(scheme)
@@ -541,12 +601,19 @@ mod tests {
         };
         let config = resolve(cli, "").unwrap();
         assert_eq!(config.upstream.base_path, "/backend");
-        assert_eq!(config.upstream.origin.to_string(), "https://api.example:8443/");
+        assert_eq!(
+            config.upstream.origin.to_string(),
+            "https://api.example:8443/"
+        );
     }
 
     #[test]
     fn sizes_accept_units() {
-        let config = resolve(Cli::default(), "[cache]\nmax_bytes = \"64MiB\"\nmax_object_bytes = \"1MiB\"\n").unwrap();
+        let config = resolve(
+            Cli::default(),
+            "[cache]\nmax_bytes = \"64MiB\"\nmax_object_bytes = \"1MiB\"\n",
+        )
+        .unwrap();
         assert_eq!(config.cache.max_bytes, 64 * 1024 * 1024);
         assert_eq!(config.cache.max_object_bytes, 1024 * 1024);
     }

@@ -56,7 +56,9 @@ pub enum ProxyError {
     #[error("admin endpoint requires a valid bearer token")]
     AdminUnauthorized,
 
-    #[error("admin endpoint {path} only answers loopback clients when no admin token is configured")]
+    #[error(
+        "admin endpoint {path} only answers loopback clients when no admin token is configured"
+    )]
     AdminForbidden { path: String },
 
     #[error("method {method} is not allowed on {path}")]

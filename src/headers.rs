@@ -71,7 +71,10 @@ pub fn prepare_upstream_request(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(client_scheme));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(client_scheme),
+    );
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
@@ -125,7 +128,11 @@ mod tests {
 
     #[test]
     fn fields_named_by_connection_are_removed() {
-        let mut headers = map(&[("connection", "X-Secret, close"), ("x-secret", "1"), ("x-kept", "1")]);
+        let mut headers = map(&[
+            ("connection", "X-Secret, close"),
+            ("x-secret", "1"),
+            ("x-kept", "1"),
+        ]);
         remove_hop_by_hop(&mut headers);
         assert!(!headers.contains_key("x-secret"));
         assert!(headers.contains_key("x-kept"));
@@ -145,7 +152,10 @@ mod tests {
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "dash.example");
         assert_eq!(headers["via"], "1.1 dashcache");
-        assert!(!headers.contains_key("host"), "the client sets the upstream's own host");
+        assert!(
+            !headers.contains_key("host"),
+            "the client sets the upstream's own host"
+        );
     }
 
     #[test]

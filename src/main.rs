@@ -19,7 +19,12 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        let source = config.source.as_ref().map_or("flags, env and defaults".into(), |p| p.display().to_string());
+        let source = config
+            .source
+            .as_ref()
+            .map_or("flags, env and defaults".into(), |p| {
+                p.display().to_string()
+            });
         println!("dashcache: configuration OK ({source})");
         return ExitCode::SUCCESS;
     }
@@ -48,7 +53,10 @@ fn main() -> ExitCode {
         .with_writer(writer)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("dashcache: cannot start the async runtime: {err}");

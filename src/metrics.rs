@@ -37,7 +37,8 @@ struct Counter {
 impl Counter {
     fn record(&self, elapsed: Duration) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
     fn count(&self) -> u64 {

@@ -21,10 +21,11 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::admin;
 use crate::body::{collect_limited, Collected, ProxyBody, UpstreamBody};
 use crate::cache::flight::{BufferedAnswer, FillGuard, FillOutcome, Flights, Join};
 use crate::cache::policy::{self, NotStorable};
-use crate::cache::{Entry, Lookup, RequestIdentity, Store};
+use crate::cache::{Entry, KeyMemo, Lookup, RequestIdentity, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers;
@@ -32,7 +33,6 @@ use crate::metrics::Metrics;
 use crate::respond::{self, CacheStatus, CacheStatusField};
 use crate::routes::{Route, DEFAULT_ROUTE};
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
-use crate::admin;
 
 /// Where a request came from, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +50,7 @@ pub struct Proxy {
     pub flights: Arc<Flights>,
     pub upstream: Upstream,
     pub metrics: Metrics,
+    key_memo: KeyMemo,
     default_route: Arc<str>,
 }
 
@@ -64,7 +65,13 @@ pub struct Served {
 enum LeaderAnswer {
     Outcome(Arc<FillOutcome>),
     /// Nothing to store and nobody else waiting: the answer as a stream.
-    Stream(http::response::Parts, UpstreamBody, NotStorable),
+    Stream(Box<StreamedAnswer>),
+}
+
+struct StreamedAnswer {
+    parts: http::response::Parts,
+    body: UpstreamBody,
+    reason: NotStorable,
 }
 
 /// The route's decisions that a fill needs after the request is gone.
@@ -77,19 +84,29 @@ struct FillPlan {
 impl Proxy {
     pub fn new(config: Config) -> Result<Self, UpstreamSetupError> {
         let upstream = Upstream::new(&config.upstream)?;
-        let store = Store::new(config.cache.maxsize, config.cache.max_bytes, config.cache.max_object_bytes);
+        let config_maxsize = config.cache.maxsize;
+        let store = Store::new(
+            config.cache.maxsize,
+            config.cache.max_bytes,
+            config.cache.max_object_bytes,
+        );
         Ok(Self {
             config,
             store,
             flights: Arc::default(),
             upstream,
             metrics: Metrics::default(),
+            key_memo: KeyMemo::new((config_maxsize * 4).min(1 << 20) as usize),
             default_route: DEFAULT_ROUTE.into(),
         })
     }
 
     /// Answers one request and writes its access line.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = request.method().clone();
         let uri = request.uri().clone();
@@ -114,7 +131,10 @@ impl Proxy {
     }
 
     async fn proxy(self: &Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Served {
-        let route = self.config.routes.lookup(request.method(), request.uri().path());
+        let route = self
+            .config
+            .routes
+            .lookup(request.method(), request.uri().path());
         let route_name = route.map_or_else(|| self.default_route.clone(), |r| r.name.clone());
         let cacheable = self.config.cache.enabled
             && policy::is_cacheable_method(request.method())
@@ -123,7 +143,10 @@ impl Proxy {
             let ttl = route.and_then(|r| r.ttl).unwrap_or(self.config.cache.ttl);
             self.cached(request, route, &route_name, ttl, client).await
         } else {
-            (self.pass_through(request, client).await, CacheStatus::Bypass)
+            (
+                self.pass_through(request, client).await,
+                CacheStatus::Bypass,
+            )
         };
         Served {
             response,
@@ -133,7 +156,11 @@ impl Proxy {
     }
 
     /// Streams the request upstream and the answer back, storing nothing.
-    async fn pass_through(&self, request: Request<Incoming>, client: ClientInfo) -> Response<ProxyBody> {
+    async fn pass_through(
+        &self,
+        request: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Response<ProxyBody> {
         if let Err(err) = self.check_declared_length(request.headers()) {
             return respond::error(&err);
         }
@@ -146,7 +173,13 @@ impl Proxy {
                 let (mut parts, body) = response.into_parts();
                 headers::remove_hop_by_hop(&mut parts.headers);
                 let body = UpstreamBody::new(body, self.upstream.timeout());
-                respond::streamed(parts, body, CacheStatus::Bypass, CacheStatusField::forward("bypass"), false)
+                respond::streamed(
+                    parts,
+                    body,
+                    CacheStatus::Bypass,
+                    CacheStatusField::forward("bypass"),
+                    false,
+                )
             }
             Err(err) => {
                 Metrics::bump(&self.metrics.upstream_errors);
@@ -174,11 +207,17 @@ impl Proxy {
         };
         // HEAD is answered from (and fills) the GET entry, as nginx does.
         let head = parts.method == Method::HEAD;
-        let method = if head { Method::GET } else { parts.method.clone() };
-        let identity = RequestIdentity::new(&method, parts.uri.path(), parts.uri.query(), &body);
-        let key = identity.key();
+        let method = if head {
+            Method::GET
+        } else {
+            parts.method.clone()
+        };
+        let key = self
+            .key_memo
+            .key(&method, parts.uri.path(), parts.uri.query(), &body);
 
-        let wants_fresh = self.config.cache.honor_client_no_cache && policy::client_wants_fresh(&parts.headers);
+        let wants_fresh =
+            self.config.cache.honor_client_no_cache && policy::client_wants_fresh(&parts.headers);
         if !wants_fresh {
             if let Some(response) = self.lookup(&key, route_name, head) {
                 return (response, CacheStatus::Hit);
@@ -191,7 +230,11 @@ impl Proxy {
             Join::Waiter(waiter) => {
                 Metrics::bump(&self.metrics.coalesced);
                 let outcome = waiter.outcome().await;
-                return (self.answer_waiter(&outcome, parts, body, client, head).await, CacheStatus::Miss);
+                return (
+                    self.answer_waiter(&outcome, parts, body, client, head)
+                        .await,
+                    CacheStatus::Miss,
+                );
             }
         };
         // A fill may have stored the key between our lookup and our join.
@@ -199,20 +242,30 @@ impl Proxy {
             if let Lookup::Fresh(entry) = self.store.get(&key, Instant::now()) {
                 guard.publish(FillOutcome::Stored(entry.clone()));
                 let field = CacheStatusField::hit(entry.ttl_left(Instant::now()).as_secs());
-                return (respond::from_entry(&entry, CacheStatus::Hit, field, head, Instant::now()), CacheStatus::Hit);
+                return (
+                    respond::from_entry(&entry, CacheStatus::Hit, field, head, Instant::now()),
+                    CacheStatus::Hit,
+                );
             }
         }
         let plan = FillPlan {
             route: route.map_or_else(|| route_name.clone(), |r| r.name.clone()),
             ttl,
-            description: identity.description(route_name),
+            description: RequestIdentity::new(&method, parts.uri.path(), parts.uri.query(), &body)
+                .description(route_name),
         };
-        let upstream_request = self.upstream_request(parts, Some(method), Either::Left(Full::new(body)), client);
+        let upstream_request =
+            self.upstream_request(parts, Some(method), Either::Left(Full::new(body)), client);
         let (answer_tx, answer_rx) = oneshot::channel();
         tokio::spawn(self.clone().fill(guard, upstream_request, plan, answer_tx));
         let response = match answer_rx.await {
             Ok(LeaderAnswer::Outcome(outcome)) => self.answer_leader(&outcome, head),
-            Ok(LeaderAnswer::Stream(parts, body, reason)) => {
+            Ok(LeaderAnswer::Stream(answer)) => {
+                let StreamedAnswer {
+                    parts,
+                    body,
+                    reason,
+                } = *answer;
                 let field = CacheStatusField {
                     fwd_status: Some(parts.status.as_u16()),
                     ..CacheStatusField::forward("miss")
@@ -226,13 +279,24 @@ impl Proxy {
     }
 
     /// A fresh entry for `key`, rendered as a hit.
-    fn lookup(&self, key: &crate::cache::CacheKey, route_name: &str, head: bool) -> Option<Response<ProxyBody>> {
+    fn lookup(
+        &self,
+        key: &crate::cache::CacheKey,
+        route_name: &str,
+        head: bool,
+    ) -> Option<Response<ProxyBody>> {
         let now = Instant::now();
         match self.store.get(key, now) {
             Lookup::Fresh(entry) => {
                 info!(route = route_name, key = %key.short(), "Cache HIT for {route_name}");
                 let field = CacheStatusField::hit(entry.ttl_left(now).as_secs());
-                Some(respond::from_entry(&entry, CacheStatus::Hit, field, head, now))
+                Some(respond::from_entry(
+                    &entry,
+                    CacheStatus::Hit,
+                    field,
+                    head,
+                    now,
+                ))
             }
             Lookup::Miss => None,
         }
@@ -255,20 +319,31 @@ impl Proxy {
             Err(err) => {
                 Metrics::bump(&self.metrics.upstream_errors);
                 warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream request failed");
-                let _ = leader.send(LeaderAnswer::Outcome(guard.publish(FillOutcome::Failed(err))));
+                let _ = leader.send(LeaderAnswer::Outcome(
+                    guard.publish(FillOutcome::Failed(err)),
+                ));
                 return;
             }
         };
         let (mut parts, body) = response.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers);
-        let verdict = policy::storable_ttl(parts.status, &parts.headers, plan.ttl, &self.config.cache.cacheable_statuses);
+        let verdict = policy::storable_ttl(
+            parts.status,
+            &parts.headers,
+            plan.ttl,
+            &self.config.cache.cacheable_statuses,
+        );
         let body = UpstreamBody::new(body, self.upstream.timeout());
 
         if let Err(reason) = verdict {
             if guard.end_if_alone() {
                 Metrics::bump(&self.metrics.not_stored);
                 info!(route = &*plan.route, key = %key.short(), reason = reason.as_str(), status = parts.status.as_u16(), "answer not stored");
-                let _ = leader.send(LeaderAnswer::Stream(parts, body, reason));
+                let _ = leader.send(LeaderAnswer::Stream(Box::new(StreamedAnswer {
+                    parts,
+                    body,
+                    reason,
+                })));
                 return;
             }
         }
@@ -288,7 +363,11 @@ impl Proxy {
                 info!(route = &*plan.route, key = %key.short(), "answer larger than max_object_bytes; streamed, not stored");
                 let outcome = guard.publish(FillOutcome::Streamed);
                 drop(outcome);
-                let _ = leader.send(LeaderAnswer::Stream(parts, body, NotStorable::TooLarge));
+                let _ = leader.send(LeaderAnswer::Stream(Box::new(StreamedAnswer {
+                    parts,
+                    body,
+                    reason: NotStorable::TooLarge,
+                })));
                 return;
             }
             Ok(Collected::Complete(bytes)) => match verdict {
@@ -368,7 +447,9 @@ impl Proxy {
                 respond::from_buffered(answer, field, head)
             }
             FillOutcome::Failed(err) => respond::error(err),
-            FillOutcome::Streamed | FillOutcome::Abandoned => respond::error(&ProxyError::FillAbandoned),
+            FillOutcome::Streamed | FillOutcome::Abandoned => {
+                respond::error(&ProxyError::FillAbandoned)
+            }
         }
     }
 
@@ -388,12 +469,23 @@ impl Proxy {
             ..CacheStatusField::forward("miss")
         };
         match outcome {
-            FillOutcome::Stored(entry) => respond::from_entry(entry, CacheStatus::Miss, collapsed, head, Instant::now()),
+            FillOutcome::Stored(entry) => {
+                respond::from_entry(entry, CacheStatus::Miss, collapsed, head, Instant::now())
+            }
             FillOutcome::Uncacheable(answer) => respond::from_buffered(answer, collapsed, head),
             FillOutcome::Failed(err) => respond::error(err),
             FillOutcome::Streamed | FillOutcome::Abandoned => {
-                let method = if head { Method::GET } else { parts.method.clone() };
-                let request = self.upstream_request(parts, Some(method), Either::Left(Full::new(body)), client);
+                let method = if head {
+                    Method::GET
+                } else {
+                    parts.method.clone()
+                };
+                let request = self.upstream_request(
+                    parts,
+                    Some(method),
+                    Either::Left(Full::new(body)),
+                    client,
+                );
                 Metrics::bump(&self.metrics.upstream_requests);
                 match self.upstream.send(request).await {
                     Ok(response) => {
@@ -417,12 +509,18 @@ impl Proxy {
     }
 
     /// Reads a cacheable request's body whole, within `max_body_bytes`.
-    async fn read_body(&self, headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, ProxyError> {
+    async fn read_body(
+        &self,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Bytes, ProxyError> {
         self.check_declared_length(headers)?;
         let limit = self.config.max_body_bytes as usize;
         match Limited::new(body, limit).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
-            Err(source) if source.is::<http_body_util::LengthLimitError>() => Err(ProxyError::BodyTooLarge { limit }),
+            Err(source) if source.is::<http_body_util::LengthLimitError>() => {
+                Err(ProxyError::BodyTooLarge { limit })
+            }
             Err(source) => Err(ProxyError::ClientBody { source }),
         }
     }
@@ -433,7 +531,9 @@ impl Proxy {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         match declared {
-            Some(length) if length > limit => Err(ProxyError::BodyTooLarge { limit: limit as usize }),
+            Some(length) if length > limit => Err(ProxyError::BodyTooLarge {
+                limit: limit as usize,
+            }),
             _ => Ok(()),
         }
     }
@@ -454,11 +554,17 @@ impl Proxy {
             mut headers,
             ..
         } = parts;
-        let host = headers
-            .get(HOST)
-            .cloned()
-            .or_else(|| uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        headers::prepare_upstream_request(&mut headers, client.addr.ip(), client.scheme, host, version);
+        let host = headers.get(HOST).cloned().or_else(|| {
+            uri.authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::prepare_upstream_request(
+            &mut headers,
+            client.addr.ip(),
+            client.scheme,
+            host,
+            version,
+        );
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let mut request = Request::new(body);
         *request.method_mut() = method.unwrap_or(client_method);

@@ -120,7 +120,11 @@ pub fn from_entry(
     head: bool,
     now: Instant,
 ) -> Response<ProxyBody> {
-    let body = if head { body::empty() } else { body::full(entry.body.clone()) };
+    let body = if head {
+        body::empty()
+    } else {
+        body::full(entry.body.clone())
+    };
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
     let headers = response.headers_mut();
@@ -131,8 +135,16 @@ pub fn from_entry(
 }
 
 /// A complete answer that was not stored (shared with coalesced waiters).
-pub fn from_buffered(answer: &BufferedAnswer, field: CacheStatusField, head: bool) -> Response<ProxyBody> {
-    let body = if head { body::empty() } else { body::full(answer.body.clone()) };
+pub fn from_buffered(
+    answer: &BufferedAnswer,
+    field: CacheStatusField,
+    head: bool,
+) -> Response<ProxyBody> {
+    let body = if head {
+        body::empty()
+    } else {
+        body::full(answer.body.clone())
+    };
     let mut response = Response::new(body);
     *response.status_mut() = answer.status;
     let headers = response.headers_mut();
@@ -150,7 +162,11 @@ pub fn streamed(
     head: bool,
 ) -> Response<ProxyBody> {
     mark(&mut parts.headers, status, field);
-    let body = if head { body::empty() } else { http_body_util::Either::Right(body) };
+    let body = if head {
+        body::empty()
+    } else {
+        http_body_util::Either::Right(body)
+    };
     Response::from_parts(parts, body)
 }
 
@@ -166,15 +182,21 @@ pub fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody>
 /// `{"status":"error","message":…}` with the error's status and any header
 /// its status calls for (`Allow` on 405, `WWW-Authenticate` on 401).
 pub fn error(err: &ProxyError) -> Response<ProxyBody> {
-    let mut response = json(err.status(), json!({ "status": "error", "message": err.message() }));
+    let mut response = json(
+        err.status(),
+        json!({ "status": "error", "message": err.message() }),
+    );
     match err {
         ProxyError::MethodNotAllowed { allow, .. } => {
-            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
-        }
-        ProxyError::AdminUnauthorized => {
             response
                 .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="dashcache""#));
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        ProxyError::AdminUnauthorized => {
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="dashcache""#),
+            );
         }
         _ => {}
     }
@@ -197,7 +219,10 @@ mod tests {
             stored: true,
             ..CacheStatusField::forward("miss")
         };
-        assert_eq!(field.render(), "dashcache; fwd=miss; fwd-status=200; stored");
+        assert_eq!(
+            field.render(),
+            "dashcache; fwd=miss; fwd-status=200; stored"
+        );
     }
 
     #[test]
@@ -216,6 +241,9 @@ mod tests {
     #[test]
     fn unauthorized_answers_name_the_scheme() {
         let response = error(&ProxyError::AdminUnauthorized);
-        assert!(response.headers()[WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+        assert!(response.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
     }
 }

@@ -31,9 +31,13 @@ impl PathPattern {
             return Err(format!("path {text:?} must start with '/'"));
         }
         match text.strip_suffix('*') {
-            Some(prefix) if prefix.contains('*') => Err(format!("path {text:?} may hold '*' only at its end")),
+            Some(prefix) if prefix.contains('*') => {
+                Err(format!("path {text:?} may hold '*' only at its end"))
+            }
             Some(prefix) => Ok(Self::Prefix(prefix.to_owned())),
-            None if text.contains('*') => Err(format!("path {text:?} may hold '*' only at its end")),
+            None if text.contains('*') => {
+                Err(format!("path {text:?} may hold '*' only at its end"))
+            }
             None => Ok(Self::Exact(text.to_owned())),
         }
     }
@@ -86,7 +90,9 @@ impl Route {
             })
             .transpose()?;
         if raw.ttl.is_some_and(|t| t.0.is_zero()) {
-            return Err("ttl must be greater than zero (use cache = false to turn caching off)".into());
+            return Err(
+                "ttl must be greater than zero (use cache = false to turn caching off)".into(),
+            );
         }
         Ok(Self {
             name: raw.name.as_str().into(),
@@ -129,12 +135,16 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
-        Self { routes: routes.into() }
+        Self {
+            routes: routes.into(),
+        }
     }
 
     /// The first route matching `method` and `path`.
     pub fn lookup(&self, method: &Method, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.allows(method) && r.path.matches(path))
+        self.routes
+            .iter()
+            .find(|r| r.allows(method) && r.path.matches(path))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
@@ -184,14 +194,24 @@ mod tests {
             route("get_metrics", "/api/metrics", &["POST"]),
             route("catch_all", "/api/*", &[]),
         ]);
-        assert_eq!(&*table.lookup(&Method::POST, "/api/metrics").unwrap().name, "get_metrics");
-        assert_eq!(&*table.lookup(&Method::GET, "/api/metrics").unwrap().name, "catch_all");
+        assert_eq!(
+            &*table.lookup(&Method::POST, "/api/metrics").unwrap().name,
+            "get_metrics"
+        );
+        assert_eq!(
+            &*table.lookup(&Method::GET, "/api/metrics").unwrap().name,
+            "catch_all"
+        );
         assert!(table.lookup(&Method::GET, "/health").is_none());
     }
 
     #[test]
     fn a_get_route_also_answers_head() {
-        let table = RouteTable::new(vec![route("get_filter_options", "/api/filter-options", &["GET"])]);
+        let table = RouteTable::new(vec![route(
+            "get_filter_options",
+            "/api/filter-options",
+            &["GET"],
+        )]);
         assert!(table.lookup(&Method::HEAD, "/api/filter-options").is_some());
         assert!(table.lookup(&Method::POST, "/api/filter-options").is_none());
     }

@@ -51,7 +51,9 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn proxy(&self) -> &Arc<Proxy> {
@@ -98,13 +100,18 @@ impl Server {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let client = ClientInfo { addr, scheme: "http" };
+            let client = ClientInfo {
+                addr,
+                scheme: "http",
+            };
             let proxy = proxy.clone();
             let service = service_fn(move |request| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
@@ -116,7 +123,10 @@ impl Server {
         drop(listener);
         purge.abort();
         let timeout = config.shutdown_timeout;
-        info!(timeout_s = timeout.as_secs(), "shutting down: no new connections, draining open ones");
+        info!(
+            timeout_s = timeout.as_secs(),
+            "shutting down: no new connections, draining open ones"
+        );
         tokio::select! {
             () = graceful.shutdown() => info!("all connections closed"),
             () = tokio::time::sleep(timeout) => warn!("shutdown timeout reached; closing remaining connections"),

@@ -58,10 +58,12 @@ impl Upstream {
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
 
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(root_store(config.ca_file.as_deref())?)
-            .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(root_store(config.ca_file.as_deref())?)
+        .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -95,12 +97,19 @@ impl Upstream {
     pub fn uri_for(&self, path_and_query: &str) -> Uri {
         let mut parts = self.origin.clone().into_parts();
         let joined = format!("{}{}", self.base_path, path_and_query);
-        parts.path_and_query = Some(joined.parse().unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")));
+        parts.path_and_query = Some(
+            joined
+                .parse()
+                .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
+        );
         Uri::from_parts(parts).expect("origin and a valid path make a valid URI")
     }
 
     /// Sends `request` and waits for the response head, within the timeout.
-    pub async fn send(&self, request: Request<UpstreamRequestBody>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn send(
+        &self,
+        request: Request<UpstreamRequestBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(self.classify(error)),
@@ -139,7 +148,9 @@ impl Upstream {
     }
 }
 
-fn root_store(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, UpstreamSetupError> {
+fn root_store(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::RootCertStore, UpstreamSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     // The system store adds corporate CAs; a missing or partly unreadable
@@ -155,7 +166,9 @@ fn root_store(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore
             })?;
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err(UpstreamSetupError::CaEmpty { path: path.to_owned() });
+            return Err(UpstreamSetupError::CaEmpty {
+                path: path.to_owned(),
+            });
         }
     }
     Ok(roots)

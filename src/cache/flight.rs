@@ -127,7 +127,10 @@ impl FillGuard {
         if self.slot.receiver_count() > 0 {
             return false;
         }
-        if inflight.get(&self.key).is_some_and(|s| s.same_channel(&self.slot)) {
+        if inflight
+            .get(&self.key)
+            .is_some_and(|s| s.same_channel(&self.slot))
+        {
             inflight.remove(&self.key);
         }
         drop(inflight);
@@ -149,7 +152,8 @@ impl Drop for FillGuard {
     fn drop(&mut self) {
         if !self.published {
             self.flights.remove(&self.key, &self.slot);
-            self.slot.send_replace(Some(Arc::new(FillOutcome::Abandoned)));
+            self.slot
+                .send_replace(Some(Arc::new(FillOutcome::Abandoned)));
         }
     }
 }
@@ -160,7 +164,9 @@ pub struct Waiter(watch::Receiver<Option<Arc<FillOutcome>>>);
 impl Waiter {
     pub async fn outcome(mut self) -> Arc<FillOutcome> {
         match self.0.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone().expect("wait_for returned a published outcome"),
+            Ok(outcome) => outcome
+                .clone()
+                .expect("wait_for returned a published outcome"),
             Err(_) => Arc::new(FillOutcome::Abandoned),
         }
     }
@@ -177,7 +183,9 @@ mod tests {
     #[tokio::test]
     async fn the_first_caller_leads_and_the_rest_wait() {
         let flights = Arc::new(Flights::default());
-        let Join::Leader(guard) = flights.join(key(1)) else { panic!("first caller must lead") };
+        let Join::Leader(guard) = flights.join(key(1)) else {
+            panic!("first caller must lead")
+        };
         let waiters: Vec<_> = (0..10)
             .map(|_| match flights.join(key(1)) {
                 Join::Waiter(w) => tokio::spawn(w.outcome()),
@@ -194,8 +202,12 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_guard_wakes_waiters_with_abandoned() {
         let flights = Arc::new(Flights::default());
-        let Join::Leader(guard) = flights.join(key(2)) else { panic!() };
-        let Join::Waiter(waiter) = flights.join(key(2)) else { panic!() };
+        let Join::Leader(guard) = flights.join(key(2)) else {
+            panic!()
+        };
+        let Join::Waiter(waiter) = flights.join(key(2)) else {
+            panic!()
+        };
         drop(guard);
         assert!(matches!(*waiter.outcome().await, FillOutcome::Abandoned));
         assert!(matches!(flights.join(key(2)), Join::Leader(_)));
@@ -204,8 +216,12 @@ mod tests {
     #[tokio::test]
     async fn end_if_alone_only_succeeds_without_waiters() {
         let flights = Arc::new(Flights::default());
-        let Join::Leader(mut guard) = flights.join(key(3)) else { panic!() };
-        let Join::Waiter(waiter) = flights.join(key(3)) else { panic!() };
+        let Join::Leader(mut guard) = flights.join(key(3)) else {
+            panic!()
+        };
+        let Join::Waiter(waiter) = flights.join(key(3)) else {
+            panic!()
+        };
         assert!(!guard.end_if_alone());
         drop(waiter);
         assert!(guard.end_if_alone());

@@ -80,7 +80,9 @@ impl<'a> KeyBody<'a> {
             Self::Empty => {}
             // serde_json's default map is a BTreeMap, so keys come out sorted
             // and `to_writer` emits no whitespace.
-            Self::Json(value) => serde_json::to_writer(out, value).expect("writing JSON to memory cannot fail"),
+            Self::Json(value) => {
+                serde_json::to_writer(out, value).expect("writing JSON to memory cannot fail")
+            }
             Self::Raw(raw) => out.write_all(raw).expect("writing to memory cannot fail"),
         }
     }
@@ -157,6 +159,50 @@ impl<'a> RequestIdentity<'a> {
     }
 }
 
+/// Canonical keys remembered by the digest of the request exactly as sent.
+///
+/// Canonicalising a JSON body means parsing it (a few µs for a dashboard's
+/// filter body, the largest cost of a POST hit), while md5 over the raw
+/// bytes is several times cheaper, and a dashboard sends byte-identical
+/// bodies over and over. The memo is a pure function cache (the same raw
+/// request always has the same canonical key), so it can never be stale; it
+/// is bounded and only holds 32 bytes per request shape.
+pub struct KeyMemo {
+    keys: quick_cache::sync::Cache<CacheKey, CacheKey>,
+}
+
+impl KeyMemo {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            keys: quick_cache::sync::Cache::new(capacity.max(64)),
+        }
+    }
+
+    /// The canonical key of a request, from the memo when it was seen before.
+    pub fn key(&self, method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> CacheKey {
+        if body.is_empty() {
+            // Nothing to parse: the canonical key is as cheap as the memo's.
+            return RequestIdentity::new(method, path, query, body).key();
+        }
+        let mut raw = Md5::new();
+        raw.update(b"raw\n");
+        raw.update(method.as_str());
+        raw.update(b"\n");
+        raw.update(path);
+        raw.update(b"?");
+        raw.update(query.unwrap_or_default());
+        raw.update(b"\n");
+        raw.update(body);
+        let raw = CacheKey(raw.finalize().into());
+        if let Some(key) = self.keys.get(&raw) {
+            return key;
+        }
+        let key = RequestIdentity::new(method, path, query, body).key();
+        self.keys.insert(raw, key);
+        key
+    }
+}
+
 /// Feeds serialised JSON straight into the digest, with no buffer between.
 struct HashWriter(Md5);
 
@@ -181,15 +227,35 @@ mod tests {
 
     #[test]
     fn json_key_order_and_whitespace_do_not_split_entries() {
-        let a = key(&Method::POST, "/api/metrics", None, r#"{"org":"Vale","location":"Sao Paulo"}"#);
-        let b = key(&Method::POST, "/api/metrics", None, "{ \"location\" : \"Sao Paulo\",\n  \"org\": \"Vale\" }");
+        let a = key(
+            &Method::POST,
+            "/api/metrics",
+            None,
+            r#"{"org":"Vale","location":"Sao Paulo"}"#,
+        );
+        let b = key(
+            &Method::POST,
+            "/api/metrics",
+            None,
+            "{ \"location\" : \"Sao Paulo\",\n  \"org\": \"Vale\" }",
+        );
         assert_eq!(a, b);
     }
 
     #[test]
     fn nested_objects_are_sorted_too() {
-        let a = key(&Method::POST, "/q", None, r#"{"f":{"b":1,"a":[{"y":1,"x":2}]}}"#);
-        let b = key(&Method::POST, "/q", None, r#"{"f":{"a":[{"x":2,"y":1}],"b":1}}"#);
+        let a = key(
+            &Method::POST,
+            "/q",
+            None,
+            r#"{"f":{"b":1,"a":[{"y":1,"x":2}]}}"#,
+        );
+        let b = key(
+            &Method::POST,
+            "/q",
+            None,
+            r#"{"f":{"a":[{"x":2,"y":1}],"b":1}}"#,
+        );
         assert_eq!(a, b);
     }
 
@@ -213,9 +279,20 @@ mod tests {
     fn numbers_are_kept_as_written() {
         let a = key(&Method::POST, "/q", None, r#"{"n":1.0}"#);
         let b = key(&Method::POST, "/q", None, r#"{"n":1}"#);
-        assert_ne!(a, b, "1.0 and 1 are different text; the backend may treat them differently");
-        let big = RequestIdentity::new(&Method::POST, "/q", None, br#"{"n":12345678901234567890123}"#);
-        assert_eq!(big.description("r"), r#"r POST /q {"n":12345678901234567890123}"#);
+        assert_ne!(
+            a, b,
+            "1.0 and 1 are different text; the backend may treat them differently"
+        );
+        let big = RequestIdentity::new(
+            &Method::POST,
+            "/q",
+            None,
+            br#"{"n":12345678901234567890123}"#,
+        );
+        assert_eq!(
+            big.description("r"),
+            r#"r POST /q {"n":12345678901234567890123}"#
+        );
     }
 
     #[test]
@@ -253,8 +330,45 @@ mod tests {
 
     #[test]
     fn description_carries_route_target_and_canonical_body() {
-        let id = RequestIdentity::new(&Method::POST, "/api/metrics", Some("z=1&a=2"), br#"{ "org" : "Vale" }"#);
-        assert_eq!(id.description("get_metrics"), r#"get_metrics POST /api/metrics?a=2&z=1 {"org":"Vale"}"#);
+        let id = RequestIdentity::new(
+            &Method::POST,
+            "/api/metrics",
+            Some("z=1&a=2"),
+            br#"{ "org" : "Vale" }"#,
+        );
+        assert_eq!(
+            id.description("get_metrics"),
+            r#"get_metrics POST /api/metrics?a=2&z=1 {"org":"Vale"}"#
+        );
+    }
+
+    #[test]
+    fn the_memo_gives_the_canonical_key() {
+        let memo = KeyMemo::new(100);
+        let body = br#"{ "org": "Vale", "a": 1 }"#;
+        let canonical = RequestIdentity::new(&Method::POST, "/api/metrics", None, body).key();
+        assert_eq!(
+            memo.key(&Method::POST, "/api/metrics", None, body),
+            canonical
+        );
+        assert_eq!(
+            memo.key(&Method::POST, "/api/metrics", None, body),
+            canonical,
+            "from the memo"
+        );
+        let reordered = br#"{"a":1,"org":"Vale"}"#;
+        assert_eq!(
+            memo.key(&Method::POST, "/api/metrics", None, reordered),
+            canonical
+        );
+        assert_ne!(
+            memo.key(&Method::POST, "/api/actions", None, body),
+            canonical
+        );
+        assert_eq!(
+            memo.key(&Method::GET, "/x", Some("b=1&a=2"), b""),
+            RequestIdentity::new(&Method::GET, "/x", Some("a=2&b=1"), b"").key()
+        );
     }
 
     #[test]

@@ -6,5 +6,5 @@ pub mod key;
 pub mod policy;
 pub mod store;
 
-pub use key::{CacheKey, RequestIdentity};
+pub use key::{CacheKey, KeyMemo, RequestIdentity};
 pub use store::{Entry, Lookup, Store};

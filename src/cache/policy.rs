@@ -60,11 +60,10 @@ pub fn storable_ttl(
     if headers.contains_key(SET_COOKIE) {
         return Err(NotStorable::SetCookie);
     }
-    if headers
-        .get_all(VARY)
-        .iter()
-        .any(|v| v.to_str().map_or(true, |v| v.split(',').any(|f| f.trim() == "*")))
-    {
+    if headers.get_all(VARY).iter().any(|v| {
+        v.to_str()
+            .map_or(true, |v| v.split(',').any(|f| f.trim() == "*"))
+    }) {
         return Err(NotStorable::VaryStar);
     }
     let mut max_age = None;
@@ -101,7 +100,8 @@ pub fn storable_ttl(
 
 /// True when the client's `Cache-Control` asks to skip stored answers.
 pub fn client_wants_fresh(headers: &HeaderMap) -> bool {
-    cache_control(headers).any(|d| d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("max-age=0"))
+    cache_control(headers)
+        .any(|d| d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("max-age=0"))
 }
 
 fn cache_control(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -142,36 +142,64 @@ mod tests {
     #[test]
     fn only_listed_statuses_are_stored() {
         assert_eq!(
-            storable_ttl(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new(), TTL, OK),
+            storable_ttl(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &HeaderMap::new(),
+                TTL,
+                OK
+            ),
             Err(NotStorable::Status(StatusCode::INTERNAL_SERVER_ERROR))
         );
         assert_eq!(
-            storable_ttl(StatusCode::NOT_FOUND, &HeaderMap::new(), TTL, &[StatusCode::OK, StatusCode::NOT_FOUND]),
+            storable_ttl(
+                StatusCode::NOT_FOUND,
+                &HeaderMap::new(),
+                TTL,
+                &[StatusCode::OK, StatusCode::NOT_FOUND]
+            ),
             Ok(TTL)
         );
     }
 
     #[test]
     fn set_cookie_is_never_stored() {
-        assert_eq!(ttl_of(&[("set-cookie", "s=1")]), Err(NotStorable::SetCookie));
+        assert_eq!(
+            ttl_of(&[("set-cookie", "s=1")]),
+            Err(NotStorable::SetCookie)
+        );
     }
 
     #[test]
     fn no_store_private_and_no_cache_forbid_storing() {
-        assert_eq!(ttl_of(&[("cache-control", "no-store")]), Err(NotStorable::NoStore));
-        assert_eq!(ttl_of(&[("cache-control", "max-age=60, Private")]), Err(NotStorable::Private));
-        assert_eq!(ttl_of(&[("cache-control", "no-cache")]), Err(NotStorable::NoCache));
+        assert_eq!(
+            ttl_of(&[("cache-control", "no-store")]),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            ttl_of(&[("cache-control", "max-age=60, Private")]),
+            Err(NotStorable::Private)
+        );
+        assert_eq!(
+            ttl_of(&[("cache-control", "no-cache")]),
+            Err(NotStorable::NoCache)
+        );
     }
 
     #[test]
     fn vary_star_is_never_stored() {
-        assert_eq!(ttl_of(&[("vary", "Accept-Encoding, *")]), Err(NotStorable::VaryStar));
+        assert_eq!(
+            ttl_of(&[("vary", "Accept-Encoding, *")]),
+            Err(NotStorable::VaryStar)
+        );
         assert_eq!(ttl_of(&[("vary", "Accept-Encoding")]), Ok(TTL));
     }
 
     #[test]
     fn s_maxage_beats_max_age_and_age_is_subtracted() {
-        assert_eq!(ttl_of(&[("cache-control", "max-age=60")]), Ok(Duration::from_secs(60)));
+        assert_eq!(
+            ttl_of(&[("cache-control", "max-age=60")]),
+            Ok(Duration::from_secs(60))
+        );
         assert_eq!(
             ttl_of(&[("cache-control", "max-age=60, s-maxage=600")]),
             Ok(Duration::from_secs(600))
@@ -180,7 +208,10 @@ mod tests {
             ttl_of(&[("cache-control", "max-age=60"), ("age", "20")]),
             Ok(Duration::from_secs(40))
         );
-        assert_eq!(ttl_of(&[("cache-control", "max-age=0")]), Err(NotStorable::Expired));
+        assert_eq!(
+            ttl_of(&[("cache-control", "max-age=0")]),
+            Err(NotStorable::Expired)
+        );
     }
 
     #[test]
@@ -194,8 +225,17 @@ mod tests {
 
     #[test]
     fn client_no_cache_is_recognised() {
-        assert!(client_wants_fresh(&headers(&[("cache-control", "no-cache")])));
-        assert!(client_wants_fresh(&headers(&[("cache-control", "max-age=0")])));
-        assert!(!client_wants_fresh(&headers(&[("cache-control", "max-age=60")])));
+        assert!(client_wants_fresh(&headers(&[(
+            "cache-control",
+            "no-cache"
+        )])));
+        assert!(client_wants_fresh(&headers(&[(
+            "cache-control",
+            "max-age=0"
+        )])));
+        assert!(!client_wants_fresh(&headers(&[(
+            "cache-control",
+            "max-age=60"
+        )])));
     }
 }

@@ -114,7 +114,8 @@ impl Store {
         // max-size object.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         let mut shards = (cores * 4).min(maxsize / 32).max(1).next_power_of_two();
-        while shards > 1 && (shards * 32 > maxsize || (maxsize / shards) * unit < max_object_bytes) {
+        while shards > 1 && (shards * 32 > maxsize || (maxsize / shards) * unit < max_object_bytes)
+        {
             shards /= 2;
         }
         let shard_weight = (maxsize / shards) * unit;
@@ -195,7 +196,8 @@ impl Store {
             fresh
         });
         let removed = removed.into_inner();
-        self.expirations.fetch_add(removed as u64, Ordering::Relaxed);
+        self.expirations
+            .fetch_add(removed as u64, Ordering::Relaxed);
         removed
     }
 
@@ -268,7 +270,11 @@ mod tests {
             store.insert(key(i), entry(10, "d", HOUR));
             assert!(store.len() <= 100);
         }
-        assert!(store.len() > 50, "store keeps most of its capacity: {}", store.len());
+        assert!(
+            store.len() > 50,
+            "store keeps most of its capacity: {}",
+            store.len()
+        );
         assert!(store.evictions() > 0);
     }
 
@@ -304,16 +310,28 @@ mod tests {
         let store = Store::new(100, 1 << 20, 1 << 10);
         store.insert(key(1), entry(1, "a", Duration::from_millis(1)));
         store.insert(key(2), entry(1, "b", HOUR));
-        assert_eq!(store.purge_expired(Instant::now() + Duration::from_secs(1)), 1);
+        assert_eq!(
+            store.purge_expired(Instant::now() + Duration::from_secs(1)),
+            1
+        );
         assert_eq!(store.len(), 1);
     }
 
     #[test]
     fn invalidate_matches_descriptions() {
         let store = Store::new(100, 1 << 20, 1 << 10);
-        store.insert(key(1), entry(1, r#"get_metrics POST /api/metrics {"org":"Vale"}"#, HOUR));
-        store.insert(key(2), entry(1, r#"get_actions POST /api/actions {"org":"Vale"}"#, HOUR));
-        store.insert(key(3), entry(1, r#"get_metrics POST /api/metrics {"org":"Acme"}"#, HOUR));
+        store.insert(
+            key(1),
+            entry(1, r#"get_metrics POST /api/metrics {"org":"Vale"}"#, HOUR),
+        );
+        store.insert(
+            key(2),
+            entry(1, r#"get_actions POST /api/actions {"org":"Vale"}"#, HOUR),
+        );
+        store.insert(
+            key(3),
+            entry(1, r#"get_metrics POST /api/metrics {"org":"Acme"}"#, HOUR),
+        );
         assert_eq!(store.invalidate("Vale"), 2);
         assert_eq!(store.invalidate("get_metrics"), 1);
         assert_eq!(store.len(), 0);
