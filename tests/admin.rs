@@ -19,8 +19,15 @@ async fn fill_dashboard(proxy: &ProxyHandle) {
     assert_eq!(proxy.proxy.store.len(), 5);
 }
 
-async fn admin(proxy: &ProxyHandle, method: Method, path: &str, headers: &[(&str, &str)]) -> support::Reply {
-    Client::new().send(method, &proxy.url(path), headers, "").await
+async fn admin(
+    proxy: &ProxyHandle,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> support::Reply {
+    Client::new()
+        .send(method, &proxy.url(path), headers, "")
+        .await
 }
 
 #[tokio::test]
@@ -28,9 +35,15 @@ async fn stats_has_the_seed_shape_and_counts_what_happened() {
     let origin = Origin::start().await;
     let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
     let client = Client::new();
-    client.post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#).await;
-    client.post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#).await;
-    client.post(&proxy.url("/api/metrics"), r#"{"org":"Acme"}"#).await;
+    client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Acme"}"#)
+        .await;
 
     let reply = admin(&proxy, Method::GET, "/api/cache/stats", &[]).await;
     assert_eq!(reply.status, 200);
@@ -88,7 +101,10 @@ async fn clear_answers_the_seed_json_and_empties_the_store() {
     assert_eq!(proxy.stats().await["size"], 0);
 
     let next = Client::new()
-        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale","location":"Sao Paulo"}"#)
+        .post(
+            &proxy.url("/api/metrics"),
+            r#"{"org":"Vale","location":"Sao Paulo"}"#,
+        )
         .await;
     assert_eq!(next.x_cache(), "MISS", "next requests hit the database");
     assert_eq!(origin.count("/api/metrics"), 3);
@@ -110,17 +126,47 @@ async fn invalidate_by_route_name_deletes_only_that_route() {
     fill_dashboard(&proxy).await;
     let client = Client::new();
 
-    let reply = admin(&proxy, Method::POST, "/api/cache/invalidate?pattern=get_metrics", &[]).await;
+    let reply = admin(
+        &proxy,
+        Method::POST,
+        "/api/cache/invalidate?pattern=get_metrics",
+        &[],
+    )
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json(), invalidated("get_metrics", 2));
     assert_eq!(proxy.proxy.store.len(), 3);
 
     let vale = r#"{"org":"Vale","location":"Sao Paulo"}"#;
-    assert_eq!(client.post(&proxy.url("/api/actions"), vale).await.x_cache(), "HIT");
-    assert_eq!(client.get(&proxy.url("/api/filter-options")).await.x_cache(), "HIT");
-    assert_eq!(client.post(&proxy.url("/api/metrics"), vale).await.x_cache(), "MISS");
+    assert_eq!(
+        client
+            .post(&proxy.url("/api/actions"), vale)
+            .await
+            .x_cache(),
+        "HIT"
+    );
+    assert_eq!(
+        client
+            .get(&proxy.url("/api/filter-options"))
+            .await
+            .x_cache(),
+        "HIT"
+    );
+    assert_eq!(
+        client
+            .post(&proxy.url("/api/metrics"), vale)
+            .await
+            .x_cache(),
+        "MISS"
+    );
 
-    let none = admin(&proxy, Method::POST, "/api/cache/invalidate?pattern=get_nothing", &[]).await;
+    let none = admin(
+        &proxy,
+        Method::POST,
+        "/api/cache/invalidate?pattern=get_nothing",
+        &[],
+    )
+    .await;
     assert_eq!(none.json(), invalidated("get_nothing", 0));
 }
 
@@ -131,16 +177,46 @@ async fn invalidate_by_filter_value_deletes_across_routes() {
     fill_dashboard(&proxy).await;
     let client = Client::new();
 
-    let reply = admin(&proxy, Method::POST, "/api/cache/invalidate?pattern=Vale", &[]).await;
+    let reply = admin(
+        &proxy,
+        Method::POST,
+        "/api/cache/invalidate?pattern=Vale",
+        &[],
+    )
+    .await;
     assert_eq!(reply.json(), invalidated("Vale", 2));
     assert_eq!(proxy.proxy.store.len(), 3);
 
     let acme = r#"{"org":"Acme","location":"Sao Paulo"}"#;
-    assert_eq!(client.post(&proxy.url("/api/metrics"), acme).await.x_cache(), "HIT");
-    assert_eq!(client.post(&proxy.url("/api/actions"), acme).await.x_cache(), "HIT");
+    assert_eq!(
+        client
+            .post(&proxy.url("/api/metrics"), acme)
+            .await
+            .x_cache(),
+        "HIT"
+    );
+    assert_eq!(
+        client
+            .post(&proxy.url("/api/actions"), acme)
+            .await
+            .x_cache(),
+        "HIT"
+    );
     let vale = r#"{"org":"Vale","location":"Sao Paulo"}"#;
-    assert_eq!(client.post(&proxy.url("/api/metrics"), vale).await.x_cache(), "MISS");
-    assert_eq!(client.post(&proxy.url("/api/actions"), vale).await.x_cache(), "MISS");
+    assert_eq!(
+        client
+            .post(&proxy.url("/api/metrics"), vale)
+            .await
+            .x_cache(),
+        "MISS"
+    );
+    assert_eq!(
+        client
+            .post(&proxy.url("/api/actions"), vale)
+            .await
+            .x_cache(),
+        "MISS"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +225,13 @@ async fn invalidate_decodes_the_pattern() {
     let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
     fill_dashboard(&proxy).await;
 
-    let reply = admin(&proxy, Method::POST, "/api/cache/invalidate?pattern=Sao%20Paulo", &[]).await;
+    let reply = admin(
+        &proxy,
+        Method::POST,
+        "/api/cache/invalidate?pattern=Sao%20Paulo",
+        &[],
+    )
+    .await;
     assert_eq!(reply.json(), invalidated("Sao Paulo", 4));
     assert_eq!(proxy.proxy.store.len(), 1);
 }
@@ -211,12 +293,25 @@ async fn with_a_token_mutations_require_the_bearer_token() {
     for path in ["/api/cache/clear", "/api/cache/invalidate?pattern=Vale"] {
         let missing = admin(&proxy, Method::POST, path, &[]).await;
         assert_eq!(missing.status, StatusCode::UNAUTHORIZED, "{path}");
-        assert!(missing.header("www-authenticate").starts_with("Bearer"), "{path}");
+        assert!(
+            missing.header("www-authenticate").starts_with("Bearer"),
+            "{path}"
+        );
         missing.error_message();
 
-        for wrong in ["Bearer s3cre", "Bearer s3cretX", "Basic s3cret", "s3cret", "Bearer"] {
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cretX",
+            "Basic s3cret",
+            "s3cret",
+            "Bearer",
+        ] {
             let reply = admin(&proxy, Method::POST, path, &[("authorization", wrong)]).await;
-            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path} with {wrong:?}");
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{path} with {wrong:?}"
+            );
         }
     }
     assert_eq!(proxy.proxy.store.len(), 5, "refused calls deleted nothing");
@@ -225,7 +320,13 @@ async fn with_a_token_mutations_require_the_bearer_token() {
     assert_eq!(stats.status, 200, "stats stays readable without a token");
 
     let auth = [("authorization", "Bearer s3cret")];
-    let invalidate = admin(&proxy, Method::POST, "/api/cache/invalidate?pattern=Vale", &auth).await;
+    let invalidate = admin(
+        &proxy,
+        Method::POST,
+        "/api/cache/invalidate?pattern=Vale",
+        &auth,
+    )
+    .await;
     assert_eq!(invalidate.status, 200);
     assert_eq!(invalidate.json(), invalidated("Vale", 2));
     let clear = admin(&proxy, Method::POST, "/api/cache/clear", &auth).await;

@@ -32,27 +32,42 @@ async fn the_entry_count_never_passes_maxsize() {
     let stats = proxy.stats().await;
     assert_eq!(stats["maxsize"], 50);
     assert!(stats["evictions"].as_u64().unwrap() > 0, "{stats}");
-    assert!(stats["size"].as_u64().unwrap() > 0, "the store still caches: {stats}");
+    assert!(
+        stats["size"].as_u64().unwrap() > 0,
+        "the store still caches: {stats}"
+    );
 }
 
 #[tokio::test]
 async fn the_bytes_never_pass_max_bytes() {
     let origin = Origin::start().await;
     origin.on("/api/report", Behaviour::new().body(vec![b'r'; 8 * 1024]));
-    let proxy = spawn_proxy(&origin.url(), "[cache]\nmax_bytes = \"64KiB\"\nmax_object_bytes = \"16KiB\"\n").await;
+    let proxy = spawn_proxy(
+        &origin.url(),
+        "[cache]\nmax_bytes = \"64KiB\"\nmax_object_bytes = \"16KiB\"\n",
+    )
+    .await;
     let client = Client::new();
 
     for i in 0..40 {
-        let reply = client.get(&proxy.url(&format!("/api/report?page={i}"))).await;
+        let reply = client
+            .get(&proxy.url(&format!("/api/report?page={i}")))
+            .await;
         assert_eq!(reply.body.len(), 8 * 1024);
         let stats = proxy.stats().await;
         let bytes = stats["bytes"].as_u64().unwrap();
         assert_eq!(stats["max_bytes"], 64 * 1024);
-        assert!(bytes <= 64 * 1024, "store holds {bytes} bytes after {i} answers: {stats}");
+        assert!(
+            bytes <= 64 * 1024,
+            "store holds {bytes} bytes after {i} answers: {stats}"
+        );
         assert!(proxy.proxy.store.bytes() <= 64 * 1024);
     }
     let stats = proxy.stats().await;
-    assert!(stats["size"].as_u64().unwrap() >= 1, "8 KiB answers are still cached: {stats}");
+    assert!(
+        stats["size"].as_u64().unwrap() >= 1,
+        "8 KiB answers are still cached: {stats}"
+    );
     assert!(stats["evictions"].as_u64().unwrap() > 0, "{stats}");
 }
 
@@ -69,15 +84,24 @@ async fn an_answer_above_max_object_bytes_is_delivered_whole_but_not_stored() {
         assert_eq!(reply.status, 200);
         assert_eq!(reply.x_cache(), "MISS");
         assert_eq!(reply.body.len(), big.len());
-        assert!(reply.body.as_ref() == big.as_slice(), "the body is the origin's, byte for byte");
-        assert_eq!(origin.count("/api/export"), round, "a large answer is never stored");
+        assert!(
+            reply.body.as_ref() == big.as_slice(),
+            "the body is the origin's, byte for byte"
+        );
+        assert_eq!(
+            origin.count("/api/export"),
+            round,
+            "a large answer is never stored"
+        );
     }
     assert_eq!(proxy.proxy.store.len(), 0);
 }
 
 #[tokio::test]
 async fn a_chunked_answer_above_max_object_bytes_is_delivered_whole_but_not_stored() {
-    let mut answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut answer =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
     let mut expected = Vec::new();
     for i in 0..25u8 {
         let chunk = vec![b'a' + i; 4096];
@@ -95,7 +119,10 @@ async fn a_chunked_answer_above_max_object_bytes_is_delivered_whole_but_not_stor
         let reply = client.get(&proxy.url("/api/export")).await;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.body.len(), expected.len(), "round {round}");
-        assert!(reply.body.as_ref() == expected.as_slice(), "the body is the origin's, in order");
+        assert!(
+            reply.body.as_ref() == expected.as_slice(),
+            "the body is the origin's, in order"
+        );
         assert_eq!(origin.served(), round, "a large answer is never stored");
     }
     assert_eq!(proxy.proxy.store.len(), 0);

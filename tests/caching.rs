@@ -20,8 +20,16 @@ async fn the_same_post_twice_is_a_miss_then_an_identical_hit() {
     assert_eq!(second.status, 200);
     assert_eq!(second.x_cache(), "HIT");
     assert_eq!(first.body, second.body, "a hit returns the stored body");
-    assert_eq!(first.json()["request_body"], filters, "the origin answered this request");
-    assert_eq!(origin.count("/api/metrics"), 1, "the hit never reached the origin");
+    assert_eq!(
+        first.json()["request_body"],
+        filters,
+        "the origin answered this request"
+    );
+    assert_eq!(
+        origin.count("/api/metrics"),
+        1,
+        "the hit never reached the origin"
+    );
     assert_eq!(proxy.proxy.store.len(), 1);
 }
 
@@ -44,8 +52,14 @@ async fn answers_carry_age_and_an_rfc_9211_cache_status() {
     let ttl = hit
         .cache_status_ttl()
         .unwrap_or_else(|| panic!("a hit says its ttl: {hit_status}"));
-    assert!(ttl > 14_000 && ttl <= 14_400, "ttl left is close to the 4 h default: {ttl}");
-    let age: u64 = hit.header("age").parse().expect("a hit carries a numeric Age");
+    assert!(
+        ttl > 14_000 && ttl <= 14_400,
+        "ttl left is close to the 4 h default: {ttl}"
+    );
+    let age: u64 = hit
+        .header("age")
+        .parse()
+        .expect("a hit carries a numeric Age");
     assert!(age <= 5, "a fresh entry is young: {age}");
 }
 
@@ -56,7 +70,10 @@ async fn json_key_order_and_whitespace_hit_the_same_entry() {
     let client = Client::new();
 
     let first = client
-        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale","location":"Sao Paulo","kpis":["a","b"]}"#)
+        .post(
+            &proxy.url("/api/metrics"),
+            r#"{"org":"Vale","location":"Sao Paulo","kpis":["a","b"]}"#,
+        )
         .await;
     let reordered = client
         .post(
@@ -77,14 +94,24 @@ async fn query_parameter_order_hits_the_same_entry() {
     let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
     let client = Client::new();
 
-    let first = client.get(&proxy.url("/api/filter-options?org=Vale&year=2024")).await;
-    let reordered = client.get(&proxy.url("/api/filter-options?year=2024&org=Vale")).await;
-    let other = client.get(&proxy.url("/api/filter-options?year=2023&org=Vale")).await;
+    let first = client
+        .get(&proxy.url("/api/filter-options?org=Vale&year=2024"))
+        .await;
+    let reordered = client
+        .get(&proxy.url("/api/filter-options?year=2024&org=Vale"))
+        .await;
+    let other = client
+        .get(&proxy.url("/api/filter-options?year=2023&org=Vale"))
+        .await;
 
     assert_eq!(first.x_cache(), "MISS");
     assert_eq!(reordered.x_cache(), "HIT");
     assert_eq!(first.body, reordered.body);
-    assert_eq!(other.x_cache(), "MISS", "a different value is a different entry");
+    assert_eq!(
+        other.x_cache(),
+        "MISS",
+        "a different value is a different entry"
+    );
     assert_ne!(other.body, first.body);
     assert_eq!(origin.count("/api/filter-options"), 2);
 }
@@ -95,10 +122,18 @@ async fn different_filters_miss() {
     let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
     let client = Client::new();
 
-    let vale = client.post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#).await;
-    let acme = client.post(&proxy.url("/api/metrics"), r#"{"org":"Acme"}"#).await;
-    let list = client.post(&proxy.url("/api/metrics"), r#"{"org":["Vale"]}"#).await;
-    let other_route = client.post(&proxy.url("/api/actions"), r#"{"org":"Vale"}"#).await;
+    let vale = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    let acme = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Acme"}"#)
+        .await;
+    let list = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":["Vale"]}"#)
+        .await;
+    let other_route = client
+        .post(&proxy.url("/api/actions"), r#"{"org":"Vale"}"#)
+        .await;
 
     for reply in [&vale, &acme, &list, &other_route] {
         assert_eq!(reply.x_cache(), "MISS", "{}", reply.text());
@@ -137,7 +172,11 @@ async fn a_head_miss_fills_the_get_entry() {
     let head = client.send(Method::HEAD, &url, &[], "").await;
     assert_eq!(head.x_cache(), "MISS");
     assert!(head.body.is_empty());
-    assert_eq!(origin.last().unwrap().method, Method::GET, "the origin is asked with GET");
+    assert_eq!(
+        origin.last().unwrap().method,
+        Method::GET,
+        "the origin is asked with GET"
+    );
 
     let get = client.get(&url).await;
     assert_eq!(get.x_cache(), "HIT");
@@ -154,7 +193,12 @@ async fn put_patch_and_delete_always_reach_the_origin() {
     for method in [Method::PUT, Method::PATCH, Method::DELETE] {
         for _ in 0..2 {
             let reply = client
-                .send(method.clone(), &proxy.url("/api/things/1"), &[], r#"{"a":1}"#)
+                .send(
+                    method.clone(),
+                    &proxy.url("/api/things/1"),
+                    &[],
+                    r#"{"a":1}"#,
+                )
                 .await;
             assert_eq!(reply.status, 200);
             assert_eq!(reply.x_cache(), "BYPASS", "{method}");
@@ -188,7 +232,9 @@ async fn a_disabled_cache_bypasses_everything() {
     let client = Client::new();
 
     for _ in 0..2 {
-        let post = client.post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#).await;
+        let post = client
+            .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+            .await;
         let get = client.get(&proxy.url("/api/filter-options")).await;
         assert_eq!(post.x_cache(), "BYPASS");
         assert_eq!(get.x_cache(), "BYPASS");
@@ -216,11 +262,21 @@ async fn origin_bytes_and_custom_headers_pass_through_unchanged() {
 
     let miss = client.get(&proxy.url("/api/export")).await;
     let hit = client.get(&proxy.url("/api/export")).await;
-    let bypass = client.send(Method::PUT, &proxy.url("/api/export"), &[], "").await;
+    let bypass = client
+        .send(Method::PUT, &proxy.url("/api/export"), &[], "")
+        .await;
 
-    assert_eq!((miss.x_cache(), hit.x_cache(), bypass.x_cache()), ("MISS", "HIT", "BYPASS"));
+    assert_eq!(
+        (miss.x_cache(), hit.x_cache(), bypass.x_cache()),
+        ("MISS", "HIT", "BYPASS")
+    );
     for reply in [&miss, &hit, &bypass] {
-        assert_eq!(reply.body.as_ref(), payload.as_slice(), "{} body is byte-exact", reply.x_cache());
+        assert_eq!(
+            reply.body.as_ref(),
+            payload.as_slice(),
+            "{} body is byte-exact",
+            reply.x_cache()
+        );
         assert_eq!(reply.header("content-type"), "application/octet-stream");
         assert_eq!(reply.header("x-request-cost"), "42");
         assert_eq!(reply.header("x-trace"), "abc-123");

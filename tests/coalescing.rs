@@ -9,7 +9,9 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{eventually, spawn_proxy, Behaviour, Client, Gate, Origin, ProxyHandle, DASHBOARD_ROUTES};
+use support::{
+    eventually, spawn_proxy, Behaviour, Client, Gate, Origin, ProxyHandle, DASHBOARD_ROUTES,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -38,7 +40,10 @@ async fn concurrent_identical_misses_make_one_upstream_request() {
     let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
 
     let mut requests = post_many(&proxy, "/api/metrics", 200);
-    eventually("199 callers to wait on the leader's fill", || coalesced(&proxy) >= 199).await;
+    eventually("199 callers to wait on the leader's fill", || {
+        coalesced(&proxy) >= 199
+    })
+    .await;
     assert_eq!(origin.total(), 1, "only the leader reached the origin");
     assert_eq!(proxy.proxy.flights.len(), 1);
     gate.open();
@@ -51,14 +56,19 @@ async fn concurrent_identical_misses_make_one_upstream_request() {
         bodies.push(reply.body);
     }
     assert_eq!(bodies.len(), 200);
-    assert!(bodies.iter().all(|b| *b == bodies[0]), "every caller got the same answer");
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "every caller got the same answer"
+    );
     assert_eq!(origin.count("/api/metrics"), 1);
 
     let stats = proxy.stats().await;
     assert_eq!(stats["coalesced"], 199, "{stats}");
     assert_eq!(stats["upstream_requests"], 1, "{stats}");
     assert_eq!(stats["inflight"], 0, "{stats}");
-    let after = Client::new().post(&proxy.url("/api/metrics"), FILTERS).await;
+    let after = Client::new()
+        .post(&proxy.url("/api/metrics"), FILTERS)
+        .await;
     assert_eq!(after.x_cache(), "HIT");
     assert_eq!(after.body, bodies[0]);
 }
@@ -92,7 +102,9 @@ async fn a_leader_that_hangs_up_does_not_cancel_the_fill() {
         proxy.proxy.store.len() == 1 && proxy.proxy.flights.is_empty()
     })
     .await;
-    let later = Client::new().post(&proxy.url("/api/metrics"), FILTERS).await;
+    let later = Client::new()
+        .post(&proxy.url("/api/metrics"), FILTERS)
+        .await;
     assert_eq!(later.x_cache(), "HIT");
     assert_eq!(later.json()["request_body"], FILTERS);
     assert_eq!(origin.count("/api/metrics"), 1);
@@ -117,10 +129,16 @@ async fn waiters_get_the_answer_when_the_leader_hangs_up() {
         let reply = reply.unwrap();
         assert_eq!(reply.status, 200, "{}", reply.text());
         assert_eq!(reply.json()["request_body"], FILTERS);
-        assert!(reply.header("cache-status").contains("collapsed"), "{}", reply.header("cache-status"));
+        assert!(
+            reply.header("cache-status").contains("collapsed"),
+            "{}",
+            reply.header("cache-status")
+        );
     }
     assert_eq!(origin.count("/api/metrics"), 1);
-    let later = Client::new().post(&proxy.url("/api/metrics"), FILTERS).await;
+    let later = Client::new()
+        .post(&proxy.url("/api/metrics"), FILTERS)
+        .await;
     assert_eq!(later.x_cache(), "HIT");
     assert_eq!(origin.count("/api/metrics"), 1);
 }
@@ -133,7 +151,10 @@ async fn a_slow_error_is_shared_by_its_waiters_and_never_stored() {
     let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
 
     let mut requests = post_many(&proxy, "/api/metrics", 20);
-    eventually("19 callers to wait on the leader's fill", || coalesced(&proxy) >= 19).await;
+    eventually("19 callers to wait on the leader's fill", || {
+        coalesced(&proxy) >= 19
+    })
+    .await;
     gate.open();
 
     let mut bodies = Vec::new();
@@ -143,12 +164,22 @@ async fn a_slow_error_is_shared_by_its_waiters_and_never_stored() {
         bodies.push(reply.body);
     }
     assert!(bodies.iter().all(|b| *b == bodies[0]));
-    assert_eq!(origin.count("/api/metrics"), 1, "one upstream request for 20 callers");
+    assert_eq!(
+        origin.count("/api/metrics"),
+        1,
+        "one upstream request for 20 callers"
+    );
     assert_eq!(proxy.proxy.store.len(), 0);
 
-    let next = Client::new().post(&proxy.url("/api/metrics"), FILTERS).await;
+    let next = Client::new()
+        .post(&proxy.url("/api/metrics"), FILTERS)
+        .await;
     assert_eq!(next.status, 500);
-    assert_eq!(origin.count("/api/metrics"), 2, "an error is not stored: the next request goes upstream");
+    assert_eq!(
+        origin.count("/api/metrics"),
+        2,
+        "an error is not stored: the next request goes upstream"
+    );
 }
 
 #[tokio::test]
@@ -156,11 +187,17 @@ async fn waiters_of_an_answer_too_large_to_store_get_it_whole() {
     let origin = Origin::start().await;
     let gate = Gate::new();
     let big = Bytes::from((0..64 * 1024).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
-    origin.on("/api/export", Behaviour::new().body(big.clone()).gate(&gate));
+    origin.on(
+        "/api/export",
+        Behaviour::new().body(big.clone()).gate(&gate),
+    );
     let proxy = spawn_proxy(&origin.url(), "[cache]\nmax_object_bytes = \"16KiB\"\n").await;
 
     let mut requests = post_many(&proxy, "/api/export", 5);
-    eventually("4 callers to wait on the leader's fill", || coalesced(&proxy) >= 4).await;
+    eventually("4 callers to wait on the leader's fill", || {
+        coalesced(&proxy) >= 4
+    })
+    .await;
     gate.open();
 
     while let Some(reply) = requests.join_next().await {
@@ -170,5 +207,8 @@ async fn waiters_of_an_answer_too_large_to_store_get_it_whole() {
     }
     assert_eq!(proxy.proxy.store.len(), 0);
     let asked = origin.count("/api/export");
-    assert!((1..=5).contains(&asked), "at most one upstream request per caller: {asked}");
+    assert!(
+        (1..=5).contains(&asked),
+        "at most one upstream request per caller: {asked}"
+    );
 }

@@ -30,7 +30,11 @@ async fn an_entry_is_a_hit_before_its_ttl_and_refetched_after() {
     let hit = client.post(&url, r#"{"org":"Vale"}"#).await;
     assert_eq!(miss.x_cache(), "MISS");
     assert_eq!(hit.x_cache(), "HIT");
-    assert!(hit.cache_status_ttl().is_some_and(|ttl| ttl <= 1), "{}", hit.header("cache-status"));
+    assert!(
+        hit.cache_status_ttl().is_some_and(|ttl| ttl <= 1),
+        "{}",
+        hit.header("cache-status")
+    );
 
     sleep_until(stored_by + PAST_ONE_SECOND).await;
     let after = client.post(&url, r#"{"org":"Vale"}"#).await;
@@ -38,7 +42,11 @@ async fn an_entry_is_a_hit_before_its_ttl_and_refetched_after() {
     assert_eq!(origin.count("/api/metrics"), 2);
 
     let again = client.post(&url, r#"{"org":"Vale"}"#).await;
-    assert_eq!(again.x_cache(), "HIT", "the refetched answer is stored again");
+    assert_eq!(
+        again.x_cache(),
+        "HIT",
+        "the refetched answer is stored again"
+    );
     assert_eq!(origin.count("/api/metrics"), 2);
 }
 
@@ -68,8 +76,16 @@ path = "/api/long"
     assert_eq!(client.get(&proxy.url("/api/short")).await.x_cache(), "HIT");
 
     sleep_until(stored_by + PAST_ONE_SECOND).await;
-    assert_eq!(client.get(&proxy.url("/api/short")).await.x_cache(), "MISS", "route ttl = 1 s");
-    assert_eq!(client.get(&proxy.url("/api/long")).await.x_cache(), "HIT", "default ttl = 1 h");
+    assert_eq!(
+        client.get(&proxy.url("/api/short")).await.x_cache(),
+        "MISS",
+        "route ttl = 1 s"
+    );
+    assert_eq!(
+        client.get(&proxy.url("/api/long")).await.x_cache(),
+        "HIT",
+        "default ttl = 1 h"
+    );
     assert_eq!(origin.count("/api/short"), 2);
     assert_eq!(origin.count("/api/long"), 1);
 }
@@ -77,13 +93,23 @@ path = "/api/long"
 #[tokio::test]
 async fn the_origin_max_age_and_s_maxage_override_the_default_ttl() {
     let origin = Origin::start().await;
-    origin.on("/api/max-age", Behaviour::new().header("cache-control", "max-age=1"));
+    origin.on(
+        "/api/max-age",
+        Behaviour::new().header("cache-control", "max-age=1"),
+    );
     origin.on(
         "/api/s-maxage",
         Behaviour::new().header("cache-control", "public, max-age=3600, s-maxage=1"),
     );
-    origin.on("/api/long-max-age", Behaviour::new().header("cache-control", "max-age=7200"));
-    let proxy = spawn_proxy(&origin.url(), "[cache]\nttl = \"1h\"\npurge_interval = \"1h\"\n").await;
+    origin.on(
+        "/api/long-max-age",
+        Behaviour::new().header("cache-control", "max-age=7200"),
+    );
+    let proxy = spawn_proxy(
+        &origin.url(),
+        "[cache]\nttl = \"1h\"\npurge_interval = \"1h\"\n",
+    )
+    .await;
     let client = Client::new();
     let paths = ["/api/max-age", "/api/s-maxage", "/api/long-max-age"];
 
@@ -94,13 +120,20 @@ async fn the_origin_max_age_and_s_maxage_override_the_default_ttl() {
     let long = client.get(&proxy.url("/api/long-max-age")).await;
     assert_eq!(long.x_cache(), "HIT");
     let ttl = long.cache_status_ttl().expect("a hit says its ttl");
-    assert!((7100..=7200).contains(&ttl), "max-age=7200 beats the 1 h default: {ttl}");
+    assert!(
+        (7100..=7200).contains(&ttl),
+        "max-age=7200 beats the 1 h default: {ttl}"
+    );
 
     sleep_until(stored_by + PAST_ONE_SECOND).await;
     let max_age = client.get(&proxy.url("/api/max-age")).await;
     let s_maxage = client.get(&proxy.url("/api/s-maxage")).await;
     assert_eq!(max_age.x_cache(), "MISS", "max-age=1 beats the 1 h default");
-    assert_eq!(s_maxage.x_cache(), "MISS", "s-maxage=1 beats max-age=3600 in a shared cache");
+    assert_eq!(
+        s_maxage.x_cache(),
+        "MISS",
+        "s-maxage=1 beats max-age=3600 in a shared cache"
+    );
     assert_eq!(origin.count("/api/max-age"), 2);
     assert_eq!(origin.count("/api/s-maxage"), 2);
 }
@@ -108,23 +141,36 @@ async fn the_origin_max_age_and_s_maxage_override_the_default_ttl() {
 #[tokio::test]
 async fn the_purge_empties_the_store_without_any_request() {
     let origin = Origin::start().await;
-    let proxy = spawn_proxy(&origin.url(), "[cache]\nttl = 1\npurge_interval = \"100ms\"\n").await;
+    let proxy = spawn_proxy(
+        &origin.url(),
+        "[cache]\nttl = 1\npurge_interval = \"100ms\"\n",
+    )
+    .await;
     let client = Client::new();
 
     for org in ["Vale", "Acme", "Globex"] {
-        client.post(&proxy.url("/api/metrics"), &format!(r#"{{"org":"{org}"}}"#)).await;
+        client
+            .post(&proxy.url("/api/metrics"), &format!(r#"{{"org":"{org}"}}"#))
+            .await;
     }
     assert_eq!(proxy.stats().await["size"], 3);
 
     let mut last = proxy.stats().await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while last["size"] != 0 {
-        assert!(Instant::now() < deadline, "purge never emptied the store: {last}");
+        assert!(
+            Instant::now() < deadline,
+            "purge never emptied the store: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         last = proxy.stats().await;
     }
     assert_eq!(last["expirations"], 3, "{last}");
     assert_eq!(last["bytes"], 0, "{last}");
-    assert_eq!(origin.total(), 3, "only stats were asked; nothing went upstream");
+    assert_eq!(
+        origin.total(),
+        3,
+        "only stats were asked; nothing went upstream"
+    );
     eventually("the store to be empty", || proxy.proxy.store.is_empty()).await;
 }

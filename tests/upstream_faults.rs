@@ -5,15 +5,21 @@
 mod support;
 
 use http::{Method, StatusCode};
-use support::{closed_port_url, raw_request, spawn_proxy, Behaviour, Client, Gate, Origin, RawOrigin, Step};
+use support::{
+    closed_port_url, raw_request, spawn_proxy, Behaviour, Client, Gate, Origin, RawOrigin, Step,
+};
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502_json_error() {
     let proxy = spawn_proxy(&closed_port_url().await, "").await;
     let client = Client::new();
 
-    let cached = client.post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#).await;
-    let bypass = client.send(Method::PUT, &proxy.url("/api/metrics"), &[], "{}").await;
+    let cached = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    let bypass = client
+        .send(Method::PUT, &proxy.url("/api/metrics"), &[], "{}")
+        .await;
 
     for reply in [&cached, &bypass] {
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
@@ -32,16 +38,28 @@ async fn a_slow_upstream_is_a_504_json_error() {
     let proxy = spawn_proxy(&origin.url(), "upstream_timeout = \"300ms\"\n").await;
     let client = Client::new();
 
-    let cached = client.post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#).await;
-    let bypass = client.send(Method::PUT, &proxy.url("/api/metrics"), &[], "{}").await;
+    let cached = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    let bypass = client
+        .send(Method::PUT, &proxy.url("/api/metrics"), &[], "{}")
+        .await;
 
     for reply in [&cached, &bypass] {
-        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.text());
+        assert_eq!(
+            reply.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{}",
+            reply.text()
+        );
         reply.error_message();
     }
     assert_eq!(origin.count("/api/metrics"), 2);
     assert_eq!(proxy.proxy.store.len(), 0);
-    assert!(proxy.proxy.flights.is_empty(), "a timed-out fill leaves no flight behind");
+    assert!(
+        proxy.proxy.flights.is_empty(),
+        "a timed-out fill leaves no flight behind"
+    );
 }
 
 #[tokio::test]
@@ -52,11 +70,21 @@ async fn a_truncated_body_is_never_stored_nor_presented_as_complete() {
 
     for round in 1..=2 {
         match client
-            .try_send(Method::POST, &proxy.url("/api/metrics"), &[], r#"{"org":"Vale"}"#)
+            .try_send(
+                Method::POST,
+                &proxy.url("/api/metrics"),
+                &[],
+                r#"{"org":"Vale"}"#,
+            )
             .await
         {
             Ok(reply) => {
-                assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "round {round}: {}", reply.text());
+                assert_eq!(
+                    reply.status,
+                    StatusCode::BAD_GATEWAY,
+                    "round {round}: {}",
+                    reply.text()
+                );
                 reply.error_message();
             }
             Err(_) => {} // the client saw the answer fail: also honest
@@ -97,10 +125,20 @@ async fn a_body_that_stalls_is_an_error_and_never_stored() {
 
     for round in 1..=2 {
         let result = client
-            .try_send(Method::POST, &proxy.url("/api/metrics"), &[], r#"{"org":"Vale"}"#)
+            .try_send(
+                Method::POST,
+                &proxy.url("/api/metrics"),
+                &[],
+                r#"{"org":"Vale"}"#,
+            )
             .await;
         if let Ok(reply) = result {
-            assert!(reply.status.is_server_error(), "round {round}: {} {}", reply.status, reply.text());
+            assert!(
+                reply.status.is_server_error(),
+                "round {round}: {} {}",
+                reply.status,
+                reply.text()
+            );
             reply.error_message();
         }
         assert_eq!(origin.served(), round, "round {round}: nothing was stored");
@@ -119,8 +157,15 @@ async fn a_body_silent_past_upstream_timeout_is_a_504() {
     .await;
     let proxy = spawn_proxy(&origin.url(), "upstream_timeout = \"300ms\"\n").await;
 
-    let reply = Client::new().post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#).await;
-    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.text());
+    let reply = Client::new()
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
     reply.error_message();
 }
 
@@ -130,8 +175,12 @@ async fn garbage_from_the_upstream_is_a_502_json_error() {
     let proxy = spawn_proxy(&origin.url(), "").await;
     let client = Client::new();
 
-    let cached = client.post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#).await;
-    let bypass = client.send(Method::DELETE, &proxy.url("/api/things/1"), &[], "").await;
+    let cached = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    let bypass = client
+        .send(Method::DELETE, &proxy.url("/api/things/1"), &[], "")
+        .await;
 
     for reply in [&cached, &bypass] {
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
@@ -148,16 +197,27 @@ async fn a_request_body_above_max_body_bytes_is_a_413_and_never_forwarded() {
     let big = format!(r#"{{"org":"{}"}}"#, "V".repeat(4096));
 
     let cached = client.post(&proxy.url("/api/metrics"), &big).await;
-    let bypass = client.send(Method::PUT, &proxy.url("/api/metrics"), &[], big.clone()).await;
+    let bypass = client
+        .send(Method::PUT, &proxy.url("/api/metrics"), &[], big.clone())
+        .await;
     for reply in [&cached, &bypass] {
         assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
         let message = reply.error_message();
-        assert!(message.contains("1024"), "the message names the limit: {message}");
+        assert!(
+            message.contains("1024"),
+            "the message names the limit: {message}"
+        );
     }
 
-    let within = client.post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#).await;
+    let within = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
     assert_eq!(within.status, 200, "bodies within the limit still pass");
-    assert_eq!(origin.total(), 1, "the oversized requests never reached the origin");
+    assert_eq!(
+        origin.total(),
+        1,
+        "the oversized requests never reached the origin"
+    );
 }
 
 /// `Transfer-Encoding: chunked` request of `len` bytes, in 512-byte chunks.
@@ -181,8 +241,17 @@ async fn a_chunked_request_body_above_max_body_bytes_is_a_413() {
     let proxy = spawn_proxy(&origin.url(), "max_body_bytes = \"1KiB\"\n").await;
 
     let reply = raw_request(proxy.addr, &chunked_request("POST", 4096)).await;
-    assert_eq!(reply.status, 413, "{}", String::from_utf8_lossy(&reply.body));
-    assert_eq!(origin.total(), 0, "a cacheable request is read whole before forwarding");
+    assert_eq!(
+        reply.status,
+        413,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        origin.total(),
+        0,
+        "a cacheable request is read whole before forwarding"
+    );
 }
 
 #[tokio::test]
@@ -192,5 +261,10 @@ async fn a_chunked_pass_through_body_above_max_body_bytes_is_a_413() {
     let proxy = spawn_proxy(&origin.url(), "max_body_bytes = \"1KiB\"\n").await;
 
     let reply = raw_request(proxy.addr, &chunked_request("PUT", 4096)).await;
-    assert_eq!(reply.status, 413, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        413,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
 }

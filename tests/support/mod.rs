@@ -109,7 +109,8 @@ impl Behaviour {
     }
 
     pub fn echo_header(mut self, name: &str) -> Self {
-        self.echo_header = Some(HeaderName::from_bytes(name.as_bytes()).expect("valid header name"));
+        self.echo_header =
+            Some(HeaderName::from_bytes(name.as_bytes()).expect("valid header name"));
         self
     }
 }
@@ -147,7 +148,11 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState::default());
         let accept = tokio::spawn(serve_origin(listener, state.clone()));
-        Self { addr, state, accept }
+        Self {
+            addr,
+            state,
+            accept,
+        }
     }
 
     /// `http://127.0.0.1:PORT`
@@ -157,7 +162,11 @@ impl Origin {
 
     /// Sets how `path` (without query) is answered.
     pub fn on(&self, path: &str, behaviour: Behaviour) {
-        self.state.behaviours.lock().unwrap().insert(path.to_owned(), behaviour);
+        self.state
+            .behaviours
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), behaviour);
     }
 
     pub fn total(&self) -> usize {
@@ -166,7 +175,13 @@ impl Origin {
 
     /// Requests served for `path` (without query).
     pub fn count(&self, path: &str) -> usize {
-        self.state.per_path.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.state
+            .per_path
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn last(&self) -> Option<Seen> {
@@ -179,7 +194,10 @@ impl Origin {
 
     /// Waits until the origin has received `n` requests in total.
     pub async fn wait_for_total(&self, n: usize) {
-        eventually(&format!("origin to receive {n} requests"), || self.total() >= n).await;
+        eventually(&format!("origin to receive {n} requests"), || {
+            self.total() >= n
+        })
+        .await;
     }
 }
 
@@ -191,7 +209,9 @@ impl Drop for Origin {
 
 async fn serve_origin(listener: TcpListener, state: Arc<OriginState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
@@ -207,11 +227,19 @@ async fn serve_origin(listener: TcpListener, state: Arc<OriginState>) {
 
 async fn origin_answer(request: Request<Incoming>, state: &OriginState) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let path = parts.uri.path().to_owned();
     let seen = Seen {
         method: parts.method.clone(),
-        uri: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned(),
         version: parts.version,
         headers: parts.headers.clone(),
         body: body.clone(),
@@ -221,7 +249,12 @@ async fn origin_answer(request: Request<Incoming>, state: &OriginState) -> Respo
         behaviours.get(&path).cloned().unwrap_or_default()
     };
     *state.last.lock().unwrap() = Some(seen);
-    *state.per_path.lock().unwrap().entry(path.clone()).or_default() += 1;
+    *state
+        .per_path
+        .lock()
+        .unwrap()
+        .entry(path.clone())
+        .or_default() += 1;
     state.total.fetch_add(1, Ordering::SeqCst);
 
     if let Some(gate) = &behaviour.gate {
@@ -243,7 +276,10 @@ async fn origin_answer(request: Request<Incoming>, state: &OriginState) -> Respo
     *response.status_mut() = behaviour.status.unwrap_or(StatusCode::OK);
     let headers = response.headers_mut();
     if behaviour.body.is_none() {
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
     }
     for (name, value) in &behaviour.headers {
         headers.append(name.clone(), value.clone());
@@ -253,7 +289,13 @@ async fn origin_answer(request: Request<Incoming>, state: &OriginState) -> Respo
 
 /// The origin's default answer: JSON derived from the request, so equal
 /// requests get equal bodies and different ones differ.
-pub fn default_body(method: &Method, path: &str, query: Option<&str>, body: &[u8], echoed: Option<String>) -> Bytes {
+pub fn default_body(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+    echoed: Option<String>,
+) -> Bytes {
     let mut value = json!({
         "method": method.as_str(),
         "path": path,
@@ -287,19 +329,27 @@ pub struct RawOrigin {
 
 impl RawOrigin {
     pub async fn start(script: Vec<Step>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw origin");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw origin");
         let addr = listener.local_addr().unwrap();
         let served = Arc::new(AtomicUsize::new(0));
         let counter = served.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let script = script.clone();
                 let counter = counter.clone();
                 tokio::spawn(raw_answer(stream, script, counter));
             }
         });
-        Self { addr, served, accept }
+        Self {
+            addr,
+            served,
+            accept,
+        }
     }
 
     /// Sends `Content-Length: 1000`, then 10 bytes, then closes.
@@ -312,7 +362,10 @@ impl RawOrigin {
 
     /// Answers with bytes that are not HTTP.
     pub async fn garbage() -> Self {
-        Self::start(vec![Step::Write(b"this is not http at all\r\n\r\n\x00\x01\x02".to_vec())]).await
+        Self::start(vec![Step::Write(
+            b"this is not http at all\r\n\r\n\x00\x01\x02".to_vec(),
+        )])
+        .await
     }
 
     pub fn url(&self) -> String {
@@ -406,7 +459,8 @@ pub struct ProxyHandle {
 /// Starts dashcache on 127.0.0.1:0 in front of `upstream`, configured by
 /// `toml` (a proxy.toml snippet).
 pub async fn spawn_proxy(upstream: &str, toml: &str) -> ProxyHandle {
-    let file = dashcache::config::FileConfig::parse(toml, std::path::Path::new("test.toml")).expect("test config parses");
+    let file = dashcache::config::FileConfig::parse(toml, std::path::Path::new("test.toml"))
+        .expect("test config parses");
     let cli = dashcache::Cli {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         upstream: Some(upstream.to_owned()),
@@ -444,7 +498,12 @@ impl ProxyHandle {
     /// `GET /api/cache/stats`'s `cache` object.
     pub async fn stats(&self) -> Value {
         let reply = Client::new().get(&self.url("/api/cache/stats")).await;
-        assert_eq!(reply.status, StatusCode::OK, "stats answers 200: {}", reply.text());
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "stats answers 200: {}",
+            reply.text()
+        );
         reply.json()["cache"].clone()
     }
 }
@@ -475,7 +534,10 @@ impl Reply {
 
     /// A header's value as text ("" when absent).
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// The `ttl=` member of `Cache-Status`, if any.
@@ -491,15 +553,22 @@ impl Reply {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 
     /// Asserts the seed's error shape and returns the message.
     pub fn error_message(&self) -> String {
-        assert_eq!(self.header("content-type"), "application/json", "error answers are JSON");
+        assert_eq!(
+            self.header("content-type"),
+            "application/json",
+            "error answers are JSON"
+        );
         let json = self.json();
         assert_eq!(json["status"], "error", "{json}");
-        let message = json["message"].as_str().unwrap_or_else(|| panic!("message is a string: {json}"));
+        let message = json["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("message is a string: {json}"));
         assert!(!message.is_empty(), "error message is not empty");
         message.to_owned()
     }
@@ -544,7 +613,9 @@ impl Client {
         let request = request.body(Full::new(body.into()))?;
         let response = tokio::time::timeout(PATIENCE, self.inner.request(request)).await??;
         let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(PATIENCE, body.collect()).await??.to_bytes();
+        let body = tokio::time::timeout(PATIENCE, body.collect())
+            .await??
+            .to_bytes();
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,
@@ -552,7 +623,13 @@ impl Client {
         })
     }
 
-    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
         let description = format!("{method} {url}");
         self.try_send(method, url, headers, body)
             .await
@@ -564,8 +641,13 @@ impl Client {
     }
 
     pub async fn post(&self, url: &str, body: &str) -> Reply {
-        self.send(Method::POST, url, &[("content-type", "application/json")], body.to_owned())
-            .await
+        self.send(
+            Method::POST,
+            url,
+            &[("content-type", "application/json")],
+            body.to_owned(),
+        )
+        .await
     }
 }
 
@@ -585,7 +667,10 @@ impl RawReply {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -631,7 +716,10 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawReply {
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
