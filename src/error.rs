@@ -108,6 +108,18 @@ impl ProxyError {
         }
     }
 
+    /// True when `T` appears anywhere in this error's source chain.
+    pub fn caused_by<T: std::error::Error + 'static>(&self) -> bool {
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            if err.is::<T>() {
+                return true;
+            }
+            cause = err.source();
+        }
+        false
+    }
+
     /// The message shown to the client: this error and its sources, joined.
     pub fn message(&self) -> String {
         let mut message = self.to_string();

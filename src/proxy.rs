@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::admin;
-use crate::body::{collect_limited, Collected, ProxyBody, UpstreamBody};
+use crate::body::{collect_limited, Collected, ProxyBody, UpstreamBody, UpstreamStalled};
 use crate::cache::flight::{BufferedAnswer, FillGuard, FillOutcome, Flights, Join};
 use crate::cache::policy::{self, NotStorable};
 use crate::cache::{Entry, KeyMemo, Lookup, RequestIdentity, Store};
@@ -180,6 +180,15 @@ impl Proxy {
                     CacheStatusField::forward("bypass"),
                     false,
                 )
+            }
+            // A chunked body that outgrows the limit fails the upstream
+            // request mid-way: that is the client's fault, not the upstream's.
+            Err(err) if err.caused_by::<http_body_util::LengthLimitError>() => {
+                let err = ProxyError::BodyTooLarge {
+                    limit: self.config.max_body_bytes as usize,
+                };
+                warn!(error = %err.message(), "request body rejected");
+                respond::error(&err)
             }
             Err(err) => {
                 Metrics::bump(&self.metrics.upstream_errors);
@@ -351,9 +360,16 @@ impl Proxy {
         let outcome = match collect_limited(body, self.store.max_entry_bytes()).await {
             Err(source) => {
                 Metrics::bump(&self.metrics.upstream_errors);
-                let err = ProxyError::UpstreamBody {
-                    upstream: self.upstream.name().to_owned(),
-                    source,
+                let err = if source.is::<UpstreamStalled>() {
+                    ProxyError::UpstreamTimeout {
+                        upstream: self.upstream.name().to_owned(),
+                        timeout: self.upstream.timeout(),
+                    }
+                } else {
+                    ProxyError::UpstreamBody {
+                        upstream: self.upstream.name().to_owned(),
+                        source,
+                    }
                 };
                 warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream body failed; nothing stored");
                 FillOutcome::Failed(err)
