@@ -73,6 +73,8 @@ pub struct Behaviour {
     pub body: Option<Bytes>,
     /// Copies this request header's value into the default JSON body.
     pub echo_header: Option<HeaderName>,
+    /// Sends this `ETag`, and answers 304 to a matching `If-None-Match`.
+    pub etag: Option<String>,
 }
 
 impl Behaviour {
@@ -108,6 +110,11 @@ impl Behaviour {
         self
     }
 
+    pub fn etag(mut self, tag: &str) -> Self {
+        self.etag = Some(tag.to_owned());
+        self
+    }
+
     pub fn echo_header(mut self, name: &str) -> Self {
         self.echo_header =
             Some(HeaderName::from_bytes(name.as_bytes()).expect("valid header name"));
@@ -135,7 +142,9 @@ struct OriginState {
 }
 
 /// An in-process HTTP origin that counts what it serves. Requests are
-/// counted when their head and body have arrived, before any delay or gate.
+/// counted when their head and body have arrived, before any delay or gate;
+/// every answer carries `x-origin-serial`, the request's ordinal, so a test
+/// can tell which upstream request an answer came from.
 pub struct Origin {
     pub addr: SocketAddr,
     state: Arc<OriginState>,
@@ -255,7 +264,7 @@ async fn origin_answer(request: Request<Incoming>, state: &OriginState) -> Respo
         .unwrap()
         .entry(path.clone())
         .or_default() += 1;
-    state.total.fetch_add(1, Ordering::SeqCst);
+    let serial = state.total.fetch_add(1, Ordering::SeqCst) + 1;
 
     if let Some(gate) = &behaviour.gate {
         gate.wait().await;
@@ -272,10 +281,25 @@ async fn origin_answer(request: Request<Incoming>, state: &OriginState) -> Respo
             .map(str::to_owned);
         default_body(&parts.method, &path, parts.uri.query(), &body, echoed)
     });
+    let not_modified = behaviour.etag.as_deref().is_some_and(|tag| {
+        parts
+            .headers
+            .get(http::header::IF_NONE_MATCH)
+            .is_some_and(|v| v.as_bytes() == tag.as_bytes())
+    });
+    let body = if not_modified { Bytes::new() } else { body };
     let mut response = Response::new(Full::new(body));
-    *response.status_mut() = behaviour.status.unwrap_or(StatusCode::OK);
+    *response.status_mut() = match behaviour.status {
+        _ if not_modified => StatusCode::NOT_MODIFIED,
+        Some(status) => status,
+        None => StatusCode::OK,
+    };
     let headers = response.headers_mut();
-    if behaviour.body.is_none() {
+    headers.insert("x-origin-serial", HeaderValue::from(serial));
+    if let Some(tag) = &behaviour.etag {
+        headers.insert(http::header::ETAG, HeaderValue::from_str(tag).expect("valid etag"));
+    }
+    if behaviour.body.is_none() && !not_modified {
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
