@@ -3,7 +3,7 @@
 mod support;
 
 use http::Method;
-use support::{spawn_proxy, Behaviour, Client, Origin, DASHBOARD_ROUTES};
+use support::{spawn_proxy, Behaviour, Client, Origin, RawOrigin, Step, DASHBOARD_ROUTES};
 
 #[tokio::test]
 async fn the_same_post_twice_is_a_miss_then_an_identical_hit() {
@@ -282,4 +282,24 @@ async fn origin_bytes_and_custom_headers_pass_through_unchanged() {
         assert_eq!(reply.header("x-trace"), "abc-123");
     }
     assert_eq!(origin.count("/api/export"), 2);
+}
+
+#[tokio::test]
+async fn a_chunked_answer_is_stored_and_replayed_whole() {
+    let origin = RawOrigin::start(vec![Step::Write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+          6\r\n{\"a\":1\r\n7\r\n,\"b\":2}\r\n0\r\n\r\n"
+            .to_vec(),
+    )])
+    .await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let client = Client::new();
+
+    let miss = client.get(&proxy.url("/api/chunked")).await;
+    let hit = client.get(&proxy.url("/api/chunked")).await;
+    assert_eq!((miss.x_cache(), hit.x_cache()), ("MISS", "HIT"));
+    for reply in [&miss, &hit] {
+        assert_eq!(reply.text(), r#"{"a":1,"b":2}"#);
+    }
+    assert_eq!(origin.served(), 1);
 }

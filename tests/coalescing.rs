@@ -212,3 +212,69 @@ async fn waiters_of_an_answer_too_large_to_store_get_it_whole() {
         "at most one upstream request per caller: {asked}"
     );
 }
+
+fn serial(reply: &support::Reply) -> u64 {
+    reply.header("x-origin-serial").parse().expect("origin answers carry a serial")
+}
+
+#[tokio::test]
+#[ignore = "BUG: an unstorable private / Set-Cookie answer is handed to every coalesced waiter"]
+async fn a_private_answer_is_never_shared_with_waiters() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.on(
+        "/api/me",
+        Behaviour::new()
+            .header("cache-control", "private")
+            .header("set-cookie", "session=for-the-leader-only")
+            .gate(&gate),
+    );
+    let proxy = spawn_proxy(&origin.url(), "").await;
+
+    let mut requests = post_many(&proxy, "/api/me", 3);
+    eventually("2 callers to wait on the leader's fill", || coalesced(&proxy) >= 2).await;
+    gate.open();
+
+    let mut serials = Vec::new();
+    while let Some(reply) = requests.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 200);
+        serials.push(serial(&reply));
+    }
+    serials.sort_unstable();
+    serials.dedup();
+    assert_eq!(
+        serials.len(),
+        3,
+        "each caller must get its own upstream answer, not the leader's private one"
+    );
+}
+
+#[tokio::test]
+#[ignore = "BUG: a conditional leader's 304 is handed to unconditional coalesced waiters"]
+async fn a_conditional_leaders_304_is_never_shared_with_waiters() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.on("/api/filter-options", Behaviour::new().etag("\"v1\"").gate(&gate));
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let url = proxy.url("/api/filter-options");
+
+    let leader = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            Client::new()
+                .send(http::Method::GET, &url, &[("if-none-match", "\"v1\"")], "")
+                .await
+        })
+    };
+    origin.wait_for_total(1).await;
+    let waiter = tokio::spawn(async move { Client::new().get(&url).await });
+    eventually("the waiter to join the flight", || coalesced(&proxy) >= 1).await;
+    gate.open();
+
+    let leader = leader.await.unwrap();
+    let waiter = waiter.await.unwrap();
+    assert_eq!(leader.status, 304, "the revalidating browser gets its 304");
+    assert_eq!(waiter.status, 200, "a plain GET must get the full answer");
+    assert!(!waiter.body.is_empty());
+}

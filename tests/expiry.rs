@@ -174,3 +174,22 @@ async fn the_purge_empties_the_store_without_any_request() {
     );
     eventually("the store to be empty", || proxy.proxy.store.is_empty()).await;
 }
+
+#[tokio::test]
+async fn the_origin_age_counts_against_its_max_age() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/api/aged",
+        Behaviour::new().header("cache-control", "max-age=3600").header("age", "100"),
+    );
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let client = Client::new();
+
+    client.get(&proxy.url("/api/aged")).await;
+    let hit = client.get(&proxy.url("/api/aged")).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    let age: u64 = hit.header("age").parse().expect("numeric Age");
+    assert!((100..=105).contains(&age), "Age includes the origin's 100 s: {age}");
+    let ttl = hit.cache_status_ttl().expect("a hit says its ttl");
+    assert!((3400..=3500).contains(&ttl), "3600 s max-age minus 100 s of age: {ttl}");
+}

@@ -42,12 +42,21 @@ async fn answers_that_forbid_a_shared_cache_are_never_stored() {
         Behaviour::new().header("cache-control", "private, max-age=600"),
     );
     origin.on("/vary-star", Behaviour::new().header("vary", "*"));
+    origin.on("/no-cache", Behaviour::new().header("cache-control", "no-cache"));
+    origin.on("/max-age-0", Behaviour::new().header("cache-control", "max-age=0"));
+    origin.on(
+        "/too-old",
+        Behaviour::new().header("cache-control", "max-age=60").header("age", "60"),
+    );
     let proxy = spawn_proxy(&origin.url(), "").await;
 
     assert_never_stored(&origin, &proxy, "/set-cookie", "set-cookie").await;
     assert_never_stored(&origin, &proxy, "/no-store", "no-store").await;
     assert_never_stored(&origin, &proxy, "/private", "private").await;
     assert_never_stored(&origin, &proxy, "/vary-star", "vary-star").await;
+    assert_never_stored(&origin, &proxy, "/no-cache", "no-cache").await;
+    assert_never_stored(&origin, &proxy, "/max-age-0", "expired").await;
+    assert_never_stored(&origin, &proxy, "/too-old", "expired").await;
     assert_eq!(proxy.proxy.store.len(), 0);
 }
 
