@@ -214,7 +214,10 @@ async fn waiters_of_an_answer_too_large_to_store_get_it_whole() {
 }
 
 fn serial(reply: &support::Reply) -> u64 {
-    reply.header("x-origin-serial").parse().expect("origin answers carry a serial")
+    reply
+        .header("x-origin-serial")
+        .parse()
+        .expect("origin answers carry a serial")
 }
 
 #[tokio::test]
@@ -232,7 +235,10 @@ async fn a_private_answer_is_never_shared_with_waiters() {
     let proxy = spawn_proxy(&origin.url(), "").await;
 
     let mut requests = post_many(&proxy, "/api/me", 3);
-    eventually("2 callers to wait on the leader's fill", || coalesced(&proxy) >= 2).await;
+    eventually("2 callers to wait on the leader's fill", || {
+        coalesced(&proxy) >= 2
+    })
+    .await;
     gate.open();
 
     let mut serials = Vec::new();
@@ -255,7 +261,10 @@ async fn a_private_answer_is_never_shared_with_waiters() {
 async fn a_conditional_leaders_304_is_never_shared_with_waiters() {
     let origin = Origin::start().await;
     let gate = Gate::new();
-    origin.on("/api/filter-options", Behaviour::new().etag("\"v1\"").gate(&gate));
+    origin.on(
+        "/api/filter-options",
+        Behaviour::new().etag("\"v1\"").gate(&gate),
+    );
     let proxy = spawn_proxy(&origin.url(), "").await;
     let url = proxy.url("/api/filter-options");
 

@@ -32,7 +32,10 @@ fn stderr(output: &Output) -> String {
 /// Asserts a non-zero exit whose stderr names every one of `names`.
 fn assert_rejected(output: &Output, names: &[&str]) {
     let err = stderr(output);
-    assert!(!output.status.success(), "expected a failure, stderr: {err}");
+    assert!(
+        !output.status.success(),
+        "expected a failure, stderr: {err}"
+    );
     for name in names {
         assert!(err.contains(name), "stderr should name {name:?}: {err}");
     }
@@ -43,9 +46,14 @@ fn printed(args: &[&str], env: &[(&str, &str)]) -> FileConfig {
     let mut all = vec!["--print-config"];
     all.extend_from_slice(args);
     let output = dashcache(&all, env);
-    assert!(output.status.success(), "print-config failed: {}", stderr(&output));
+    assert!(
+        output.status.success(),
+        "print-config failed: {}",
+        stderr(&output)
+    );
     let text = String::from_utf8(output.stdout).unwrap();
-    FileConfig::parse(&text, Path::new("printed.toml")).unwrap_or_else(|e| panic!("printed config parses: {e}\n{text}"))
+    FileConfig::parse(&text, Path::new("printed.toml"))
+        .unwrap_or_else(|e| panic!("printed config parses: {e}\n{text}"))
 }
 
 fn ttl(config: &FileConfig) -> Duration {
@@ -76,27 +84,45 @@ fn the_repository_proxy_toml_has_the_seed_defaults_and_routes() {
 #[test]
 fn an_unknown_key_is_rejected_by_name() {
     let file = config_file("[cache]\nttll = 5\n");
-    assert_rejected(&dashcache(&["--check", "--config", file.path().to_str().unwrap()], &[]), &["ttll"]);
+    assert_rejected(
+        &dashcache(&["--check", "--config", file.path().to_str().unwrap()], &[]),
+        &["ttll"],
+    );
 
     let file = config_file("listne = \"127.0.0.1:1\"\n");
-    assert_rejected(&dashcache(&["--check", "--config", file.path().to_str().unwrap()], &[]), &["listne"]);
+    assert_rejected(
+        &dashcache(&["--check", "--config", file.path().to_str().unwrap()], &[]),
+        &["listne"],
+    );
 }
 
 #[test]
 fn a_bad_ttl_is_rejected_by_name() {
     let file = config_file("[cache]\nttl = \"soon\"\n");
-    assert_rejected(&dashcache(&["--check", "--config", file.path().to_str().unwrap()], &[]), &["ttl"]);
+    assert_rejected(
+        &dashcache(&["--check", "--config", file.path().to_str().unwrap()], &[]),
+        &["ttl"],
+    );
 
     let file = config_file("[cache]\nttl = 0\n");
-    assert_rejected(&dashcache(&["--check", "--config", file.path().to_str().unwrap()], &[]), &["cache.ttl"]);
+    assert_rejected(
+        &dashcache(&["--check", "--config", file.path().to_str().unwrap()], &[]),
+        &["cache.ttl"],
+    );
 
     assert_rejected(&dashcache(&["--check"], &[("CACHE_TTL", "soon")]), &["ttl"]);
 }
 
 #[test]
 fn a_non_http_upstream_is_rejected_by_name() {
-    assert_rejected(&dashcache(&["--check", "--upstream", "ftp://x"], &[]), &["upstream", "ftp://x"]);
-    assert_rejected(&dashcache(&["--check"], &[("DASHCACHE_UPSTREAM", "ftp://x")]), &["upstream"]);
+    assert_rejected(
+        &dashcache(&["--check", "--upstream", "ftp://x"], &[]),
+        &["upstream", "ftp://x"],
+    );
+    assert_rejected(
+        &dashcache(&["--check"], &[("DASHCACHE_UPSTREAM", "ftp://x")]),
+        &["upstream"],
+    );
 }
 
 #[test]
@@ -112,15 +138,26 @@ fn ttl_precedence_is_flag_over_env_over_file() {
     let file = config_file("[cache]\nttl = \"2h\"\n");
     let path = file.path().to_str().unwrap();
 
-    assert_eq!(ttl(&printed(&[], &[])), Duration::from_secs(14400), "default");
-    assert_eq!(ttl(&printed(&["--config", path], &[])), Duration::from_secs(7200), "file");
+    assert_eq!(
+        ttl(&printed(&[], &[])),
+        Duration::from_secs(14400),
+        "default"
+    );
+    assert_eq!(
+        ttl(&printed(&["--config", path], &[])),
+        Duration::from_secs(7200),
+        "file"
+    );
     assert_eq!(
         ttl(&printed(&["--config", path], &[("CACHE_TTL", "600")])),
         Duration::from_secs(600),
         "env over file"
     );
     assert_eq!(
-        ttl(&printed(&["--config", path, "--ttl", "90"], &[("CACHE_TTL", "600")])),
+        ttl(&printed(
+            &["--config", path, "--ttl", "90"],
+            &[("CACHE_TTL", "600")]
+        )),
         Duration::from_secs(90),
         "flag over env"
     );
@@ -138,23 +175,41 @@ fn maxsize_precedence_is_flag_over_env_over_file() {
 
     assert_eq!(printed(&["--config", path], &[]).cache.maxsize, Some(5));
     assert_eq!(
-        printed(&["--config", path], &[("CACHE_MAXSIZE", "123")]).cache.maxsize,
+        printed(&["--config", path], &[("CACHE_MAXSIZE", "123")])
+            .cache
+            .maxsize,
         Some(123)
     );
     assert_eq!(
-        printed(&["--config", path, "--maxsize", "7"], &[("CACHE_MAXSIZE", "123")]).cache.maxsize,
+        printed(
+            &["--config", path, "--maxsize", "7"],
+            &[("CACHE_MAXSIZE", "123")]
+        )
+        .cache
+        .maxsize,
         Some(7)
     );
-    assert_rejected(&dashcache(&["--check"], &[("CACHE_MAXSIZE", "0")]), &["maxsize"]);
+    assert_rejected(
+        &dashcache(&["--check"], &[("CACHE_MAXSIZE", "0")]),
+        &["maxsize"],
+    );
 }
 
 #[test]
 fn cache_enabled_comes_from_the_env() {
     assert_eq!(printed(&[], &[]).cache.enabled, Some(true));
-    assert_eq!(printed(&[], &[("CACHE_ENABLED", "false")]).cache.enabled, Some(false));
+    assert_eq!(
+        printed(&[], &[("CACHE_ENABLED", "false")]).cache.enabled,
+        Some(false)
+    );
     let file = config_file("[cache]\nenabled = false\n");
     assert_eq!(
-        printed(&["--config", file.path().to_str().unwrap()], &[("CACHE_ENABLED", "true")]).cache.enabled,
+        printed(
+            &["--config", file.path().to_str().unwrap()],
+            &[("CACHE_ENABLED", "true")]
+        )
+        .cache
+        .enabled,
         Some(true),
         "env over file"
     );
@@ -174,7 +229,14 @@ fn listen_and_upstream_come_from_env_and_flags() {
     assert_eq!(from_env.upstream.as_deref(), Some("http://env.example/api"));
 
     let from_flags = printed(
-        &["--config", path, "--listen", "127.0.0.1:9002", "--upstream", "https://flag.example"],
+        &[
+            "--config",
+            path,
+            "--listen",
+            "127.0.0.1:9002",
+            "--upstream",
+            "https://flag.example",
+        ],
         &env,
     );
     assert_eq!(from_flags.listen.unwrap().to_string(), "127.0.0.1:9002");
@@ -187,7 +249,10 @@ fn the_printed_config_never_shows_the_admin_token() {
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(!text.contains("s3cret-value"), "{text}");
-    assert!(text.contains("admin_token"), "the token's presence is shown: {text}");
+    assert!(
+        text.contains("admin_token"),
+        "the token's presence is shown: {text}"
+    );
 
     let output = dashcache(&["--print-config"], &[("CACHE_ADMIN_TOKEN", "env-secret")]);
     assert!(!String::from_utf8_lossy(&output.stdout).contains("env-secret"));

@@ -180,7 +180,9 @@ async fn the_origin_age_counts_against_its_max_age() {
     let origin = Origin::start().await;
     origin.on(
         "/api/aged",
-        Behaviour::new().header("cache-control", "max-age=3600").header("age", "100"),
+        Behaviour::new()
+            .header("cache-control", "max-age=3600")
+            .header("age", "100"),
     );
     let proxy = spawn_proxy(&origin.url(), "").await;
     let client = Client::new();
@@ -189,7 +191,13 @@ async fn the_origin_age_counts_against_its_max_age() {
     let hit = client.get(&proxy.url("/api/aged")).await;
     assert_eq!(hit.x_cache(), "HIT");
     let age: u64 = hit.header("age").parse().expect("numeric Age");
-    assert!((100..=105).contains(&age), "Age includes the origin's 100 s: {age}");
+    assert!(
+        (100..=105).contains(&age),
+        "Age includes the origin's 100 s: {age}"
+    );
     let ttl = hit.cache_status_ttl().expect("a hit says its ttl");
-    assert!((3400..=3500).contains(&ttl), "3600 s max-age minus 100 s of age: {ttl}");
+    assert!(
+        (3400..=3500).contains(&ttl),
+        "3600 s max-age minus 100 s of age: {ttl}"
+    );
 }

@@ -42,11 +42,19 @@ async fn answers_that_forbid_a_shared_cache_are_never_stored() {
         Behaviour::new().header("cache-control", "private, max-age=600"),
     );
     origin.on("/vary-star", Behaviour::new().header("vary", "*"));
-    origin.on("/no-cache", Behaviour::new().header("cache-control", "no-cache"));
-    origin.on("/max-age-0", Behaviour::new().header("cache-control", "max-age=0"));
+    origin.on(
+        "/no-cache",
+        Behaviour::new().header("cache-control", "no-cache"),
+    );
+    origin.on(
+        "/max-age-0",
+        Behaviour::new().header("cache-control", "max-age=0"),
+    );
     origin.on(
         "/too-old",
-        Behaviour::new().header("cache-control", "max-age=60").header("age", "60"),
+        Behaviour::new()
+            .header("cache-control", "max-age=60")
+            .header("age", "60"),
     );
     let proxy = spawn_proxy(&origin.url(), "").await;
 

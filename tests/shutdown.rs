@@ -13,7 +13,10 @@ use tokio::net::TcpStream;
 async fn wait_until_refused(addr: SocketAddr) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while TcpStream::connect(addr).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "{addr} still accepts connections");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} still accepts connections"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
@@ -38,21 +41,30 @@ async fn requests_in_flight_complete_after_shutdown_starts() {
 
     let stopped = proxy.shutdown();
     wait_until_refused(proxy.addr).await;
-    assert!(!stopped.is_finished(), "run() waits for the requests in flight");
+    assert!(
+        !stopped.is_finished(),
+        "run() waits for the requests in flight"
+    );
     gate.open();
 
     let cached = cached.await.unwrap();
     let streamed = streamed.await.unwrap();
     assert_eq!((cached.status.as_u16(), cached.x_cache()), (200, "MISS"));
     assert_eq!(cached.json()["request_body"], r#"{"org":"Vale"}"#);
-    assert_eq!((streamed.status.as_u16(), streamed.x_cache()), (200, "BYPASS"));
+    assert_eq!(
+        (streamed.status.as_u16(), streamed.x_cache()),
+        (200, "BYPASS")
+    );
     assert_eq!(streamed.json()["method"], "PUT");
 
     tokio::time::timeout(PATIENCE, stopped)
         .await
         .expect("run() returns once the requests are done")
         .unwrap();
-    assert!(TcpStream::connect(proxy.addr).await.is_err(), "the listener is closed");
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "the listener is closed"
+    );
 }
 
 #[tokio::test]
@@ -60,7 +72,10 @@ async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
     let origin = Origin::start().await;
     let mut proxy = spawn_proxy(&origin.url(), "shutdown_timeout = \"1h\"\n").await;
     let client = Client::new();
-    assert_eq!(client.get(&proxy.url("/api/filter-options")).await.status, 200);
+    assert_eq!(
+        client.get(&proxy.url("/api/filter-options")).await.status,
+        200
+    );
 
     let stopped = proxy.shutdown();
     tokio::time::timeout(PATIENCE, stopped)
@@ -78,7 +93,8 @@ async fn shutdown_timeout_bounds_a_request_that_never_finishes() {
     let mut proxy = spawn_proxy(&origin.url(), "shutdown_timeout = \"300ms\"\n").await;
 
     let url = proxy.url("/api/metrics");
-    let _stuck = tokio::spawn(async move { Client::new().try_send(Method::POST, &url, &[], "{}").await });
+    let _stuck =
+        tokio::spawn(async move { Client::new().try_send(Method::POST, &url, &[], "{}").await });
     origin.wait_for_total(1).await;
 
     let stopped = proxy.shutdown();
@@ -86,5 +102,8 @@ async fn shutdown_timeout_bounds_a_request_that_never_finishes() {
         .await
         .expect("run() gives up after shutdown_timeout")
         .unwrap();
-    eventually("the listener to close", || std::net::TcpStream::connect(proxy.addr).is_err()).await;
+    eventually("the listener to close", || {
+        std::net::TcpStream::connect(proxy.addr).is_err()
+    })
+    .await;
 }

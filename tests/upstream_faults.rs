@@ -69,25 +69,23 @@ async fn a_truncated_body_is_never_stored_nor_presented_as_complete() {
     let client = Client::new();
 
     for round in 1..=2 {
-        match client
+        let result = client
             .try_send(
                 Method::POST,
                 &proxy.url("/api/metrics"),
                 &[],
                 r#"{"org":"Vale"}"#,
             )
-            .await
-        {
-            Ok(reply) => {
-                assert_eq!(
-                    reply.status,
-                    StatusCode::BAD_GATEWAY,
-                    "round {round}: {}",
-                    reply.text()
-                );
-                reply.error_message();
-            }
-            Err(_) => {} // the client saw the answer fail: also honest
+            .await;
+        // A failed read is also honest; a 200 with a short body is not.
+        if let Ok(reply) = result {
+            assert_eq!(
+                reply.status,
+                StatusCode::BAD_GATEWAY,
+                "round {round}: {}",
+                reply.text()
+            );
+            reply.error_message();
         }
         assert_eq!(origin.served(), round, "round {round}: nothing was stored");
     }

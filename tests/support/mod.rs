@@ -297,7 +297,10 @@ async fn origin_answer(request: Request<Incoming>, state: &OriginState) -> Respo
     let headers = response.headers_mut();
     headers.insert("x-origin-serial", HeaderValue::from(serial));
     if let Some(tag) = &behaviour.etag {
-        headers.insert(http::header::ETAG, HeaderValue::from_str(tag).expect("valid etag"));
+        headers.insert(
+            http::header::ETAG,
+            HeaderValue::from_str(tag).expect("valid etag"),
+        );
     }
     if behaviour.body.is_none() && !not_modified {
         headers.insert(
