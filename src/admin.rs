@@ -141,6 +141,7 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
 
 fn clear(proxy: &Proxy) -> Response<ProxyBody> {
     let removed = proxy.store.clear();
+    proxy.vary.clear();
     info!(keys_deleted = removed, "Cache CLEARED");
     respond::json(
         StatusCode::OK,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::builder::BoolishValueParser;
 use clap::Parser;
+use http::header::HeaderName;
 use http::{StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_AUTH_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -220,6 +223,10 @@ pub struct FileCache {
     pub honor_client_no_cache: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub purge_interval: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_headers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_ttl: Option<FileDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -233,6 +240,8 @@ pub struct FileRoute {
     pub ttl: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
 }
 
 /// Where and how to reach the backend.
@@ -268,6 +277,10 @@ pub struct CacheConfig {
     pub cacheable_statuses: Vec<StatusCode>,
     pub honor_client_no_cache: bool,
     pub purge_interval: Duration,
+    /// Request headers that identify a caller; their digest joins the key.
+    pub credential_headers: Vec<HeaderName>,
+    /// How long an upstream 2xx vouches for a credential on a shared route.
+    pub auth_ttl: Duration,
 }
 
 /// The validated configuration every other module reads.
@@ -398,6 +411,20 @@ impl Config {
                 fc.purge_interval.map(|d| d.0),
                 DEFAULT_PURGE_INTERVAL,
             )?,
+            credential_headers: fc
+                .credential_headers
+                .unwrap_or_else(|| DEFAULT_CREDENTIAL_HEADERS.map(String::from).to_vec())
+                .iter()
+                .map(|name| {
+                    HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                        ConfigError::invalid(
+                            "cache.credential_headers",
+                            format!("{name:?} is not a header name"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            auth_ttl: positive("cache.auth_ttl", fc.auth_ttl.map(|d| d.0), DEFAULT_AUTH_TTL)?,
         };
 
         let routes = file
@@ -459,6 +486,14 @@ impl Config {
                 ),
                 honor_client_no_cache: Some(self.cache.honor_client_no_cache),
                 purge_interval: Some(FileDuration(self.cache.purge_interval)),
+                credential_headers: Some(
+                    self.cache
+                        .credential_headers
+                        .iter()
+                        .map(|n| n.as_str().to_owned())
+                        .collect(),
+                ),
+                auth_ttl: Some(FileDuration(self.cache.auth_ttl)),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),
         };

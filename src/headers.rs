@@ -8,8 +8,11 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, VIA};
-use http::{HeaderMap, Version};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, ETAG, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, VIA,
+};
+use http::{HeaderMap, Method, Version};
 
 /// Hop-by-hop fields that are removed even when `Connection` does not list them.
 const HOP_BY_HOP: [&str; 9] = [
@@ -97,6 +100,75 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
     }
 }
 
+/// Removes the client's conditional and range fields from a cache fill:
+/// the fill must fetch the full answer every caller can be served from,
+/// and conditionals are then answered locally ([`Validators`]).
+pub fn remove_conditionals(headers: &mut HeaderMap) {
+    for name in [
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_MATCH,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+        RANGE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// A GET or HEAD client's validators, to answer 304 from a stored answer
+/// (RFC 9110 §13.1.2 and §13.1.3, evaluated in §13.2.2's order).
+#[derive(Debug, Clone, Default)]
+pub struct Validators {
+    if_none_match: Option<HeaderValue>,
+    if_modified_since: Option<HeaderValue>,
+}
+
+impl Validators {
+    pub fn from_request(method: &Method, headers: &HeaderMap) -> Self {
+        if method != Method::GET && method != Method::HEAD {
+            return Self::default();
+        }
+        Self {
+            if_none_match: headers.get(IF_NONE_MATCH).cloned(),
+            if_modified_since: headers.get(IF_MODIFIED_SINCE).cloned(),
+        }
+    }
+
+    /// True when the answer whose headers are `response` has not changed
+    /// for this client, so a 304 replaces it.
+    pub fn not_modified(&self, response: &HeaderMap) -> bool {
+        if let Some(wanted) = &self.if_none_match {
+            // If-None-Match, when present, decides alone (weak comparison).
+            let Some(etag) = response.get(ETAG).and_then(|v| v.to_str().ok()) else {
+                return false;
+            };
+            let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+            let current = opaque(etag);
+            return wanted
+                .to_str()
+                .map(|list| {
+                    list.split(',')
+                        .any(|tag| tag.trim() == "*" || opaque(tag) == current)
+                })
+                .unwrap_or(false);
+        }
+        let (Some(since), Some(modified)) = (&self.if_modified_since, response.get(LAST_MODIFIED))
+        else {
+            return false;
+        };
+        let parse = |v: &HeaderValue| {
+            v.to_str()
+                .ok()
+                .and_then(|t| httpdate::parse_http_date(t).ok())
+        };
+        match (parse(since), parse(modified)) {
+            (Some(since), Some(modified)) => modified <= since,
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +235,64 @@ mod tests {
         let mut headers = map(&[("via", "1.1 edge")]);
         append_via(&mut headers, Version::HTTP_2);
         assert_eq!(headers["via"], "1.1 edge, 2 dashcache");
+    }
+
+    #[test]
+    fn conditionals_and_ranges_are_removed_from_fills() {
+        let mut headers = map(&[
+            ("if-none-match", "\"a\""),
+            ("range", "bytes=0-1"),
+            ("accept", "*/*"),
+        ]);
+        remove_conditionals(&mut headers);
+        assert_eq!(headers.len(), 1);
+    }
+
+    #[test]
+    fn a_matching_etag_is_not_modified() {
+        let asked =
+            Validators::from_request(&Method::GET, &map(&[("if-none-match", "\"x\", W/\"v1\"")]));
+        assert!(asked.not_modified(&map(&[("etag", "\"v1\"")])));
+        assert!(!asked.not_modified(&map(&[("etag", "\"v2\"")])));
+        assert!(!asked.not_modified(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_star_matches_any_current_answer() {
+        let asked = Validators::from_request(&Method::GET, &map(&[("if-none-match", "*")]));
+        assert!(asked.not_modified(&map(&[("etag", "\"v9\"")])));
+    }
+
+    #[test]
+    fn if_modified_since_compares_dates() {
+        let asked = Validators::from_request(
+            &Method::GET,
+            &map(&[("if-modified-since", "Wed, 21 Oct 2026 07:28:00 GMT")]),
+        );
+        assert!(asked.not_modified(&map(&[("last-modified", "Wed, 21 Oct 2026 07:28:00 GMT")])));
+        assert!(asked.not_modified(&map(&[("last-modified", "Tue, 20 Oct 2026 07:28:00 GMT")])));
+        assert!(!asked.not_modified(&map(&[("last-modified", "Thu, 22 Oct 2026 07:28:00 GMT")])));
+    }
+
+    #[test]
+    fn if_none_match_takes_precedence_over_dates() {
+        let asked = Validators::from_request(
+            &Method::GET,
+            &map(&[
+                ("if-none-match", "\"old\""),
+                ("if-modified-since", "Thu, 22 Oct 2026 07:28:00 GMT"),
+            ]),
+        );
+        assert!(!asked.not_modified(&map(&[
+            ("etag", "\"new\""),
+            ("last-modified", "Wed, 21 Oct 2026 07:28:00 GMT")
+        ])));
+    }
+
+    #[test]
+    fn post_requests_are_never_answered_304() {
+        let asked = Validators::from_request(&Method::POST, &map(&[("if-none-match", "*")]));
+        assert!(!asked.not_modified(&map(&[("etag", "\"v\"")])));
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! - [`server`]: listener, HTTP/1 + HTTP/2, graceful shutdown, expiry purge
 //! - [`admin`]: `/api/cache/*` (stats, clear, invalidate), answered locally
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
+//! - `fill`: the detached upstream request behind a miss, and what it stores
 //! - [`routes`]: route table (name, TTL, cache on/off per path and method)
 //! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::store`]
 //!   (bounded store on quick_cache), [`cache::policy`] (what may be stored),
-//!   [`cache::flight`] (single-flight)
+//!   [`cache::flight`] (single-flight), [`cache::vary`] (variants),
+//!   [`cache::credentials`] (who may see which entry)
 //! - [`upstream`]: pooled http/https client with timeouts
 //! - [`headers`]: hop-by-hop and forwarding header rules
 //! - [`body`]: response body types, bounded upstream reads
@@ -22,6 +24,7 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;
+mod fill;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;

@@ -1,36 +1,40 @@
-//! The request pipeline: route → key → lookup → (coalesce →) forward →
-//! store → respond, as named steps on [`Proxy`], the state every connection
-//! shares.
+//! The request pipeline: route → key → lookup → coalesce → fill → respond,
+//! as named steps on [`Proxy`], the state every connection shares.
 //!
 //! Cacheable requests (GET, HEAD, POST on a caching route, cache enabled)
 //! are read whole (bounded by `max_body_bytes`), keyed, and answered from
 //! the store when fresh. A miss joins the key's flight: the first caller
-//! spawns a detached fill task (so its client hanging up cannot cancel the
-//! upstream request others wait for), the rest wait for its outcome. All
+//! starts a detached fill (`fill.rs`), the rest wait for its outcome. All
 //! other requests stream through untouched (`X-Cache: BYPASS`).
+//!
+//! Keys keep callers apart: a request's credential headers join its key
+//! unless its route is `shared`, and an answer's `Vary` selects a variant
+//! (`cache::credentials`, `cache::vary`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::{request, HeaderMap, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::admin;
-use crate::body::{collect_limited, Collected, ProxyBody, UpstreamBody, UpstreamStalled};
-use crate::cache::flight::{BufferedAnswer, FillGuard, FillOutcome, Flights, Join};
-use crate::cache::policy::{self, NotStorable};
-use crate::cache::{Entry, KeyMemo, Lookup, RequestIdentity, Store};
+use crate::body::{ProxyBody, UpstreamBody};
+use crate::cache::credentials::{credential_digest, Grants};
+use crate::cache::flight::{FillGuard, FillOutcome, Flights, Join};
+use crate::cache::vary::{variant_key, VaryIndex};
+use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, RequestIdentity, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::headers;
+use crate::fill::{self, FillPlan};
+use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
-use crate::respond::{self, CacheStatus, CacheStatusField};
+use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
 use crate::routes::{Route, DEFAULT_ROUTE};
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
 
@@ -41,15 +45,18 @@ pub struct ClientInfo {
     pub scheme: &'static str,
 }
 
-/// State shared by every connection: configuration, store, flights,
-/// upstream client and counters. Held in an `Arc`; every field is itself
-/// safe to use concurrently, so no lock wraps the whole.
+/// State shared by every connection. Held in an `Arc`; every field is
+/// itself safe to use concurrently, so no lock wraps the whole.
 pub struct Proxy {
     pub config: Config,
     pub store: Store,
     pub flights: Arc<Flights>,
     pub upstream: Upstream,
     pub metrics: Metrics,
+    /// Which base keys vary on which request headers.
+    pub vary: VaryIndex,
+    /// Credentials the upstream accepted on shared routes.
+    pub grants: Grants,
     key_memo: KeyMemo,
     default_route: Arc<str>,
 }
@@ -61,43 +68,36 @@ pub struct Served {
     pub route: Arc<str>,
 }
 
-/// What the fill task hands the leader.
-enum LeaderAnswer {
-    Outcome(Arc<FillOutcome>),
-    /// Nothing to store and nobody else waiting: the answer as a stream.
-    Stream(Box<StreamedAnswer>),
-}
-
-struct StreamedAnswer {
-    parts: http::response::Parts,
-    body: UpstreamBody,
-    reason: NotStorable,
-}
-
-/// The route's decisions that a fill needs after the request is gone.
-struct FillPlan {
-    route: Arc<str>,
-    ttl: std::time::Duration,
-    description: String,
+/// A cacheable request, read whole and keyed.
+pub(crate) struct Keyed {
+    pub parts: request::Parts,
+    pub body: Bytes,
+    /// The method sent upstream: GET for a HEAD request.
+    pub method: Method,
+    pub ask: Ask,
+    /// Method, target and body (and credentials, unless the route is shared).
+    pub base: CacheKey,
+    /// Where the answer lives: `base`, or its `Vary` variant.
+    pub key: CacheKey,
+    pub credential: Option<[u8; 16]>,
 }
 
 impl Proxy {
     pub fn new(config: Config) -> Result<Self, UpstreamSetupError> {
         let upstream = Upstream::new(&config.upstream)?;
-        let config_maxsize = config.cache.maxsize;
-        let store = Store::new(
-            config.cache.maxsize,
-            config.cache.max_bytes,
-            config.cache.max_object_bytes,
-        );
+        let cache = &config.cache;
+        let store = Store::new(cache.maxsize, cache.max_bytes, cache.max_object_bytes);
+        let side_capacity = (cache.maxsize * 4).min(1 << 20) as usize;
         Ok(Self {
-            config,
             store,
             flights: Arc::default(),
             upstream,
             metrics: Metrics::default(),
-            key_memo: KeyMemo::new((config_maxsize * 4).min(1 << 20) as usize),
+            vary: VaryIndex::new(side_capacity),
+            grants: Grants::new(side_capacity, cache.auth_ttl),
+            key_memo: KeyMemo::new(side_capacity),
             default_route: DEFAULT_ROUTE.into(),
+            config,
         })
     }
 
@@ -140,8 +140,7 @@ impl Proxy {
             && policy::is_cacheable_method(request.method())
             && route.is_none_or(|r| r.cache);
         let (response, cache) = if cacheable {
-            let ttl = route.and_then(|r| r.ttl).unwrap_or(self.config.cache.ttl);
-            self.cached(request, route, &route_name, ttl, client).await
+            self.cached(request, route, &route_name, client).await
         } else {
             (
                 self.pass_through(request, client).await,
@@ -169,18 +168,12 @@ impl Proxy {
         let upstream_request = self.upstream_request(parts, None, Either::Right(limited), client);
         Metrics::bump(&self.metrics.upstream_requests);
         match self.upstream.send(upstream_request).await {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                headers::remove_hop_by_hop(&mut parts.headers);
-                let body = UpstreamBody::new(body, self.upstream.timeout());
-                respond::streamed(
-                    parts,
-                    body,
-                    CacheStatus::Bypass,
-                    CacheStatusField::forward("bypass"),
-                    false,
-                )
-            }
+            Ok(response) => self.stream_back(
+                response,
+                CacheStatus::Bypass,
+                CacheStatusField::forward("bypass"),
+                false,
+            ),
             // A chunked body that outgrows the limit fails the upstream
             // request mid-way: that is the client's fault, not the upstream's.
             Err(err) if err.caused_by::<http_body_util::LengthLimitError>() => {
@@ -190,11 +183,7 @@ impl Proxy {
                 warn!(error = %err.message(), "request body rejected");
                 respond::error(&err)
             }
-            Err(err) => {
-                Metrics::bump(&self.metrics.upstream_errors);
-                warn!(error = %err.message(), "upstream request failed");
-                respond::error(&err)
-            }
+            Err(err) => self.upstream_failed(&err),
         }
     }
 
@@ -203,17 +192,88 @@ impl Proxy {
         request: Request<Incoming>,
         route: Option<&Route>,
         route_name: &Arc<str>,
-        ttl: std::time::Duration,
         client: ClientInfo,
     ) -> (Response<ProxyBody>, CacheStatus) {
-        let (parts, body) = request.into_parts();
-        let body = match self.read_body(&parts.headers, body).await {
-            Ok(body) => body,
+        let shared = route.is_some_and(|r| r.shared);
+        let request = match self.key_request(request, shared).await {
+            Ok(request) => request,
             Err(err) => {
                 warn!(route = &**route_name, error = %err.message(), "request body rejected");
                 return (respond::error(&err), CacheStatus::Miss);
             }
         };
+
+        if shared {
+            match request.credential {
+                None => {
+                    let field = CacheStatusField {
+                        detail: Some("no-credentials"),
+                        ..CacheStatusField::forward("bypass")
+                    };
+                    let response = self
+                        .forward_uncached(request, client, CacheStatus::Bypass, field)
+                        .await;
+                    return (response, CacheStatus::Bypass);
+                }
+                Some(credential)
+                    if !self
+                        .grants
+                        .is_granted(route_name, &credential, Instant::now()) =>
+                {
+                    info!(route = &**route_name, key = %request.key.short(), "credential not vouched for on shared route; asking the upstream");
+                    let guard = self.flights.solo(request.key);
+                    return (
+                        self.lead(guard, request, route, route_name, client).await,
+                        CacheStatus::Miss,
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+
+        let wants_fresh = self.config.cache.honor_client_no_cache
+            && policy::client_wants_fresh(&request.parts.headers);
+        if !wants_fresh {
+            if let Lookup::Fresh(entry) = self.store.get(&request.key, Instant::now()) {
+                info!(route = &**route_name, key = %request.key.short(), "Cache HIT for {route_name}");
+                return (hit(&entry, &request.ask), CacheStatus::Hit);
+            }
+        }
+        info!(route = &**route_name, key = %request.key.short(), "Cache MISS for {route_name} - forwarding upstream");
+
+        match self.flights.join(request.key) {
+            Join::Waiter(waiter) => {
+                Metrics::bump(&self.metrics.coalesced);
+                let outcome = waiter.outcome().await;
+                (
+                    self.answer_waiter(&outcome, request, shared, client).await,
+                    CacheStatus::Miss,
+                )
+            }
+            Join::Leader(guard) => {
+                // A fill may have stored the key between our lookup and our join.
+                if !wants_fresh {
+                    if let Lookup::Fresh(entry) = self.store.get(&request.key, Instant::now()) {
+                        guard.publish(FillOutcome::Stored(entry.clone()));
+                        return (hit(&entry, &request.ask), CacheStatus::Hit);
+                    }
+                }
+                (
+                    self.lead(guard, request, route, route_name, client).await,
+                    CacheStatus::Miss,
+                )
+            }
+        }
+    }
+
+    /// Reads the body and computes the request's keys.
+    async fn key_request(
+        &self,
+        request: Request<Incoming>,
+        shared: bool,
+    ) -> Result<Keyed, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let body = self.read_body(&parts.headers, body).await?;
         // HEAD is answered from (and fills) the GET entry, as nginx does.
         let head = parts.method == Method::HEAD;
         let method = if head {
@@ -221,315 +281,163 @@ impl Proxy {
         } else {
             parts.method.clone()
         };
-        let key = self
+        let credential = credential_digest(&parts.headers, &self.config.cache.credential_headers);
+        let mut base = self
             .key_memo
             .key(&method, parts.uri.path(), parts.uri.query(), &body);
-
-        let wants_fresh =
-            self.config.cache.honor_client_no_cache && policy::client_wants_fresh(&parts.headers);
-        if !wants_fresh {
-            if let Some(response) = self.lookup(&key, route_name, head) {
-                return (response, CacheStatus::Hit);
-            }
+        if let (false, Some(credential)) = (shared, &credential) {
+            base = base.derive(b"credential", &[credential]);
         }
-        info!(route = &**route_name, key = %key.short(), "Cache MISS for {route_name} - forwarding upstream");
-
-        let guard = match self.flights.join(key) {
-            Join::Leader(guard) => guard,
-            Join::Waiter(waiter) => {
-                Metrics::bump(&self.metrics.coalesced);
-                let outcome = waiter.outcome().await;
-                return (
-                    self.answer_waiter(&outcome, parts, body, client, head)
-                        .await,
-                    CacheStatus::Miss,
-                );
-            }
+        let key = self.vary.storage_key(&base, &parts.headers);
+        let ask = Ask {
+            head,
+            validators: Validators::from_request(&parts.method, &parts.headers),
         };
-        // A fill may have stored the key between our lookup and our join.
-        if !wants_fresh {
-            if let Lookup::Fresh(entry) = self.store.get(&key, Instant::now()) {
-                guard.publish(FillOutcome::Stored(entry.clone()));
-                let field = CacheStatusField::hit(entry.ttl_left(Instant::now()).as_secs());
-                return (
-                    respond::from_entry(&entry, CacheStatus::Hit, field, head, Instant::now()),
-                    CacheStatus::Hit,
-                );
-            }
-        }
+        Ok(Keyed {
+            parts,
+            body,
+            method,
+            ask,
+            base,
+            key,
+            credential,
+        })
+    }
+
+    /// Starts the detached fill for `request` and answers from what it yields.
+    async fn lead(
+        self: &Arc<Self>,
+        guard: FillGuard,
+        request: Keyed,
+        route: Option<&Route>,
+        route_name: &Arc<str>,
+        client: ClientInfo,
+    ) -> Response<ProxyBody> {
+        let shared = route.is_some_and(|r| r.shared);
+        let Keyed {
+            mut parts,
+            body,
+            method,
+            ask,
+            base,
+            credential,
+            ..
+        } = request;
         let plan = FillPlan {
-            route: route.map_or_else(|| route_name.clone(), |r| r.name.clone()),
-            ttl,
+            route: route_name.clone(),
+            ttl: route.and_then(|r| r.ttl).unwrap_or(self.config.cache.ttl),
             description: RequestIdentity::new(&method, parts.uri.path(), parts.uri.query(), &body)
                 .description(route_name),
+            base,
+            request_headers: parts.headers.clone(),
+            vouch_for: credential.filter(|_| shared),
         };
+        headers::remove_conditionals(&mut parts.headers);
         let upstream_request =
             self.upstream_request(parts, Some(method), Either::Left(Full::new(body)), client);
         let (answer_tx, answer_rx) = oneshot::channel();
-        tokio::spawn(self.clone().fill(guard, upstream_request, plan, answer_tx));
-        let response = match answer_rx.await {
-            Ok(LeaderAnswer::Outcome(outcome)) => self.answer_leader(&outcome, head),
-            Ok(LeaderAnswer::Stream(answer)) => {
-                let StreamedAnswer {
-                    parts,
-                    body,
-                    reason,
-                } = *answer;
-                let field = CacheStatusField {
-                    fwd_status: Some(parts.status.as_u16()),
-                    ..CacheStatusField::forward("miss")
-                }
-                .not_stored(reason);
-                respond::streamed(parts, body, CacheStatus::Miss, field, head)
-            }
+        tokio::spawn(fill::run(
+            self.clone(),
+            guard,
+            upstream_request,
+            plan,
+            answer_tx,
+        ));
+        match answer_rx.await {
+            Ok(answer) => fill::answer_leader(answer, &ask),
             Err(_) => respond::error(&ProxyError::FillAbandoned),
-        };
-        (response, CacheStatus::Miss)
-    }
-
-    /// A fresh entry for `key`, rendered as a hit.
-    fn lookup(
-        &self,
-        key: &crate::cache::CacheKey,
-        route_name: &str,
-        head: bool,
-    ) -> Option<Response<ProxyBody>> {
-        let now = Instant::now();
-        match self.store.get(key, now) {
-            Lookup::Fresh(entry) => {
-                info!(route = route_name, key = %key.short(), "Cache HIT for {route_name}");
-                let field = CacheStatusField::hit(entry.ttl_left(now).as_secs());
-                Some(respond::from_entry(
-                    &entry,
-                    CacheStatus::Hit,
-                    field,
-                    head,
-                    now,
-                ))
-            }
-            Lookup::Miss => None,
         }
     }
 
-    /// The detached fill: one upstream request whose outcome every caller of
-    /// the flight receives.
-    async fn fill(
-        self: Arc<Self>,
-        mut guard: FillGuard,
-        request: Request<UpstreamRequestBody>,
-        plan: FillPlan,
-        leader: oneshot::Sender<LeaderAnswer>,
-    ) {
-        let key = guard.key();
-        let started = Instant::now();
-        Metrics::bump(&self.metrics.upstream_requests);
-        let response = match self.upstream.send(request).await {
-            Ok(response) => response,
-            Err(err) => {
-                Metrics::bump(&self.metrics.upstream_errors);
-                warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream request failed");
-                let _ = leader.send(LeaderAnswer::Outcome(
-                    guard.publish(FillOutcome::Failed(err)),
-                ));
-                return;
-            }
-        };
-        let (mut parts, body) = response.into_parts();
-        headers::remove_hop_by_hop(&mut parts.headers);
-        let verdict = policy::storable_ttl(
-            parts.status,
-            &parts.headers,
-            plan.ttl,
-            &self.config.cache.cacheable_statuses,
-        );
-        let body = UpstreamBody::new(body, self.upstream.timeout());
-
-        if let Err(reason) = verdict {
-            if guard.end_if_alone() {
-                Metrics::bump(&self.metrics.not_stored);
-                info!(route = &*plan.route, key = %key.short(), reason = reason.as_str(), status = parts.status.as_u16(), "answer not stored");
-                let _ = leader.send(LeaderAnswer::Stream(Box::new(StreamedAnswer {
-                    parts,
-                    body,
-                    reason,
-                })));
-                return;
-            }
-        }
-
-        let outcome = match collect_limited(body, self.store.max_entry_bytes()).await {
-            Err(source) => {
-                Metrics::bump(&self.metrics.upstream_errors);
-                let err = if source.is::<UpstreamStalled>() {
-                    ProxyError::UpstreamTimeout {
-                        upstream: self.upstream.name().to_owned(),
-                        timeout: self.upstream.timeout(),
-                    }
-                } else {
-                    ProxyError::UpstreamBody {
-                        upstream: self.upstream.name().to_owned(),
-                        source,
-                    }
-                };
-                warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream body failed; nothing stored");
-                FillOutcome::Failed(err)
-            }
-            Ok(Collected::TooLarge(body)) => {
-                Metrics::bump(&self.metrics.not_stored);
-                info!(route = &*plan.route, key = %key.short(), "answer larger than max_object_bytes; streamed, not stored");
-                let outcome = guard.publish(FillOutcome::Streamed);
-                drop(outcome);
-                let _ = leader.send(LeaderAnswer::Stream(Box::new(StreamedAnswer {
-                    parts,
-                    body,
-                    reason: NotStorable::TooLarge,
-                })));
-                return;
-            }
-            Ok(Collected::Complete(bytes)) => match verdict {
-                Ok(ttl) => self.store_answer(key, parts, bytes, ttl, plan, started),
-                Err(reason) => {
-                    Metrics::bump(&self.metrics.not_stored);
-                    info!(route = &*plan.route, key = %key.short(), reason = reason.as_str(), status = parts.status.as_u16(), "answer not stored");
-                    FillOutcome::Uncacheable(BufferedAnswer {
-                        status: parts.status,
-                        headers: parts.headers,
-                        body: bytes,
-                        reason,
-                    })
-                }
-            },
-        };
-        let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
-    }
-
-    fn store_answer(
-        &self,
-        key: crate::cache::CacheKey,
-        parts: http::response::Parts,
-        body: Bytes,
-        ttl: std::time::Duration,
-        plan: FillPlan,
-        started: Instant,
-    ) -> FillOutcome {
-        let now = Instant::now();
-        let initial_age = parts
-            .headers
-            .get(http::header::AGE)
-            .and_then(|v| v.to_str().ok()?.trim().parse().ok())
-            .unwrap_or(0);
-        let entry = Arc::new(Entry {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            route: plan.route,
-            description: plan.description,
-            stored_at: now,
-            expires_at: now + ttl,
-            initial_age,
-            upstream_time: now - started,
-        });
-        if self.store.insert(key, entry.clone()) {
-            Metrics::bump(&self.metrics.stored);
-            info!(route = &*entry.route, key = %key, ttl_s = ttl.as_secs(), bytes = entry.body.len(), "Cache SET: {}", key.short());
-            FillOutcome::Stored(entry)
-        } else {
-            Metrics::bump(&self.metrics.not_stored);
-            info!(route = &*entry.route, key = %key.short(), "answer heavier than one store entry may be; not stored");
-            FillOutcome::Uncacheable(BufferedAnswer {
-                status: entry.status,
-                headers: entry.headers.clone(),
-                body: entry.body.clone(),
-                reason: NotStorable::TooLarge,
-            })
-        }
-    }
-
-    fn answer_leader(&self, outcome: &FillOutcome, head: bool) -> Response<ProxyBody> {
-        match outcome {
-            FillOutcome::Stored(entry) => {
-                let field = CacheStatusField {
-                    fwd_status: Some(entry.status.as_u16()),
-                    stored: true,
-                    ..CacheStatusField::forward("miss")
-                };
-                respond::from_entry(entry, CacheStatus::Miss, field, head, Instant::now())
-            }
-            FillOutcome::Uncacheable(answer) => {
-                let field = CacheStatusField {
-                    fwd_status: Some(answer.status.as_u16()),
-                    ..CacheStatusField::forward("miss")
-                };
-                respond::from_buffered(answer, field, head)
-            }
-            FillOutcome::Failed(err) => respond::error(err),
-            FillOutcome::Streamed | FillOutcome::Abandoned => {
-                respond::error(&ProxyError::FillAbandoned)
-            }
-        }
-    }
-
-    /// A waiter shares the leader's outcome; when the answer could not be
-    /// shared (streamed to the leader, or the fill vanished) it forwards on
-    /// its own, storing nothing.
+    /// A waiter shares the leader's outcome when it is meant for it too;
+    /// otherwise it forwards on its own, storing nothing.
     async fn answer_waiter(
         &self,
         outcome: &FillOutcome,
-        parts: http::request::Parts,
-        body: Bytes,
+        request: Keyed,
+        shared: bool,
         client: ClientInfo,
-        head: bool,
     ) -> Response<ProxyBody> {
         let collapsed = CacheStatusField {
             collapsed: true,
             ..CacheStatusField::forward("miss")
         };
         match outcome {
-            FillOutcome::Stored(entry) => {
-                respond::from_entry(entry, CacheStatus::Miss, collapsed, head, Instant::now())
+            FillOutcome::Stored(entry) | FillOutcome::Discarded(entry)
+                if serves(entry, &request) =>
+            {
+                respond::from_entry(
+                    entry,
+                    CacheStatus::Miss,
+                    collapsed,
+                    &request.ask,
+                    Instant::now(),
+                )
             }
-            FillOutcome::Uncacheable(answer) => respond::from_buffered(answer, collapsed, head),
+            // An unstored answer may belong to the leader's credential
+            // (shared routes); policy says which others may be shared.
+            FillOutcome::Uncacheable(answer) if !shared && answer.shareable() => {
+                respond::from_buffered(answer, collapsed, request.ask.head)
+            }
             FillOutcome::Failed(err) => respond::error(err),
-            FillOutcome::Streamed | FillOutcome::Abandoned => {
-                let method = if head {
-                    Method::GET
-                } else {
-                    parts.method.clone()
+            other => {
+                let field = CacheStatusField {
+                    detail: Some(other.as_str()),
+                    ..CacheStatusField::forward("miss")
                 };
-                let request = self.upstream_request(
-                    parts,
-                    Some(method),
-                    Either::Left(Full::new(body)),
-                    client,
-                );
-                Metrics::bump(&self.metrics.upstream_requests);
-                match self.upstream.send(request).await {
-                    Ok(response) => {
-                        let (mut parts, body) = response.into_parts();
-                        headers::remove_hop_by_hop(&mut parts.headers);
-                        let field = CacheStatusField {
-                            fwd_status: Some(parts.status.as_u16()),
-                            detail: Some(outcome.as_str()),
-                            ..CacheStatusField::forward("miss")
-                        };
-                        let body = UpstreamBody::new(body, self.upstream.timeout());
-                        respond::streamed(parts, body, CacheStatus::Miss, field, head)
-                    }
-                    Err(err) => {
-                        Metrics::bump(&self.metrics.upstream_errors);
-                        respond::error(&err)
-                    }
-                }
+                self.forward_uncached(request, client, CacheStatus::Miss, field)
+                    .await
             }
         }
     }
 
-    /// Reads a cacheable request's body whole, within `max_body_bytes`.
-    async fn read_body(
+    /// Sends a read request upstream on its own and streams the answer back.
+    async fn forward_uncached(
         &self,
-        headers: &http::HeaderMap,
-        body: Incoming,
-    ) -> Result<Bytes, ProxyError> {
+        request: Keyed,
+        client: ClientInfo,
+        status: CacheStatus,
+        field: CacheStatusField,
+    ) -> Response<ProxyBody> {
+        let head = request.ask.head;
+        let upstream_request = self.upstream_request(
+            request.parts,
+            Some(request.method),
+            Either::Left(Full::new(request.body)),
+            client,
+        );
+        Metrics::bump(&self.metrics.upstream_requests);
+        match self.upstream.send(upstream_request).await {
+            Ok(response) => self.stream_back(response, status, field, head),
+            Err(err) => self.upstream_failed(&err),
+        }
+    }
+
+    fn stream_back(
+        &self,
+        response: Response<Incoming>,
+        status: CacheStatus,
+        field: CacheStatusField,
+        head: bool,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = response.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        let field = CacheStatusField {
+            fwd_status: Some(parts.status.as_u16()),
+            ..field
+        };
+        let body = UpstreamBody::new(body, self.upstream.timeout());
+        respond::streamed(parts, body, status, field, head)
+    }
+
+    fn upstream_failed(&self, err: &ProxyError) -> Response<ProxyBody> {
+        Metrics::bump(&self.metrics.upstream_errors);
+        warn!(error = %err.message(), "upstream request failed");
+        respond::error(err)
+    }
+
+    /// Reads a cacheable request's body whole, within `max_body_bytes`.
+    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, ProxyError> {
         self.check_declared_length(headers)?;
         let limit = self.config.max_body_bytes as usize;
         match Limited::new(body, limit).collect().await {
@@ -541,7 +449,7 @@ impl Proxy {
         }
     }
 
-    fn check_declared_length(&self, headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    fn check_declared_length(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
         let limit = self.config.max_body_bytes;
         let declared = headers
             .get(CONTENT_LENGTH)
@@ -558,12 +466,12 @@ impl Proxy {
     /// the client's, for HEAD answered by GET).
     fn upstream_request(
         &self,
-        parts: http::request::Parts,
+        parts: request::Parts,
         method: Option<Method>,
         body: UpstreamRequestBody,
         client: ClientInfo,
     ) -> Request<UpstreamRequestBody> {
-        let http::request::Parts {
+        let request::Parts {
             method: client_method,
             uri,
             version,
@@ -589,4 +497,24 @@ impl Proxy {
         *request.headers_mut() = headers;
         request
     }
+
+    /// How long the upstream may stay silent before a fill gives up.
+    pub(crate) fn upstream_timeout(&self) -> Duration {
+        self.upstream.timeout()
+    }
+}
+
+fn hit(entry: &Entry, ask: &Ask) -> Response<ProxyBody> {
+    let now = Instant::now();
+    let field = CacheStatusField::hit(entry.ttl_left(now).as_secs());
+    respond::from_entry(entry, CacheStatus::Hit, field, ask, now)
+}
+
+/// True when `entry` is the variant `request` would be stored under.
+fn serves(entry: &Entry, request: &Keyed) -> bool {
+    let expected = match &entry.vary {
+        Some(names) => variant_key(&request.base, names, &request.parts.headers),
+        None => request.base,
+    };
+    expected == entry.key
 }

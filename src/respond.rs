@@ -17,6 +17,7 @@ use crate::cache::flight::BufferedAnswer;
 use crate::cache::policy::NotStorable;
 use crate::cache::Entry;
 use crate::error::ProxyError;
+use crate::headers::Validators;
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -112,15 +113,47 @@ fn mark(headers: &mut HeaderMap, status: CacheStatus, field: CacheStatusField) {
     headers.insert(CACHE_STATUS.clone(), field.render());
 }
 
-/// An answer from a stored entry: a hit, or a miss that this fill stored.
+/// How a client asked: whether it wants a body, and what it already holds.
+#[derive(Debug, Clone, Default)]
+pub struct Ask {
+    pub head: bool,
+    pub validators: Validators,
+}
+
+/// Fields a 304 carries over from the answer it stands for (RFC 9110 §15.4.5).
+const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
+    http::header::CACHE_CONTROL,
+    http::header::CONTENT_LOCATION,
+    http::header::DATE,
+    http::header::ETAG,
+    http::header::EXPIRES,
+    http::header::LAST_MODIFIED,
+    http::header::VARY,
+];
+
+/// An answer from a stored entry: a hit, or a miss that a fill stored;
+/// a 304 when the client's validators match it.
 pub fn from_entry(
     entry: &Entry,
     status: CacheStatus,
     field: CacheStatusField,
-    head: bool,
+    ask: &Ask,
     now: Instant,
 ) -> Response<ProxyBody> {
-    let body = if head {
+    if ask.validators.not_modified(&entry.headers) {
+        let mut response = Response::new(body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        let headers = response.headers_mut();
+        for name in NOT_MODIFIED_FIELDS {
+            for value in entry.headers.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers.insert(AGE, HeaderValue::from(entry.age(now)));
+        mark(headers, status, field);
+        return response;
+    }
+    let body = if ask.head {
         body::empty()
     } else {
         body::full(entry.body.clone())

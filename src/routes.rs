@@ -67,6 +67,9 @@ pub struct Route {
     pub ttl: Option<Duration>,
     /// `false` sends every request of this route straight upstream.
     pub cache: bool,
+    /// One entry for every caller (credentials checked, not keyed); see
+    /// `cache::credentials`.
+    pub shared: bool,
 }
 
 impl Route {
@@ -100,6 +103,7 @@ impl Route {
             methods,
             ttl: raw.ttl.map(|t| t.0),
             cache: raw.cache.unwrap_or(true),
+            shared: raw.shared.unwrap_or(false),
         })
     }
 
@@ -113,6 +117,7 @@ impl Route {
                 .map(|m| m.iter().map(|m| m.as_str().to_owned()).collect()),
             ttl: self.ttl.map(FileDuration),
             cache: (!self.cache).then_some(false),
+            shared: self.shared.then_some(true),
         }
     }
 
@@ -163,6 +168,7 @@ mod tests {
             methods: (!methods.is_empty()).then(|| methods.iter().map(|m| m.to_string()).collect()),
             ttl: None,
             cache: None,
+            shared: None,
         })
         .unwrap()
     }
@@ -224,6 +230,7 @@ mod tests {
             methods: Some(vec!["post".into()]),
             ttl: None,
             cache: None,
+            shared: None,
         })
         .is_ok());
         assert!(Route::from_file(&FileRoute {
@@ -232,6 +239,7 @@ mod tests {
             methods: Some(vec!["PO ST".into()]),
             ttl: None,
             cache: None,
+            shared: None,
         })
         .is_err());
     }

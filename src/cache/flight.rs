@@ -30,17 +30,27 @@ pub struct BufferedAnswer {
     pub reason: NotStorable,
 }
 
+impl BufferedAnswer {
+    /// Whether coalesced waiters may be handed this answer too.
+    pub fn shareable(&self) -> bool {
+        super::policy::shareable(self.reason, &self.headers)
+    }
+}
+
 /// How a fill ended, as seen by every caller of the flight.
 #[derive(Debug)]
 pub enum FillOutcome {
     /// Stored: answer from the entry.
     Stored(Arc<Entry>),
+    /// Storable, but refused by the store (a clear ran during the fill, or
+    /// too heavy): answer from the entry, which is not kept.
+    Discarded(Arc<Entry>),
     /// Complete but not storable: the same answer for everyone.
     Uncacheable(BufferedAnswer),
     /// The upstream failed: the same error for everyone.
     Failed(ProxyError),
-    /// Too large to share: the leader got it as a stream, waiters must
-    /// forward on their own.
+    /// Not for sharing (too large to buffer, or personal): the leader got it
+    /// as a stream, waiters must forward on their own.
     Streamed,
     /// The fill ended without an outcome.
     Abandoned,
@@ -50,6 +60,7 @@ impl FillOutcome {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Stored(_) => "stored",
+            Self::Discarded(_) => "discarded",
             Self::Uncacheable(_) => "uncacheable",
             Self::Failed(_) => "failed",
             Self::Streamed => "streamed",
@@ -88,6 +99,18 @@ impl Flights {
             slot,
             published: false,
         })
+    }
+
+    /// A fill no one else can join: for a request whose answer must not be
+    /// shared (a credential the upstream has not vouched for yet).
+    pub fn solo(self: &Arc<Self>, key: CacheKey) -> FillGuard {
+        let (slot, _) = watch::channel(None);
+        FillGuard {
+            flights: self.clone(),
+            key,
+            slot,
+            published: false,
+        }
     }
 
     /// Fills in progress (for stats).
@@ -226,6 +249,15 @@ mod tests {
         drop(waiter);
         assert!(guard.end_if_alone());
         assert!(matches!(flights.join(key(3)), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn a_solo_fill_cannot_be_joined() {
+        let flights = Arc::new(Flights::default());
+        let solo = flights.solo(key(6));
+        assert!(matches!(flights.join(key(6)), Join::Leader(_)));
+        solo.publish(FillOutcome::Streamed);
+        assert!(flights.is_empty());
     }
 
     #[tokio::test]

@@ -30,6 +30,18 @@ impl CacheKey {
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         Self(bytes)
     }
+
+    /// A key derived from this one and more identity (credentials, `Vary`
+    /// values); `tag` keeps different derivations apart.
+    pub fn derive(&self, tag: &[u8], parts: &[&[u8]]) -> CacheKey {
+        let mut hasher = Md5::new();
+        hasher.update(self.0);
+        hasher.update(tag);
+        for part in parts {
+            hasher.update(part);
+        }
+        CacheKey(hasher.finalize().into())
+    }
 }
 
 impl fmt::Display for CacheKey {

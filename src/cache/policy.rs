@@ -98,6 +98,23 @@ pub fn storable_ttl(
     }
 }
 
+/// Whether an answer that was not stored may still be handed to the
+/// callers coalesced behind the one that fetched it. Only answers refused
+/// for their status (a 500, a 404) qualify, and only when nothing marks
+/// them personal (`Set-Cookie`, `private`, `no-store`, `no-cache`) or
+/// dependent on request headers (`Vary`).
+pub fn shareable(reason: NotStorable, headers: &HeaderMap) -> bool {
+    matches!(reason, NotStorable::Status(_))
+        && !headers.contains_key(SET_COOKIE)
+        && !headers.contains_key(VARY)
+        && !cache_control(headers).any(|d| {
+            let name = d.split('=').next().unwrap_or_default().trim();
+            ["private", "no-store", "no-cache"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+        })
+}
+
 /// True when the client's `Cache-Control` asks to skip stored answers.
 pub fn client_wants_fresh(headers: &HeaderMap) -> bool {
     cache_control(headers)
@@ -212,6 +229,20 @@ mod tests {
             ttl_of(&[("cache-control", "max-age=0")]),
             Err(NotStorable::Expired)
         );
+    }
+
+    #[test]
+    fn only_impersonal_error_answers_are_shared_with_waiters() {
+        let err = NotStorable::Status(StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(shareable(err, &HeaderMap::new()));
+        assert!(!shareable(err, &headers(&[("set-cookie", "a=1")])));
+        assert!(!shareable(err, &headers(&[("cache-control", "private")])));
+        assert!(!shareable(err, &headers(&[("vary", "accept-language")])));
+        assert!(!shareable(
+            NotStorable::SetCookie,
+            &headers(&[("set-cookie", "a=1")])
+        ));
+        assert!(!shareable(NotStorable::NoStore, &HeaderMap::new()));
     }
 
     #[test]

@@ -19,10 +19,16 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use super::key::CacheKey;
+use super::vary::VaryNames;
 
 /// A complete upstream answer, shared by every hit (the body is never copied).
 #[derive(Debug)]
 pub struct Entry {
+    /// The key this entry is stored under (a `Vary` variant of the request's
+    /// base key when `vary` is set).
+    pub key: CacheKey,
+    /// The request headers this answer varies on.
+    pub vary: Option<VaryNames>,
     pub status: StatusCode,
     /// End-to-end headers only; hop-by-hop ones are dropped before storing.
     pub headers: HeaderMap,
@@ -89,6 +95,16 @@ impl Lifecycle<CacheKey, Arc<Entry>> for EvictionCounter {
     }
 }
 
+/// Why the store refused an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Heavier than one entry may be.
+    TooLarge,
+    /// A clear or invalidate ran since the fill started: its answer may
+    /// predate the data refresh the operator just announced.
+    Outdated,
+}
+
 pub enum Lookup {
     Fresh(Arc<Entry>),
     Miss,
@@ -99,6 +115,9 @@ pub struct Store {
     evictions: Arc<AtomicU64>,
     /// Entries dropped because their TTL ran out (on lookup or by the purge).
     expirations: AtomicU64,
+    /// Bumped by every clear and invalidate, so a fill that started before
+    /// one cannot store its answer after it.
+    generation: AtomicU64,
     maxsize: u64,
     max_bytes: u64,
     /// The heaviest entry a shard can take; larger answers are not stored.
@@ -137,6 +156,7 @@ impl Store {
             entries,
             evictions,
             expirations: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             maxsize,
             max_bytes,
             max_entry_bytes: shard_weight.min(max_object_bytes),
@@ -156,17 +176,34 @@ impl Store {
         }
     }
 
-    /// Stores `entry` unless it is heavier than one entry may be; says which.
-    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) -> bool {
+    /// The current clear/invalidate generation; a fill reads it before asking
+    /// the upstream and hands it to [`Store::insert`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Stores `entry`, fetched since `generation`, unless it is too heavy or
+    /// a clear/invalidate ran since.
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>, generation: u64) -> Result<(), Refused> {
         if entry.size() > self.max_entry_bytes {
-            return false;
+            return Err(Refused::TooLarge);
         }
-        self.entries.insert(key, entry);
-        true
+        if self.generation() != generation {
+            return Err(Refused::Outdated);
+        }
+        self.entries.insert(key, entry.clone());
+        // A clear that ran during the insert must win: it bumps the
+        // generation before emptying the store, so one of the two sees it.
+        if self.generation() != generation {
+            self.entries.remove_if(&key, |e| Arc::ptr_eq(e, &entry));
+            return Err(Refused::Outdated);
+        }
+        Ok(())
     }
 
     /// Removes every entry; returns how many there were.
     pub fn clear(&self) -> usize {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let before = self.entries.len();
         self.entries.clear();
         before
@@ -174,6 +211,7 @@ impl Store {
 
     /// Removes the entries whose description contains `pattern`; returns how many.
     pub fn invalidate(&self, pattern: &str) -> usize {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let removed = AtomicUsize::new(0);
         self.entries.retain(|_, entry| {
             let keep = !entry.description.contains(pattern);
@@ -242,6 +280,8 @@ mod tests {
     fn entry(body_len: usize, description: &str, ttl: Duration) -> Arc<Entry> {
         let now = Instant::now();
         Arc::new(Entry {
+            key: CacheKey::from_bytes([0; 16]),
+            vary: None,
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::from(vec![b'x'; body_len]),
@@ -267,7 +307,7 @@ mod tests {
     fn entry_count_never_passes_maxsize() {
         let store = Store::new(100, 1 << 30, 1 << 20);
         for i in 0..5_000 {
-            store.insert(key(i), entry(10, "d", HOUR));
+            store.insert(key(i), entry(10, "d", HOUR), 0).unwrap();
             assert!(store.len() <= 100);
         }
         assert!(
@@ -282,7 +322,7 @@ mod tests {
     fn bytes_never_pass_max_bytes() {
         let store = Store::new(1000, 1 << 20, 64 << 10);
         for i in 0..2_000 {
-            store.insert(key(i), entry(40_000, "d", HOUR));
+            store.insert(key(i), entry(40_000, "d", HOUR), 0).unwrap();
             assert!(store.bytes() <= 1 << 20);
         }
         assert!(store.len() >= 10);
@@ -291,14 +331,19 @@ mod tests {
     #[test]
     fn oversized_entries_are_refused() {
         let store = Store::new(1000, 1 << 20, 1000);
-        assert!(!store.insert(key(1), entry(5000, "d", HOUR)));
+        assert_eq!(
+            store.insert(key(1), entry(5000, "d", HOUR), 0),
+            Err(Refused::TooLarge)
+        );
         assert!(store.is_empty());
     }
 
     #[test]
     fn expired_entries_are_never_returned() {
         let store = Store::new(100, 1 << 20, 1 << 10);
-        store.insert(key(1), entry(1, "d", Duration::from_millis(1)));
+        store
+            .insert(key(1), entry(1, "d", Duration::from_millis(1)), 0)
+            .unwrap();
         let later = Instant::now() + Duration::from_secs(1);
         assert!(matches!(store.get(&key(1), later), Lookup::Miss));
         assert_eq!(store.len(), 0);
@@ -308,8 +353,10 @@ mod tests {
     #[test]
     fn purge_removes_only_expired_entries() {
         let store = Store::new(100, 1 << 20, 1 << 10);
-        store.insert(key(1), entry(1, "a", Duration::from_millis(1)));
-        store.insert(key(2), entry(1, "b", HOUR));
+        store
+            .insert(key(1), entry(1, "a", Duration::from_millis(1)), 0)
+            .unwrap();
+        store.insert(key(2), entry(1, "b", HOUR), 0).unwrap();
         assert_eq!(
             store.purge_expired(Instant::now() + Duration::from_secs(1)),
             1
@@ -318,21 +365,47 @@ mod tests {
     }
 
     #[test]
+    fn a_fill_older_than_a_clear_is_not_stored() {
+        let store = Store::new(100, 1 << 20, 1 << 10);
+        let started = store.generation();
+        store.clear();
+        assert_eq!(
+            store.insert(key(1), entry(1, "d", HOUR), started),
+            Err(Refused::Outdated)
+        );
+        assert!(store.is_empty());
+        assert_eq!(
+            store.insert(key(1), entry(1, "d", HOUR), store.generation()),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn invalidate_matches_descriptions() {
         let store = Store::new(100, 1 << 20, 1 << 10);
-        store.insert(
-            key(1),
-            entry(1, r#"get_metrics POST /api/metrics {"org":"Vale"}"#, HOUR),
-        );
-        store.insert(
-            key(2),
-            entry(1, r#"get_actions POST /api/actions {"org":"Vale"}"#, HOUR),
-        );
-        store.insert(
-            key(3),
-            entry(1, r#"get_metrics POST /api/metrics {"org":"Acme"}"#, HOUR),
-        );
+        store
+            .insert(
+                key(1),
+                entry(1, r#"get_metrics POST /api/metrics {"org":"Vale"}"#, HOUR),
+                0,
+            )
+            .unwrap();
+        store
+            .insert(
+                key(2),
+                entry(1, r#"get_actions POST /api/actions {"org":"Vale"}"#, HOUR),
+                0,
+            )
+            .unwrap();
+        store
+            .insert(
+                key(3),
+                entry(1, r#"get_metrics POST /api/metrics {"org":"Acme"}"#, HOUR),
+                0,
+            )
+            .unwrap();
         assert_eq!(store.invalidate("Vale"), 2);
+        assert_eq!(store.generation(), 1);
         assert_eq!(store.invalidate("get_metrics"), 1);
         assert_eq!(store.len(), 0);
     }

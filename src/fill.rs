@@ -1,0 +1,277 @@
+//! The fill: the one upstream request behind a miss, run detached from the
+//! client that started it, whose outcome every caller of the flight gets.
+//!
+//! It reads the answer whole (up to the largest storable entry), decides
+//! with `cache::policy` whether to store it, stores it under the right
+//! `Vary` variant, and publishes the outcome. Two shortcuts keep memory and
+//! latency down: an unstorable answer nobody else waits for is streamed to
+//! the leader instead of buffered, and an answer too large to store is
+//! streamed to the leader while waiters forward on their own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::body::{collect_limited, Collected, ProxyBody, UpstreamBody, UpstreamStalled};
+use crate::cache::flight::{BufferedAnswer, FillGuard, FillOutcome};
+use crate::cache::policy::{self, NotStorable};
+use crate::cache::store::Refused;
+use crate::cache::vary::{variant_key, vary_names};
+use crate::cache::{CacheKey, Entry};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
+use crate::upstream::UpstreamRequestBody;
+
+/// What a fill needs to know once the client's request is gone.
+pub(crate) struct FillPlan {
+    pub route: Arc<str>,
+    pub ttl: Duration,
+    /// `route METHOD path?query body`, kept with the entry for `invalidate`.
+    pub description: String,
+    pub base: CacheKey,
+    /// The leader's request headers, to pick the `Vary` variant.
+    pub request_headers: HeaderMap,
+    /// On a shared route, the credential this answer vouches for (or revokes).
+    pub vouch_for: Option<[u8; 16]>,
+}
+
+/// What the fill hands the leader.
+pub(crate) enum LeaderAnswer {
+    Outcome(Arc<FillOutcome>),
+    /// Not stored and not shared: the answer as a stream.
+    Stream(Box<StreamedAnswer>),
+}
+
+pub(crate) struct StreamedAnswer {
+    parts: http::response::Parts,
+    body: UpstreamBody,
+    reason: NotStorable,
+}
+
+pub(crate) async fn run(
+    proxy: Arc<Proxy>,
+    mut guard: FillGuard,
+    request: Request<UpstreamRequestBody>,
+    plan: FillPlan,
+    leader: oneshot::Sender<LeaderAnswer>,
+) {
+    let key = guard.key();
+    let started = Instant::now();
+    let generation = proxy.store.generation();
+    Metrics::bump(&proxy.metrics.upstream_requests);
+    let response = match proxy.upstream.send(request).await {
+        Ok(response) => response,
+        Err(err) => {
+            Metrics::bump(&proxy.metrics.upstream_errors);
+            warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream request failed");
+            let _ = leader.send(LeaderAnswer::Outcome(
+                guard.publish(FillOutcome::Failed(err)),
+            ));
+            return;
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some(credential) = &plan.vouch_for {
+        vouch(&proxy, &plan.route, credential, parts.status);
+    }
+    let verdict = policy::storable_ttl(
+        parts.status,
+        &parts.headers,
+        plan.ttl,
+        &proxy.config.cache.cacheable_statuses,
+    );
+    let body = UpstreamBody::new(body, proxy.upstream_timeout());
+
+    if let Err(reason) = verdict {
+        // Nobody else to give it to, or not fit to give (a cookie, a
+        // private answer): stream it to the leader; waiters ask for their own.
+        let shareable = policy::shareable(reason, &parts.headers);
+        if guard.end_if_alone() || !shareable {
+            not_stored(&proxy, &plan, key, reason, parts.status);
+            if !shareable {
+                guard.publish(FillOutcome::Streamed);
+            }
+            let _ = leader.send(LeaderAnswer::Stream(Box::new(StreamedAnswer {
+                parts,
+                body,
+                reason,
+            })));
+            return;
+        }
+    }
+
+    let outcome = match collect_limited(body, proxy.store.max_entry_bytes()).await {
+        Err(source) => {
+            Metrics::bump(&proxy.metrics.upstream_errors);
+            let upstream = proxy.upstream.name().to_owned();
+            let err = if source.is::<UpstreamStalled>() {
+                ProxyError::UpstreamTimeout {
+                    upstream,
+                    timeout: proxy.upstream_timeout(),
+                }
+            } else {
+                ProxyError::UpstreamBody { upstream, source }
+            };
+            warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream body failed; nothing stored");
+            FillOutcome::Failed(err)
+        }
+        Ok(Collected::TooLarge(body)) => {
+            not_stored(&proxy, &plan, key, NotStorable::TooLarge, parts.status);
+            guard.publish(FillOutcome::Streamed);
+            let reason = NotStorable::TooLarge;
+            let _ = leader.send(LeaderAnswer::Stream(Box::new(StreamedAnswer {
+                parts,
+                body,
+                reason,
+            })));
+            return;
+        }
+        Ok(Collected::Complete(bytes)) => match verdict {
+            Ok(ttl) => store(&proxy, parts, bytes, ttl, plan, started, generation),
+            Err(reason) => {
+                not_stored(&proxy, &plan, key, reason, parts.status);
+                FillOutcome::Uncacheable(BufferedAnswer {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: bytes,
+                    reason,
+                })
+            }
+        },
+    };
+    let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
+}
+
+/// On a shared route, the upstream's verdict on the leader's credential.
+fn vouch(proxy: &Proxy, route: &str, credential: &[u8; 16], status: StatusCode) {
+    if status.is_success() {
+        proxy.grants.grant(route, credential, Instant::now());
+    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        proxy.grants.revoke(route, credential);
+        info!(
+            route,
+            status = status.as_u16(),
+            "credential refused by the upstream; shared entries withheld from it"
+        );
+    }
+}
+
+fn not_stored(
+    proxy: &Proxy,
+    plan: &FillPlan,
+    key: CacheKey,
+    reason: NotStorable,
+    status: StatusCode,
+) {
+    Metrics::bump(&proxy.metrics.not_stored);
+    info!(route = &*plan.route, key = %key.short(), reason = reason.as_str(), status = status.as_u16(), "answer not stored");
+}
+
+fn store(
+    proxy: &Proxy,
+    parts: http::response::Parts,
+    body: Bytes,
+    ttl: Duration,
+    plan: FillPlan,
+    started: Instant,
+    generation: u64,
+) -> FillOutcome {
+    let now = Instant::now();
+    let vary = vary_names(&parts.headers);
+    let key = match &vary {
+        Some(names) => variant_key(&plan.base, names, &plan.request_headers),
+        None => plan.base,
+    };
+    let initial_age = parts
+        .headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+        .unwrap_or(0);
+    let entry = Arc::new(Entry {
+        key,
+        vary: vary.clone(),
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        route: plan.route,
+        description: plan.description,
+        stored_at: now,
+        expires_at: now + ttl,
+        initial_age,
+        upstream_time: now - started,
+    });
+    match proxy.store.insert(key, entry.clone(), generation) {
+        Ok(()) => {
+            proxy.vary.record(plan.base, vary);
+            Metrics::bump(&proxy.metrics.stored);
+            info!(route = &*entry.route, key = %key, ttl_s = ttl.as_secs(), bytes = entry.body.len(), "Cache SET: {}", key.short());
+            FillOutcome::Stored(entry)
+        }
+        Err(Refused::Outdated) => {
+            Metrics::bump(&proxy.metrics.not_stored);
+            info!(route = &*entry.route, key = %key.short(), "cache cleared or invalidated during the fill; answer served, not stored");
+            FillOutcome::Discarded(entry)
+        }
+        Err(Refused::TooLarge) => {
+            Metrics::bump(&proxy.metrics.not_stored);
+            info!(route = &*entry.route, key = %key.short(), "answer heavier than one store entry may be; not stored");
+            FillOutcome::Discarded(entry)
+        }
+    }
+}
+
+/// The leader's answer: from its own fill, whatever the outcome.
+pub(crate) fn answer_leader(answer: LeaderAnswer, ask: &Ask) -> Response<ProxyBody> {
+    let outcome = match answer {
+        LeaderAnswer::Stream(answer) => {
+            let StreamedAnswer {
+                parts,
+                body,
+                reason,
+            } = *answer;
+            let field = CacheStatusField {
+                fwd_status: Some(parts.status.as_u16()),
+                ..CacheStatusField::forward("miss")
+            }
+            .not_stored(reason);
+            return respond::streamed(parts, body, CacheStatus::Miss, field, ask.head);
+        }
+        LeaderAnswer::Outcome(outcome) => outcome,
+    };
+    match &*outcome {
+        FillOutcome::Stored(entry) => {
+            let field = CacheStatusField {
+                fwd_status: Some(entry.status.as_u16()),
+                stored: true,
+                ..CacheStatusField::forward("miss")
+            };
+            respond::from_entry(entry, CacheStatus::Miss, field, ask, Instant::now())
+        }
+        FillOutcome::Discarded(entry) => {
+            let field = CacheStatusField {
+                fwd_status: Some(entry.status.as_u16()),
+                ..CacheStatusField::forward("miss")
+            };
+            respond::from_entry(entry, CacheStatus::Miss, field, ask, Instant::now())
+        }
+        FillOutcome::Uncacheable(answer) => {
+            let field = CacheStatusField {
+                fwd_status: Some(answer.status.as_u16()),
+                ..CacheStatusField::forward("miss")
+            };
+            respond::from_buffered(answer, field, ask.head)
+        }
+        FillOutcome::Failed(err) => respond::error(err),
+        FillOutcome::Streamed | FillOutcome::Abandoned => {
+            respond::error(&ProxyError::FillAbandoned)
+        }
+    }
+}
