@@ -221,7 +221,6 @@ fn serial(reply: &support::Reply) -> u64 {
 }
 
 #[tokio::test]
-#[ignore = "BUG: an unstorable private / Set-Cookie answer is handed to every coalesced waiter"]
 async fn a_private_answer_is_never_shared_with_waiters() {
     let origin = Origin::start().await;
     let gate = Gate::new();
@@ -257,7 +256,6 @@ async fn a_private_answer_is_never_shared_with_waiters() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a conditional leader's 304 is handed to unconditional coalesced waiters"]
 async fn a_conditional_leaders_304_is_never_shared_with_waiters() {
     let origin = Origin::start().await;
     let gate = Gate::new();
