@@ -6,13 +6,12 @@
 //! compared in constant time; with no token they answer loopback clients
 //! only, so a proxy exposed by mistake cannot be emptied from outside.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::json;
+use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
@@ -101,41 +100,91 @@ fn authorize(
     }
 }
 
+/// `GET /api/cache/stats`: the seed's shape, field for field, then ours.
+#[derive(Serialize)]
+struct StatsAnswer {
+    status: &'static str,
+    cache: CacheStats,
+}
+
+#[derive(Serialize)]
+struct CacheStats {
+    size: usize,
+    maxsize: u64,
+    ttl: u64,
+    ttl_hours: f64,
+    enabled: bool,
+    hits: u64,
+    misses: u64,
+    hit_rate: f64,
+    bypassed: u64,
+    coalesced: u64,
+    upstream_requests: u64,
+    upstream_errors: u64,
+    stored: u64,
+    not_stored: u64,
+    evictions: u64,
+    expirations: u64,
+    bytes: u64,
+    max_bytes: u64,
+    inflight: usize,
+    avg_response_ms: f64,
+    avg_hit_ms: f64,
+    avg_miss_ms: f64,
+    uptime_seconds: u64,
+}
+
+#[derive(Serialize)]
+struct ClearAnswer {
+    status: &'static str,
+    message: &'static str,
+    warning: &'static str,
+}
+
+#[derive(Serialize)]
+struct InvalidateAnswer<'a> {
+    status: &'static str,
+    pattern: &'a str,
+    keys_deleted: usize,
+    message: String,
+}
+
 fn stats(proxy: &Proxy) -> Response<ProxyBody> {
     let config = &proxy.config.cache;
     let store = &proxy.store;
     let m = proxy.metrics.snapshot();
     let ttl = config.ttl.as_secs();
+    let cache = CacheStats {
+        size: store.len(),
+        maxsize: store.maxsize(),
+        ttl,
+        ttl_hours: ttl as f64 / 3600.0,
+        enabled: config.enabled,
+        hits: m.hits,
+        misses: m.misses,
+        hit_rate: (m.hit_rate() * 10_000.0).round() / 10_000.0,
+        bypassed: m.bypassed,
+        coalesced: m.coalesced,
+        upstream_requests: m.upstream_requests,
+        upstream_errors: m.upstream_errors,
+        stored: m.stored,
+        not_stored: m.not_stored,
+        evictions: store.evictions(),
+        expirations: store.expirations(),
+        bytes: store.bytes(),
+        max_bytes: store.max_bytes(),
+        inflight: proxy.flights.len(),
+        avg_response_ms: m.avg_response_ms(),
+        avg_hit_ms: m.avg_hit_ms(),
+        avg_miss_ms: m.avg_miss_ms(),
+        uptime_seconds: m.uptime.as_secs(),
+    };
     respond::json(
         StatusCode::OK,
-        json!({
-            "status": "ok",
-            "cache": {
-                "size": store.len(),
-                "maxsize": store.maxsize(),
-                "ttl": ttl,
-                "ttl_hours": ttl as f64 / 3600.0,
-                "enabled": config.enabled,
-                "hits": m.hits,
-                "misses": m.misses,
-                "hit_rate": (m.hit_rate() * 10_000.0).round() / 10_000.0,
-                "bypassed": m.bypassed,
-                "coalesced": m.coalesced,
-                "upstream_requests": m.upstream_requests,
-                "upstream_errors": m.upstream_errors,
-                "stored": m.stored,
-                "not_stored": m.not_stored,
-                "evictions": store.evictions(),
-                "expirations": store.expirations(),
-                "bytes": store.bytes(),
-                "max_bytes": store.max_bytes(),
-                "inflight": proxy.flights.len(),
-                "avg_response_ms": m.avg_response_ms(),
-                "avg_hit_ms": m.avg_hit_ms(),
-                "avg_miss_ms": m.avg_miss_ms(),
-                "uptime_seconds": m.uptime.as_secs(),
-            }
-        }),
+        &StatsAnswer {
+            status: "ok",
+            cache,
+        },
     )
 }
 
@@ -145,11 +194,11 @@ fn clear(proxy: &Proxy) -> Response<ProxyBody> {
     info!(keys_deleted = removed, "Cache CLEARED");
     respond::json(
         StatusCode::OK,
-        json!({
-            "status": "success",
-            "message": "Cache cleared successfully",
-            "warning": "Next requests will hit the database",
-        }),
+        &ClearAnswer {
+            status: "success",
+            message: "Cache cleared successfully",
+            warning: "Next requests will hit the database",
+        },
     )
 }
 
@@ -165,23 +214,45 @@ fn invalidate(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyBody>,
             "query parameter 'pattern' is required and must not be empty".into(),
         ));
     };
-    let pattern: Cow<'_, str> = pattern;
     let removed = proxy.store.invalidate(&pattern);
     info!(pattern = %pattern, keys_deleted = removed, "Cache INVALIDATED: {removed} keys matching '{pattern}'");
     Ok(respond::json(
         StatusCode::OK,
-        json!({
-            "status": "success",
-            "pattern": pattern,
-            "keys_deleted": removed,
-            "message": format!("Invalidated {removed} cache keys matching pattern '{pattern}'"),
-        }),
+        &InvalidateAnswer {
+            status: "success",
+            pattern: &pattern,
+            keys_deleted: removed,
+            message: format!("Invalidated {removed} cache keys matching pattern '{pattern}'"),
+        },
     ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_keep_the_seeds_field_order() {
+        let clear = serde_json::to_string(&ClearAnswer {
+            status: "success",
+            message: "Cache cleared successfully",
+            warning: "Next requests will hit the database",
+        })
+        .unwrap();
+        assert_eq!(
+            clear,
+            r#"{"status":"success","message":"Cache cleared successfully","warning":"Next requests will hit the database"}"#
+        );
+        let invalidate = serde_json::to_string(&InvalidateAnswer {
+            status: "success",
+            pattern: "get_metrics",
+            keys_deleted: 12,
+            message: "Invalidated 12 cache keys matching pattern 'get_metrics'".into(),
+        })
+        .unwrap();
+        assert!(invalidate
+            .starts_with(r#"{"status":"success","pattern":"get_metrics","keys_deleted":12,"#));
+    }
 
     #[test]
     fn admin_paths_are_recognised_exactly() {

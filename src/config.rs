@@ -178,6 +178,38 @@ impl Serialize for FileDuration {
     }
 }
 
+/// A size in the file: bytes as an integer, or a string such as "256MiB".
+/// Printed back as exact bytes, so `--print-config` reproduces the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSize(pub u64);
+
+impl<'de> Deserialize<'de> for FileSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom("expected bytes or a size string such as \"256MiB\"")
+        })? {
+            Raw::Bytes(b) => Ok(Self(b)),
+            Raw::Text(t) => t
+                .trim()
+                .parse::<ByteSize>()
+                .map(|b| Self(b.0))
+                .map_err(|e| serde::de::Error::custom(format!("invalid size {t:?}: {e}"))),
+        }
+    }
+}
+
+impl Serialize for FileSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
 /// `proxy.toml` as written: every field optional, unknown keys rejected.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -195,7 +227,7 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_body_bytes: Option<ByteSize>,
+    pub max_body_bytes: Option<FileSize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
     #[serde(default)]
@@ -214,9 +246,9 @@ pub struct FileCache {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maxsize: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_bytes: Option<ByteSize>,
+    pub max_bytes: Option<FileSize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_object_bytes: Option<ByteSize>,
+    pub max_object_bytes: Option<FileSize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cacheable_statuses: Option<Vec<u16>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -357,12 +389,14 @@ impl Config {
         }
         let max_bytes = cli
             .max_bytes
-            .or(fc.max_bytes)
-            .map_or(DEFAULT_MAX_BYTES, |b| b.0);
+            .map(|b| b.0)
+            .or(fc.max_bytes.map(|b| b.0))
+            .unwrap_or(DEFAULT_MAX_BYTES);
         let max_object_bytes = cli
             .max_object_bytes
-            .or(fc.max_object_bytes)
-            .map_or(DEFAULT_MAX_OBJECT_BYTES, |b| b.0);
+            .map(|b| b.0)
+            .or(fc.max_object_bytes.map(|b| b.0))
+            .unwrap_or(DEFAULT_MAX_OBJECT_BYTES);
         if max_bytes == 0 {
             return Err(ConfigError::invalid(
                 "cache.max_bytes",
@@ -450,12 +484,15 @@ impl Config {
             routes: RouteTable::new(routes),
             max_body_bytes: cli
                 .max_body_bytes
-                .or(file.max_body_bytes)
-                .map_or(DEFAULT_MAX_BODY_BYTES, |b| b.0),
+                .map(|b| b.0)
+                .or(file.max_body_bytes.map(|b| b.0))
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
             admin_token,
-            shutdown_timeout: file
-                .shutdown_timeout
-                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+            shutdown_timeout: positive(
+                "shutdown_timeout",
+                file.shutdown_timeout.map(|d| d.0),
+                DEFAULT_SHUTDOWN_TIMEOUT,
+            )?,
             source,
         })
     }
@@ -469,14 +506,14 @@ impl Config {
             connect_timeout: Some(FileDuration(self.upstream.connect_timeout)),
             upstream_timeout: Some(FileDuration(self.upstream.timeout)),
             shutdown_timeout: Some(FileDuration(self.shutdown_timeout)),
-            max_body_bytes: Some(ByteSize(self.max_body_bytes)),
+            max_body_bytes: Some(FileSize(self.max_body_bytes)),
             admin_token: self.admin_token.as_ref().map(|_| "<redacted>".to_owned()),
             cache: FileCache {
                 enabled: Some(self.cache.enabled),
                 ttl: Some(FileDuration(self.cache.ttl)),
                 maxsize: Some(self.cache.maxsize),
-                max_bytes: Some(ByteSize(self.cache.max_bytes)),
-                max_object_bytes: Some(ByteSize(self.cache.max_object_bytes)),
+                max_bytes: Some(FileSize(self.cache.max_bytes)),
+                max_object_bytes: Some(FileSize(self.cache.max_object_bytes)),
                 cacheable_statuses: Some(
                     self.cache
                         .cacheable_statuses

@@ -28,6 +28,9 @@ pub enum ProxyError {
         source: BoxError,
     },
 
+    #[error("upstream {upstream} did not accept a connection within {timeout:?}")]
+    UpstreamConnectTimeout { upstream: String, timeout: Duration },
+
     #[error("upstream {upstream} did not answer within {timeout:?}")]
     UpstreamTimeout { upstream: String, timeout: Duration },
 
@@ -77,6 +80,7 @@ impl ProxyError {
         match self {
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,6 +99,7 @@ impl ProxyError {
         match self {
             Self::UpstreamUnreachable { .. } => "upstream-unreachable",
             Self::UpstreamFailed { .. } => "upstream-failed",
+            Self::UpstreamConnectTimeout { .. } => "upstream-connect-timeout",
             Self::UpstreamTimeout { .. } => "upstream-timeout",
             Self::UpstreamBody { .. } => "upstream-body",
             Self::BodyTooLarge { .. } => "body-too-large",

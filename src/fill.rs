@@ -212,7 +212,7 @@ fn store(
         Ok(()) => {
             proxy.vary.record(plan.base, vary);
             Metrics::bump(&proxy.metrics.stored);
-            info!(route = &*entry.route, key = %key, ttl_s = ttl.as_secs(), bytes = entry.body.len(), "Cache SET: {}", key.short());
+            info!(route = &*entry.route, key = %key, ttl_s = ttl.as_secs(), bytes = entry.body.len(), "Cache SET: {}...", key.short());
             FillOutcome::Stored(entry)
         }
         Err(Refused::Outdated) => {

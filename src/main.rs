@@ -36,14 +36,17 @@ fn main() -> ExitCode {
     // Log lines go through a background writer so a slow terminal or pipe
     // never stalls a request; the guard flushes them at exit.
     let (writer, _flush_guard) = tracing_appender::non_blocking(std::io::stderr());
-    let filter = match &cli.log_level {
-        Some(level) => EnvFilter::try_new(level),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    // --log-level (or DASHCACHE_LOG) wins over RUST_LOG; a filter that does
+    // not parse is an error, not a silent fallback.
+    let (source, directives) = match (&cli.log_level, std::env::var("RUST_LOG")) {
+        (Some(level), _) => ("--log-level / DASHCACHE_LOG", level.clone()),
+        (None, Ok(env)) => ("RUST_LOG", env),
+        (None, Err(_)) => ("default", "info".to_owned()),
     };
-    let filter = match filter {
+    let filter = match EnvFilter::try_new(&directives) {
         Ok(filter) => filter,
         Err(err) => {
-            eprintln!("dashcache: invalid log filter (--log-level / RUST_LOG): {err}");
+            eprintln!("dashcache: invalid log filter {directives:?} from {source}: {err}");
             return ExitCode::from(2);
         }
     };

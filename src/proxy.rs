@@ -115,6 +115,13 @@ impl Proxy {
         } else {
             self.proxy(request, client).await
         };
+        let mut served = served;
+        if served.cache != CacheStatus::Admin
+            && !served.response.headers().contains_key(&respond::X_CACHE)
+        {
+            // dashcache's own error answers (502, 504, 413…) say so too.
+            respond::mark_error(served.response.headers_mut(), served.cache);
+        }
         let elapsed = started.elapsed();
         self.metrics.record(served.cache, elapsed);
         info!(
@@ -199,7 +206,8 @@ impl Proxy {
             Ok(request) => request,
             Err(err) => {
                 warn!(route = &**route_name, error = %err.message(), "request body rejected");
-                return (respond::error(&err), CacheStatus::Miss);
+                // Rejected before any lookup: neither a hit nor a miss.
+                return (respond::error(&err), CacheStatus::Bypass);
             }
         };
 

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue, AGE, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, Response, StatusCode};
-use serde_json::json;
 
 use crate::body::{self, ProxyBody, UpstreamBody};
 use crate::cache::flight::BufferedAnswer;
@@ -131,6 +130,20 @@ const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
     http::header::VARY,
 ];
 
+/// Marks an error answer the proxy made itself (no upstream answer behind it).
+pub fn mark_error(headers: &mut HeaderMap, status: CacheStatus) {
+    let fwd = if status == CacheStatus::Bypass {
+        "bypass"
+    } else {
+        "miss"
+    };
+    let field = CacheStatusField {
+        detail: Some("error"),
+        ..CacheStatusField::forward(fwd)
+    };
+    mark(headers, status, field);
+}
+
 /// An answer from a stored entry: a hit, or a miss that a fill stored;
 /// a 304 when the client's validators match it.
 pub fn from_entry(
@@ -203,8 +216,10 @@ pub fn streamed(
     Response::from_parts(parts, body)
 }
 
-pub fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
-    let mut response = Response::new(body::full(value.to_string()));
+/// A JSON answer; fields keep the order `T` declares (the seed's order).
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
+    let body = serde_json::to_vec(value).expect("admin and error answers serialise");
+    let mut response = Response::new(body::full(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -212,12 +227,21 @@ pub fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody>
     response
 }
 
+#[derive(serde::Serialize)]
+struct ErrorAnswer {
+    status: &'static str,
+    message: String,
+}
+
 /// `{"status":"error","message":…}` with the error's status and any header
 /// its status calls for (`Allow` on 405, `WWW-Authenticate` on 401).
 pub fn error(err: &ProxyError) -> Response<ProxyBody> {
     let mut response = json(
         err.status(),
-        json!({ "status": "error", "message": err.message() }),
+        &ErrorAnswer {
+            status: "error",
+            message: err.message(),
+        },
     );
     match err {
         ProxyError::MethodNotAllowed { allow, .. } => {

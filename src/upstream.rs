@@ -46,6 +46,7 @@ pub struct Upstream {
     origin: Uri,
     base_path: String,
     timeout: Duration,
+    connect_timeout: Duration,
     /// The URL as configured, for messages.
     name: String,
 }
@@ -81,6 +82,7 @@ impl Upstream {
             origin: config.origin.clone(),
             base_path: config.base_path.clone(),
             timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
             name: config.display(),
         })
     }
@@ -129,7 +131,12 @@ impl Upstream {
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
             cause = err.source();
         }
-        if timed_out {
+        if timed_out && error.is_connect() {
+            ProxyError::UpstreamConnectTimeout {
+                upstream: self.name.clone(),
+                timeout: self.connect_timeout,
+            }
+        } else if timed_out {
             ProxyError::UpstreamTimeout {
                 upstream: self.name.clone(),
                 timeout: self.timeout,

@@ -25,7 +25,13 @@ async fn an_unreachable_upstream_is_a_502_json_error() {
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
         let message = reply.error_message();
         assert!(message.contains("unreachable"), "{message}");
+        assert!(
+            reply.headers["cache-status"].to_str().unwrap().contains("detail=error"),
+            "the proxy's own error answers carry Cache-Status"
+        );
     }
+    assert_eq!(cached.x_cache(), "MISS");
+    assert_eq!(bypass.x_cache(), "BYPASS");
     assert_eq!(proxy.proxy.store.len(), 0);
     assert!(proxy.stats().await["upstream_errors"].as_u64().unwrap() >= 2);
 }

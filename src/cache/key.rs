@@ -22,7 +22,7 @@ use serde_json::Value;
 pub struct CacheKey([u8; 16]);
 
 impl CacheKey {
-    /// The first 8 hex chars, for logs (the seed's `Cache SET: a3f2b8c1…`).
+    /// The first 16 hex chars, for logs (the seed's `Cache SET: a3f2b8c1d4e5f6g7...`).
     pub fn short(&self) -> ShortKey {
         ShortKey(*self)
     }
@@ -60,7 +60,7 @@ pub struct ShortKey(CacheKey);
 
 impl fmt::Display for ShortKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0 .0[..4].iter().try_for_each(|b| write!(f, "{b:02x}"))
+        self.0 .0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 
@@ -388,6 +388,6 @@ mod tests {
         let k = key(&Method::GET, "/", None, "");
         assert_eq!(k.to_string().len(), 32);
         assert!(k.to_string().chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(k.short().to_string(), k.to_string()[..8]);
+        assert_eq!(k.short().to_string(), k.to_string()[..16]);
     }
 }
