@@ -44,6 +44,9 @@ pub enum ProxyError {
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
 
+    #[error("request carries both Content-Length and Transfer-Encoding (RFC 9112 §6.3); refused")]
+    FramingConflict,
+
     #[error("request body could not be read")]
     ClientBody {
         #[source]
@@ -84,6 +87,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::FramingConflict => StatusCode::BAD_REQUEST,
             Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::FillAbandoned => StatusCode::BAD_GATEWAY,
             Self::AdminParameter(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -103,6 +107,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => "upstream-timeout",
             Self::UpstreamBody { .. } => "upstream-body",
             Self::BodyTooLarge { .. } => "body-too-large",
+            Self::FramingConflict => "framing-conflict",
             Self::ClientBody { .. } => "client-body",
             Self::FillAbandoned => "fill-abandoned",
             Self::AdminParameter(_) => "admin-parameter",

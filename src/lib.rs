@@ -4,6 +4,7 @@
 //!
 //! - [`config`]: flags + env + proxy.toml → one validated [`config::Config`]
 //! - [`server`]: listener, HTTP/1 + HTTP/2, graceful shutdown, expiry purge
+//! - [`framing`]: refuses HTTP/1 requests with both Content-Length and Transfer-Encoding
 //! - [`admin`]: `/api/cache/*` (stats, clear, invalidate), answered locally
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
 //! - `fill`: the detached upstream request behind a miss, and what it stores
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 mod fill;
+pub mod framing;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;

@@ -32,6 +32,7 @@ use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, RequestIdentity, St
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::fill::{self, FillPlan};
+use crate::framing::FRAMING_CONFLICT;
 use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
 use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
@@ -110,7 +111,15 @@ impl Proxy {
         let started = Instant::now();
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let served = if admin::is_admin_path(uri.path()) {
+        let served = if request.headers().contains_key(FRAMING_CONFLICT) {
+            let err = ProxyError::FramingConflict;
+            warn!(client = %client.addr.ip(), path = uri.path(), error = %err.message(), "request refused");
+            Served {
+                response: respond::error(&err),
+                cache: CacheStatus::Bypass,
+                route: self.default_route.clone(),
+            }
+        } else if admin::is_admin_path(uri.path()) {
             admin::handle(&self, request, client).await
         } else {
             self.proxy(request, client).await
