@@ -33,6 +33,17 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_AUTH_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// hyper's HTTP/1 read buffer cannot be smaller than this.
+pub const MIN_MAX_HEADER_BYTES: u64 = 8 * 1024;
+/// HTTP/2 carries the header list limit in a 32-bit setting; far below that,
+/// a 16 MiB head is already no legitimate client's.
+pub const MAX_MAX_HEADER_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -116,6 +127,31 @@ pub struct Cli {
     /// Extra PEM CA bundle trusted for an https upstream.
     #[arg(long, value_name = "FILE", env = "DASHCACHE_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<PathBuf>,
+
+    /// Serve the admin API (`/api/cache/*`) only on this address, plain HTTP.
+    #[arg(long, value_name = "ADDR", env = "DASHCACHE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain: serve HTTPS (needs --tls-key).
+    #[arg(long, value_name = "FILE", env = "DASHCACHE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "DASHCACHE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Largest request head (request line and headers) accepted; 431 beyond.
+    #[arg(long, value_name = "SIZE", env = "DASHCACHE_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<ByteSize>,
+
+    /// Time a client gets to send a request head (TLS handshake included);
+    /// also how long an idle keep-alive connection is kept.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+
+    /// Client connections served at once; further ones are closed on accept.
+    #[arg(long, value_name = "N", env = "DASHCACHE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Bearer token required by the admin API's mutations.
     #[arg(
@@ -230,6 +266,24 @@ pub struct FileConfig {
     pub max_body_bytes: Option<FileSize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<FileSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_keep_alive_interval: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_keep_alive_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_max_concurrent_streams: Option<u32>,
     #[serde(default)]
     pub cache: FileCache,
     #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
@@ -315,14 +369,47 @@ pub struct CacheConfig {
     pub auth_ttl: Duration,
 }
 
+/// The certificate and key files of TLS termination; both or neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// What one client connection may cost the proxy: the defences against
+/// header floods, slow clients (slowloris) and connection floods.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head; HTTP/1 answers 431 beyond, HTTP/2 refuses the stream.
+    pub max_header_bytes: u64,
+    /// Deadline for a request head, for the TLS handshake plus first head of
+    /// a new connection, and for an idle HTTP/1 keep-alive connection.
+    pub header_read_timeout: Duration,
+    /// Client connections served at once on each listener.
+    pub max_connections: usize,
+    /// HTTP/2 PING period, to find dead peers.
+    pub http2_keep_alive_interval: Duration,
+    /// How long an HTTP/2 PING may stay unanswered before the connection is closed.
+    pub http2_keep_alive_timeout: Duration,
+    /// Requests one HTTP/2 connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+}
+
 /// The validated configuration every other module reads.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// When set, the admin API is served here (plain HTTP) and not on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// When set, `listen` serves HTTPS only.
+    pub tls: Option<TlsFiles>,
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
     pub routes: RouteTable,
     pub max_body_bytes: u64,
+    pub limits: Limits,
     pub admin_token: Option<String>,
     pub shutdown_timeout: Duration,
     pub source: Option<PathBuf>,
@@ -476,9 +563,66 @@ impl Config {
             .clone()
             .or(file.admin_token)
             .filter(|t| !t.is_empty());
+        let admin_listen = cli.admin_listen.or(file.admin_listen);
+        if admin_listen == Some(listen) && listen.port() != 0 {
+            return Err(ConfigError::invalid(
+                "admin_listen (DASHCACHE_ADMIN_LISTEN, --admin-listen)",
+                format!("{listen} is already the main listen address"),
+            ));
+        }
+        let tls = tls_files(
+            cli.tls_cert.clone().or(file.tls_cert),
+            cli.tls_key.clone().or(file.tls_key),
+        )?;
+        let limits = Limits {
+            max_header_bytes: max_header_bytes(
+                cli.max_header_bytes
+                    .map(|b| b.0)
+                    .or(file.max_header_bytes.map(|b| b.0)),
+            )?,
+            header_read_timeout: positive(
+                "header_read_timeout (DASHCACHE_HEADER_READ_TIMEOUT, --header-read-timeout)",
+                cli.header_read_timeout
+                    .or(file.header_read_timeout.map(|d| d.0)),
+                DEFAULT_HEADER_READ_TIMEOUT,
+            )?,
+            max_connections: match cli.max_connections.or(file.max_connections) {
+                Some(0) => {
+                    return Err(ConfigError::invalid(
+                        "max_connections (DASHCACHE_MAX_CONNECTIONS, --max-connections)",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => DEFAULT_MAX_CONNECTIONS,
+            },
+            http2_keep_alive_interval: positive(
+                "http2_keep_alive_interval",
+                file.http2_keep_alive_interval.map(|d| d.0),
+                DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
+            )?,
+            http2_keep_alive_timeout: positive(
+                "http2_keep_alive_timeout",
+                file.http2_keep_alive_timeout.map(|d| d.0),
+                DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+            )?,
+            http2_max_concurrent_streams: match file.http2_max_concurrent_streams {
+                Some(0) => {
+                    return Err(ConfigError::invalid(
+                        "http2_max_concurrent_streams",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+            },
+        };
 
         Ok(Self {
             listen,
+            admin_listen,
+            tls,
+            limits,
             upstream,
             cache,
             routes: RouteTable::new(routes),
@@ -499,8 +643,18 @@ impl Config {
 
     /// The effective configuration in `proxy.toml` form (the token redacted).
     pub fn to_toml(&self) -> String {
+        let limits = &self.limits;
         let file = FileConfig {
             listen: Some(self.listen),
+            admin_listen: self.admin_listen,
+            tls_cert: self.tls.as_ref().map(|t| t.cert.clone()),
+            tls_key: self.tls.as_ref().map(|t| t.key.clone()),
+            max_header_bytes: Some(FileSize(limits.max_header_bytes)),
+            header_read_timeout: Some(FileDuration(limits.header_read_timeout)),
+            max_connections: Some(limits.max_connections),
+            http2_keep_alive_interval: Some(FileDuration(limits.http2_keep_alive_interval)),
+            http2_keep_alive_timeout: Some(FileDuration(limits.http2_keep_alive_timeout)),
+            http2_max_concurrent_streams: Some(limits.http2_max_concurrent_streams),
             upstream: Some(self.upstream.display()),
             upstream_ca_file: self.upstream.ca_file.clone(),
             connect_timeout: Some(FileDuration(self.upstream.connect_timeout)),
@@ -564,6 +718,54 @@ fn positive(
         Some(d) if d.is_zero() => Err(ConfigError::invalid(field, "must be greater than zero")),
         Some(d) => Ok(d),
         None => Ok(default),
+    }
+}
+
+/// Both TLS files or neither; each must be a file (its PEM is checked when
+/// the listener starts, and on every reload).
+fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
+    const CERT: &str = "tls_cert (DASHCACHE_TLS_CERT, --tls-cert)";
+    const KEY: &str = "tls_key (DASHCACHE_TLS_KEY, --tls-key)";
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                KEY,
+                "is required when tls_cert is set",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                CERT,
+                "is required when tls_key is set",
+            ))
+        }
+    };
+    for (field, path) in [(CERT, &cert), (KEY, &key)] {
+        if !path.is_file() {
+            return Err(ConfigError::invalid(
+                field,
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+    }
+    Ok(Some(TlsFiles { cert, key }))
+}
+
+fn max_header_bytes(value: Option<u64>) -> Result<u64, ConfigError> {
+    let bytes = value.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+    if (MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(ConfigError::invalid(
+            "max_header_bytes (DASHCACHE_MAX_HEADER_BYTES, --max-header-bytes)",
+            format!(
+                "must be between {} and {}",
+                ByteSize(MIN_MAX_HEADER_BYTES),
+                ByteSize(MAX_MAX_HEADER_BYTES)
+            ),
+        ))
     }
 }
 
@@ -691,12 +893,111 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_safe_defaults() {
+        let limits = resolve(Cli::default(), "").unwrap().limits;
+        assert_eq!(limits.max_header_bytes, 64 * 1024);
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(limits.max_connections, 10_000);
+        assert!(limits.http2_max_concurrent_streams >= 100);
+    }
+
+    #[test]
+    fn limits_come_from_the_file_and_flags() {
+        let text = "max_header_bytes = \"16KiB\"\nheader_read_timeout = \"3s\"\nmax_connections = 5\nhttp2_max_concurrent_streams = 7\nhttp2_keep_alive_interval = 1\nhttp2_keep_alive_timeout = \"2s\"\n";
+        let limits = resolve(Cli::default(), text).unwrap().limits;
+        assert_eq!(limits.max_header_bytes, 16 * 1024);
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(limits.max_connections, 5);
+        assert_eq!(limits.http2_max_concurrent_streams, 7);
+        assert_eq!(limits.http2_keep_alive_interval, Duration::from_secs(1));
+        assert_eq!(limits.http2_keep_alive_timeout, Duration::from_secs(2));
+        let cli = Cli {
+            max_connections: Some(9),
+            header_read_timeout: Some(Duration::from_secs(4)),
+            ..Cli::default()
+        };
+        let limits = resolve(cli, text).unwrap().limits;
+        assert_eq!(limits.max_connections, 9);
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn limits_out_of_range_name_their_field() {
+        for (text, field) in [
+            ("max_header_bytes = 100\n", "max_header_bytes"),
+            ("max_header_bytes = \"1GiB\"\n", "max_header_bytes"),
+            ("max_connections = 0\n", "max_connections"),
+            ("header_read_timeout = 0\n", "header_read_timeout"),
+            (
+                "http2_max_concurrent_streams = 0\n",
+                "http2_max_concurrent_streams",
+            ),
+        ] {
+            let err = resolve(Cli::default(), text).unwrap_err();
+            assert!(err.to_string().contains(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_needs_both_the_certificate_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, "").unwrap();
+        let text = format!("tls_cert = {:?}\n", cert.display().to_string());
+        let err = resolve(Cli::default(), &text).unwrap_err();
+        assert!(err.to_string().contains("tls_key"), "{err}");
+        let cli = Cli {
+            tls_key: Some(cert.clone()),
+            ..Cli::default()
+        };
+        let err = resolve(cli, "").unwrap_err();
+        assert!(err.to_string().contains("tls_cert"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, "").unwrap();
+        let cli = Cli {
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(dir.path().join("missing.pem")),
+            ..Cli::default()
+        };
+        let err = resolve(cli, "").unwrap_err();
+        assert!(err.to_string().contains("tls_key"), "{err}");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        let cli = Cli {
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(cert.clone()),
+            ..Cli::default()
+        };
+        let tls = resolve(cli, "").unwrap().tls.unwrap();
+        assert_eq!((tls.cert.as_path(), tls.key.as_path()), (&*cert, &*cert));
+    }
+
+    #[test]
+    fn the_admin_listener_needs_its_own_address() {
+        let text = "listen = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n";
+        let err = resolve(Cli::default(), text).unwrap_err();
+        assert!(err.to_string().contains("admin_listen"), "{err}");
+        let text = "listen = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9001\"\n";
+        let config = resolve(Cli::default(), text).unwrap();
+        assert_eq!(config.admin_listen, Some("127.0.0.1:9001".parse().unwrap()));
+    }
+
+    #[test]
     fn the_effective_config_round_trips() {
         let text = "[cache]\nttl = \"2h\"\n\n[[route]]\nname = \"get_metrics\"\npath = \"/api/metrics\"\nmethods = [\"POST\"]\n";
         let config = resolve(Cli::default(), text).unwrap();
         let printed = config.to_toml();
         let again = resolve(Cli::default(), &printed).unwrap();
         assert_eq!(again.cache.ttl, Duration::from_secs(7200));
+        assert_eq!(
+            again.limits.max_header_bytes,
+            config.limits.max_header_bytes
+        );
+        assert_eq!(again.limits.max_connections, config.limits.max_connections);
         assert_eq!(again.routes.iter().count(), 1);
     }
 }
