@@ -3,7 +3,9 @@
 //! Modules in request-flow order:
 //!
 //! - [`config`]: flags + env + proxy.toml → one validated [`config::Config`]
-//! - [`server`]: listener, HTTP/1 + HTTP/2, graceful shutdown, expiry purge
+//! - [`server`]: listeners (main, admin), connection limits, HTTP/1 + HTTP/2,
+//!   graceful shutdown, expiry purge
+//! - [`tls`]: TLS termination (rustls, ALPN h2/http1.1), certificate reload
 //! - [`framing`]: refuses HTTP/1 requests with both Content-Length and Transfer-Encoding
 //! - [`admin`]: `/api/cache/*` (stats, clear, invalidate), answered locally
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
@@ -33,6 +35,7 @@ pub mod proxy;
 pub mod respond;
 pub mod routes;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use config::{Cli, Config};

@@ -19,6 +19,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        // The PEM files are read only when the listener starts; --check
+        // reads them now so a bad certificate fails the check, not the deploy.
+        if let Some(files) = &config.tls {
+            if let Err(err) = dashcache::tls::check(files) {
+                eprintln!("dashcache: {}", error_chain(&err));
+                return ExitCode::from(2);
+            }
+        }
         let source = config
             .source
             .as_ref()

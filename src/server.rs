@@ -1,26 +1,39 @@
-//! Listener and connections: HTTP/1.1 and HTTP/2 (prior knowledge) on one
-//! port via hyper-util's auto builder, graceful shutdown on SIGTERM/SIGINT,
-//! and the background purge of expired entries.
+//! Listeners and connections: the main listener (plain HTTP or TLS) and the
+//! optional admin listener, HTTP/1.1 and HTTP/2 on each via hyper-util's
+//! auto builder, the per-connection limits, graceful shutdown on
+//! SIGTERM/SIGINT, the TLS reload on SIGHUP, and the background purge of
+//! expired entries.
+//!
+//! Limits, all from [`Limits`]: each listener serves at most
+//! `max_connections` at once and closes further ones on accept; a new
+//! connection must finish its TLS handshake and send a first request head
+//! within `header_read_timeout`, and every later head (or an idle HTTP/1
+//! keep-alive) gets the same time from hyper; heads over `max_header_bytes`
+//! get 431 (HTTP/1) or a refused stream (HTTP/2).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
-use crate::proxy::{ClientInfo, Proxy};
+use crate::config::{Config, Limits};
+use crate::error::ProxyError;
+use crate::framing::FramingGuard;
+use crate::proxy::{ClientInfo, Proxy, Served};
+use crate::respond::{self, CacheStatus};
+use crate::tls::{Tls, TlsError};
 use crate::upstream::UpstreamSetupError;
-
-/// Time a client gets to send a request head (slow-header defence).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -30,98 +43,232 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen for admin requests on {addr}")]
+    BindAdmin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set up the upstream client")]
     Upstream(#[from] UpstreamSetupError),
+    #[error("cannot set up TLS")]
+    Tls(#[from] TlsError),
+}
+
+/// Which paths a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The only listener: proxies, and answers `/api/cache/*` itself.
+    Combined,
+    /// The main listener when `admin_listen` is set: proxies only. The admin
+    /// API answers 404 here rather than being passed upstream, so it is
+    /// unreachable from the public port and the backend never sees
+    /// `/api/cache/*` calls meant for dashcache.
+    Public,
+    /// The `admin_listen` listener: `/api/cache/*` only, 404 for the rest.
+    Admin,
+}
+
+impl Surface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Combined => "combined",
+            Self::Public => "public",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Whether a request for `path` is answered on this listener.
+    pub fn answers(self, path: &str) -> bool {
+        let admin = crate::admin::is_admin_path(path);
+        match self {
+            Self::Combined => true,
+            Self::Public => !admin,
+            Self::Admin => admin,
+        }
+    }
+
+    /// The 404 for a path this listener does not answer.
+    pub fn refuse(self, path: &str) -> Served {
+        debug!(
+            path,
+            listener = self.as_str(),
+            "path not served on this listener"
+        );
+        Served {
+            response: respond::error(&ProxyError::AdminNotFound {
+                path: path.to_owned(),
+            }),
+            cache: CacheStatus::Admin,
+            route: Arc::from("admin"),
+        }
+    }
 }
 
 /// A bound, not yet running, proxy.
 pub struct Server {
-    listener: TcpListener,
+    main: TcpListener,
+    admin: Option<TcpListener>,
+    tls: Option<Arc<Tls>>,
+    /// SIGHUP, registered at bind so that a hangup arriving before `run`
+    /// polls it is queued rather than killing the process.
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
     proxy: Arc<Proxy>,
 }
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
-        let addr = config.listen;
+        let tls = config.tls.as_ref().map(Tls::new).transpose()?.map(Arc::new);
         let proxy = Arc::new(Proxy::new(config)?);
-        let listener = TcpListener::bind(addr)
+        let addr = proxy.config.listen;
+        let main = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        Ok(Self { listener, proxy })
+        let admin = match proxy.config.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::BindAdmin { addr, source })?,
+            ),
+            None => None,
+        };
+        #[cfg(unix)]
+        let hangup = match &tls {
+            Some(_) => match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                Ok(signal) => Some(signal),
+                Err(err) => {
+                    warn!(error = %err, "cannot listen for SIGHUP; TLS certificate reload disabled");
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(Self {
+            main,
+            admin,
+            tls,
+            #[cfg(unix)]
+            hangup,
+            proxy,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
+        self.main
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The admin listener's address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
     pub fn proxy(&self) -> &Arc<Proxy> {
         &self.proxy
     }
 
+    /// TLS termination, when configured (its `reload` is what SIGHUP runs).
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting and lets open
     /// requests finish for up to `shutdown_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self { listener, proxy } = self;
+        let Self {
+            main,
+            admin,
+            tls,
+            #[cfg(unix)]
+            hangup,
+            proxy,
+        } = self;
         let config = &proxy.config;
+        let limits = &config.limits;
         info!(
-            listen = %listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string()),
+            listen = %main.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string()),
+            tls = tls.is_some(),
+            admin_listen = %admin.as_ref().and_then(|l| l.local_addr().ok()).map_or_else(|| "-".to_owned(), |a| a.to_string()),
             upstream = proxy.upstream.name(),
             cache_enabled = config.cache.enabled,
             ttl_s = config.cache.ttl.as_secs(),
             maxsize = config.cache.maxsize,
             routes = config.routes.iter().count(),
+            max_connections = limits.max_connections,
             "dashcache listening"
         );
         let purge = tokio::spawn(purge_expired(proxy.clone()));
+        #[cfg(unix)]
+        let reload = match (hangup, &tls) {
+            (Some(hangup), Some(tls)) => Some(tokio::spawn(reload_on_hangup(hangup, tls.clone()))),
+            _ => None,
+        };
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        let builder = connection_builder(limits);
         let graceful = GracefulShutdown::new();
+        let mut main = Listener::new(
+            main,
+            if admin.is_some() {
+                Surface::Public
+            } else {
+                Surface::Combined
+            },
+            tls,
+            limits.max_connections,
+        );
+        let mut admin =
+            admin.map(|l| Listener::new(l, Surface::Admin, None, limits.max_connections));
 
         tokio::pin!(shutdown);
         loop {
-            let (stream, addr) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let (on_admin, accepted) = tokio::select! {
+                accepted = main.socket.accept() => (false, accepted),
+                accepted = accept_or_pend(admin.as_ref()) => (true, accepted),
                 () = &mut shutdown => break,
             };
-            let _ = stream.set_nodelay(true);
-            let client = ClientInfo {
-                addr,
-                scheme: "http",
+            let listener = match admin.as_mut() {
+                Some(admin) if on_admin => admin,
+                _ => &mut main,
             };
-            let proxy = proxy.clone();
-            let service = service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
-            });
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    debug!(client = %addr, error = %err, "connection ended with an error");
+            let (stream, addr) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(listener = listener.surface.as_str(), error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-            });
+            };
+            let Some(slot) = listener.admit(addr) else {
+                drop(stream);
+                continue;
+            };
+            tokio::spawn(serve_connection(
+                stream,
+                Connection {
+                    addr,
+                    surface: listener.surface,
+                    tls: listener.tls.clone(),
+                    deadline: tokio::time::Instant::now() + limits.header_read_timeout,
+                    slot,
+                },
+                builder.clone(),
+                proxy.clone(),
+                graceful.watcher(),
+            ));
         }
 
-        drop(listener);
+        drop((main, admin));
         purge.abort();
+        #[cfg(unix)]
+        if let Some(reload) = reload {
+            reload.abort();
+        }
         let timeout = config.shutdown_timeout;
         info!(
             timeout_s = timeout.as_secs(),
@@ -134,6 +281,199 @@ impl Server {
     }
 }
 
+/// hyper settings shared by every connection, from the configured limits.
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    // Validated in config: 8 KiB ..= 16 MiB, so both conversions are exact.
+    let max_header_bytes = limits.max_header_bytes as usize;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper starts this timer whenever it waits for a head, so it also
+        // ends a keep-alive connection that stays idle this long.
+        .header_read_timeout(limits.header_read_timeout)
+        // A head that does not fit the read buffer is answered 431.
+        .max_buf_size(max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_bytes as u32)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .keep_alive_interval(limits.http2_keep_alive_interval)
+        .keep_alive_timeout(limits.http2_keep_alive_timeout);
+    builder
+}
+
+/// A listening socket and what its connections get.
+struct Listener {
+    socket: TcpListener,
+    surface: Surface,
+    tls: Option<Arc<Tls>>,
+    /// One permit per open connection. A semaphore rather than a counter so
+    /// that the permit travels with the connection's task and is returned
+    /// however that task ends.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    refusals: Refusals,
+}
+
+impl Listener {
+    fn new(
+        socket: TcpListener,
+        surface: Surface,
+        tls: Option<Arc<Tls>>,
+        max_connections: usize,
+    ) -> Self {
+        Self {
+            socket,
+            surface,
+            tls,
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            refusals: Refusals::default(),
+        }
+    }
+
+    /// A slot for a new connection, or `None` (and a warning) at the cap.
+    /// Closing at once, rather than leaving clients in the accept backlog,
+    /// tells them (and a load balancer) to go elsewhere instead of waiting.
+    fn admit(&mut self, client: SocketAddr) -> Option<OwnedSemaphorePermit> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                self.refusals
+                    .note(client, self.surface, self.max_connections, Instant::now());
+                None
+            }
+        }
+    }
+}
+
+/// Keeps a connection flood from flooding the log: one warning a second at
+/// most, carrying the number of connections closed since the last one.
+#[derive(Default)]
+struct Refusals {
+    last_warning: Option<Instant>,
+    since_warning: u64,
+}
+
+impl Refusals {
+    fn note(&mut self, client: SocketAddr, surface: Surface, cap: usize, now: Instant) {
+        self.since_warning += 1;
+        if self
+            .last_warning
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        warn!(
+            client = %client,
+            listener = surface.as_str(),
+            max_connections = cap,
+            refused = self.since_warning,
+            "connection limit reached; closing new connections"
+        );
+        self.last_warning = Some(now);
+        self.since_warning = 0;
+    }
+}
+
+/// An accepted connection and what it may do.
+struct Connection {
+    addr: SocketAddr,
+    surface: Surface,
+    tls: Option<Arc<Tls>>,
+    /// TLS handshake and first request head must both be done by then.
+    deadline: tokio::time::Instant,
+    /// Returned to the listener when the connection ends.
+    slot: OwnedSemaphorePermit,
+}
+
+/// Accepts on `listener`, or waits forever when there is none.
+async fn accept_or_pend(listener: Option<&Listener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.socket.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one connection to its end: TLS, the first-request deadline, hyper.
+async fn serve_connection(
+    stream: TcpStream,
+    connection: Connection,
+    builder: auto::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+    watcher: Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let addr = connection.addr;
+    match connection.tls.clone() {
+        None => serve_http(stream, "http", connection, builder, proxy, watcher).await,
+        Some(tls) => match tokio::time::timeout_at(connection.deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                serve_http(stream, "https", connection, builder, proxy, watcher).await
+            }
+            Ok(Err(err)) => debug!(client = %addr, error = %err, "TLS handshake failed"),
+            Err(_) => {
+                debug!(client = %addr, "TLS handshake not done within header_read_timeout; closing")
+            }
+        },
+    }
+}
+
+async fn serve_http<IO>(
+    io: IO,
+    scheme: &'static str,
+    connection: Connection,
+    builder: auto::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+    watcher: Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Connection {
+        addr,
+        surface,
+        deadline,
+        slot: _slot,
+        ..
+    } = connection;
+    let client = ClientInfo {
+        addr,
+        scheme,
+        surface,
+    };
+    // Set by the first request; until then the connection has only the
+    // deadline, which also covers what hyper's own head timeout does not:
+    // a client that sends nothing, or stalls inside the HTTP/2 preface.
+    let requested = Arc::new(AtomicBool::new(false));
+    let service = {
+        let requested = requested.clone();
+        service_fn(move |request| {
+            requested.store(true, Ordering::Relaxed);
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
+        })
+    };
+    let io = TokioIo::new(FramingGuard::new(io));
+    let served = watcher.watch(builder.serve_connection(io, service).into_owned());
+    tokio::pin!(served);
+    let result = tokio::select! {
+        result = served.as_mut() => result,
+        () = tokio::time::sleep_until(deadline) => {
+            if !requested.load(Ordering::Relaxed) {
+                debug!(client = %addr, "no request within header_read_timeout; closing");
+                return;
+            }
+            served.await
+        }
+    };
+    if let Err(err) = result {
+        debug!(client = %addr, error = %err, "connection ended with an error");
+    }
+}
+
 async fn purge_expired(proxy: Arc<Proxy>) {
     let mut interval = tokio::time::interval(proxy.config.cache.purge_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,6 +483,14 @@ async fn purge_expired(proxy: Arc<Proxy>) {
         if removed > 0 {
             debug!(removed, "expired entries purged");
         }
+    }
+}
+
+#[cfg(unix)]
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, tls: Arc<Tls>) {
+    while hangup.recv().await.is_some() {
+        info!("SIGHUP received: reloading the TLS certificate");
+        tls.reload_and_log();
     }
 }
 
@@ -171,5 +519,55 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => info!("SIGINT received"),
         () = terminate => info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_combined_listener_answers_everything() {
+        assert!(Surface::Combined.answers("/api/cache/stats"));
+        assert!(Surface::Combined.answers("/api/metrics"));
+    }
+
+    #[test]
+    fn the_public_listener_hides_the_admin_api() {
+        assert!(!Surface::Public.answers("/api/cache/stats"));
+        assert!(!Surface::Public.answers("/api/cache"));
+        assert!(Surface::Public.answers("/api/cached-reports"));
+        assert!(Surface::Public.answers("/api/metrics"));
+    }
+
+    #[test]
+    fn the_admin_listener_answers_only_the_admin_api() {
+        assert!(Surface::Admin.answers("/api/cache/clear"));
+        assert!(!Surface::Admin.answers("/api/metrics"));
+        assert!(!Surface::Admin.answers("/"));
+    }
+
+    #[test]
+    fn refusals_warn_at_most_once_a_second() {
+        let client: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let start = Instant::now();
+        let mut refusals = Refusals::default();
+        refusals.note(client, Surface::Combined, 1, start);
+        assert_eq!(refusals.since_warning, 0, "the first refusal warns");
+        refusals.note(
+            client,
+            Surface::Combined,
+            1,
+            start + Duration::from_millis(10),
+        );
+        refusals.note(
+            client,
+            Surface::Combined,
+            1,
+            start + Duration::from_millis(20),
+        );
+        assert_eq!(refusals.since_warning, 2, "later ones are counted");
+        refusals.note(client, Surface::Combined, 1, start + Duration::from_secs(1));
+        assert_eq!(refusals.since_warning, 0, "a second later, warns again");
     }
 }
