@@ -773,3 +773,334 @@ name = "health"
 path = "/health"
 cache = false
 "#;
+
+// ---------------------------------------------------------------- listeners and TLS
+
+/// A running dashcache with what [`ProxyHandle`] lacks: the admin listener's
+/// address and the TLS termination (for reloads). Derefs to the handle.
+pub struct ServerHandle {
+    pub handle: ProxyHandle,
+    pub admin_addr: Option<SocketAddr>,
+    pub tls: Option<Arc<dashcache::tls::Tls>>,
+}
+
+impl std::ops::Deref for ServerHandle {
+    type Target = ProxyHandle;
+
+    fn deref(&self) -> &ProxyHandle {
+        &self.handle
+    }
+}
+
+impl std::ops::DerefMut for ServerHandle {
+    fn deref_mut(&mut self) -> &mut ProxyHandle {
+        &mut self.handle
+    }
+}
+
+impl ServerHandle {
+    /// `http://ADMIN_ADDR{path_and_query}`
+    pub fn admin_url(&self, path_and_query: &str) -> String {
+        let addr = self.admin_addr.expect("admin_listen is configured");
+        format!("http://{addr}{path_and_query}")
+    }
+}
+
+/// Like [`spawn_proxy`], for configs with `admin_listen`, TLS or limits.
+pub async fn spawn_server(upstream: &str, toml: &str) -> ServerHandle {
+    let file = dashcache::config::FileConfig::parse(toml, std::path::Path::new("test.toml"))
+        .expect("test config parses");
+    let cli = dashcache::Cli {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        upstream: Some(upstream.to_owned()),
+        ..Default::default()
+    };
+    let config = dashcache::Config::resolve(&cli, file, None).expect("test config is valid");
+    let server = dashcache::Server::bind(config).await.expect("proxy binds");
+    let addr = server.local_addr();
+    let admin_addr = server.admin_addr();
+    let tls = server.tls().cloned();
+    let proxy = server.proxy().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    ServerHandle {
+        handle: ProxyHandle {
+            addr,
+            proxy,
+            shutdown: Some(tx),
+            task: Some(task),
+        },
+        admin_addr,
+        tls,
+    }
+}
+
+/// A certificate authority made for one test, and the PEM files it issues
+/// (in a directory removed with it).
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    der: rustls::pki_types::CertificateDer<'static>,
+    pub dir: tempfile::TempDir,
+    /// The CA certificate as a PEM file (for `upstream_ca_file`).
+    pub cert_file: std::path::PathBuf,
+}
+
+/// A server certificate issued by a [`TestCa`] for 127.0.0.1 and localhost.
+pub struct Issued {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert_file = dir.path().join(format!("{name}-ca.pem"));
+        std::fs::write(&cert_file, cert.pem()).expect("write CA certificate");
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            der: cert.der().clone(),
+            dir,
+            cert_file,
+        }
+    }
+
+    /// Issues a server certificate for 127.0.0.1 and localhost, written to
+    /// `{name}.pem` and `{name}.key` in the CA's directory.
+    pub fn issue(&self, name: &str) -> Issued {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.use_authority_key_identifier_extension = true;
+        params
+            .extended_key_usages
+            .push(rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("server certificate");
+        let cert_file = self.dir.path().join(format!("{name}.pem"));
+        let key_file = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert_file, cert.pem()).expect("write certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        Issued {
+            cert_file,
+            key_file,
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A rustls client trusting only this CA and offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.der.clone())
+            .expect("CA certificate is valid");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// A rustls server presenting `issued`, offering h2 and http/1.1.
+    pub fn server_config(&self, issued: &Issued) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let chain = vec![issued.der.clone()];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&issued.key_file).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("certificate and key match");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+impl Origin {
+    /// The counting origin, served over TLS with `config`.
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(OriginState::default());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let served = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = served.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(origin_answer(request, &state).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    /// `https://127.0.0.1:PORT`
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+/// One client connection over TLS, speaking the protocol ALPN chose.
+pub struct TlsConnection {
+    /// The ALPN protocol the server picked, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The leaf certificate the server presented.
+    pub peer_certificate: rustls::pki_types::CertificateDer<'static>,
+    authority: String,
+    sender: TlsSender,
+}
+
+enum TlsSender {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// Connects to `addr` over TLS (server name 127.0.0.1) and starts HTTP/2
+/// if ALPN chose `h2`, HTTP/1.1 otherwise.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsConnection, BoxError> {
+    let tcp = tokio::time::timeout(PATIENCE, TcpStream::connect(addr)).await??;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = tokio::time::timeout(
+        PATIENCE,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await??;
+    let (_, session) = tls.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let peer_certificate = session
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .expect("the server presented a certificate")
+        .clone()
+        .into_owned();
+    let io = TokioIo::new(tls);
+    let sender = if alpn.as_deref() == Some(b"h2") {
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(connection);
+        TlsSender::Http2(sender)
+    } else {
+        let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(connection);
+        TlsSender::Http1(sender)
+    };
+    Ok(TlsConnection {
+        alpn,
+        peer_certificate,
+        authority: addr.to_string(),
+        sender,
+    })
+}
+
+impl TlsConnection {
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method);
+        request = match self.sender {
+            // HTTP/2 takes :scheme and :authority from an absolute URI.
+            TlsSender::Http2(_) => request.uri(format!("https://{}{path}", self.authority)),
+            TlsSender::Http1(_) => request.uri(path).header("host", &self.authority),
+        };
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body.into())).unwrap();
+        let response = match &mut self.sender {
+            TlsSender::Http1(sender) => {
+                tokio::time::timeout(PATIENCE, sender.send_request(request)).await
+            }
+            TlsSender::Http2(sender) => {
+                tokio::time::timeout(PATIENCE, sender.send_request(request)).await
+            }
+        }
+        .expect("the proxy answers in time")
+        .expect("the request succeeds");
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(PATIENCE, body.collect())
+            .await
+            .expect("the body arrives in time")
+            .expect("the body is complete")
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn post(&mut self, path: &str, body: &str) -> Reply {
+        self.send(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            body.to_owned(),
+        )
+        .await
+    }
+}
+
+/// Waits until the peer closes `stream` (EOF or reset) and returns what it
+/// sent before; panics if it is still open after [`PATIENCE`].
+pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => panic!("the server kept the connection open"),
+            Ok(Ok(0)) | Ok(Err(_)) => return received,
+            Ok(Ok(n)) => received.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
