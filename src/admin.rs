@@ -1,24 +1,35 @@
-//! The admin API under `/api/cache/`, answered by the proxy itself with the
-//! seed's exact JSON shapes: `stats`, `clear`, `invalidate?pattern=`.
+//! The admin API under `/api/cache/`, answered by the proxy itself: the
+//! seed's `stats`, `clear`, `invalidate?pattern=` with its exact JSON shapes,
+//! plus `metrics` (Prometheus), `health`, `keys` and the status page at
+//! `/api/cache/`.
 //!
-//! `stats` is readable by anyone who can reach the proxy. The mutations
-//! (`clear`, `invalidate`) require the bearer token when one is configured,
-//! compared in constant time; with no token they answer loopback clients
-//! only, so a proxy exposed by mistake cannot be emptied from outside.
+//! `stats`, `metrics`, `health` and the page are readable by anyone who can
+//! reach the proxy. The mutations (`clear`, `invalidate`) and the `keys`
+//! listing (descriptions carry the dashboard's filters) require the bearer
+//! token when one is configured, compared in constant time; with no token
+//! they answer loopback clients only, so a proxy exposed by mistake cannot
+//! be emptied or read from outside.
 
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use http::header::AUTHORIZATION;
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use crate::body::ProxyBody;
+use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
+use crate::metrics::{StoreFigures, OPENMETRICS_CONTENT_TYPE};
 use crate::proxy::{ClientInfo, Proxy, Served};
 use crate::respond::{self, CacheStatus};
+
+mod status_page;
 
 const PREFIX: &str = "/api/cache";
 
@@ -32,10 +43,18 @@ pub fn is_admin_path(path: &str) -> bool {
 pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: ClientInfo) -> Served {
     let path = request.uri().path().trim_end_matches('/');
     let endpoint = path.strip_prefix(PREFIX).unwrap_or_default();
+    let readable = allow(&request, &[Method::GET, Method::HEAD], "GET, HEAD");
     let result = match endpoint {
-        "/stats" => {
-            allow(&request, &[Method::GET, Method::HEAD], "GET, HEAD").map(|()| stats(proxy))
-        }
+        "" => readable.map(|()| status_page::page()),
+        "/stats" => readable.map(|()| stats(proxy)),
+        "/metrics" => readable.map(|()| prometheus(proxy)),
+        "/health" => match readable {
+            Ok(()) => Ok(health(proxy).await),
+            Err(err) => Err(err),
+        },
+        "/keys" => readable
+            .and_then(|()| authorize(proxy, request.headers(), client, path))
+            .and_then(|()| keys(proxy, request.uri().query())),
         "/clear" => allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
             .map(|()| clear(proxy)),
@@ -131,7 +150,33 @@ struct CacheStats {
     avg_response_ms: f64,
     avg_hit_ms: f64,
     avg_miss_ms: f64,
+    /// The seed's "Databricks query count": `upstream_requests` by its name.
+    databricks_queries: u64,
+    /// Upstream time the hits avoided (per hit, the entry's original upstream time).
+    upstream_seconds_saved: f64,
+    stale: u64,
     uptime_seconds: u64,
+    routes: BTreeMap<String, RouteStats>,
+}
+
+#[derive(Serialize)]
+struct RouteStats {
+    hits: u64,
+    misses: u64,
+    bypassed: u64,
+    hit_rate: f64,
+    avg_hit_ms: f64,
+    avg_miss_ms: f64,
+    upstream_seconds_saved: f64,
+}
+
+/// Rates to four decimals, seconds to milliseconds: stable, readable JSON.
+fn rate(value: f64) -> f64 {
+    (value * 10_000.0).round() / 10_000.0
+}
+
+fn seconds(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
 }
 
 #[derive(Serialize)]
@@ -152,7 +197,8 @@ struct InvalidateAnswer<'a> {
 fn stats(proxy: &Proxy) -> Response<ProxyBody> {
     let config = &proxy.config.cache;
     let store = &proxy.store;
-    let m = proxy.metrics.snapshot();
+    let snap = proxy.metrics.snapshot();
+    let m = &snap.total;
     let ttl = config.ttl.as_secs();
     let cache = CacheStats {
         size: store.len(),
@@ -162,13 +208,13 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
         enabled: config.enabled,
         hits: m.hits,
         misses: m.misses,
-        hit_rate: (m.hit_rate() * 10_000.0).round() / 10_000.0,
+        hit_rate: rate(m.hit_rate()),
         bypassed: m.bypassed,
-        coalesced: m.coalesced,
-        upstream_requests: m.upstream_requests,
-        upstream_errors: m.upstream_errors,
-        stored: m.stored,
-        not_stored: m.not_stored,
+        coalesced: snap.coalesced,
+        upstream_requests: snap.upstream_requests,
+        upstream_errors: snap.upstream_errors,
+        stored: snap.stored,
+        not_stored: snap.not_stored,
         evictions: store.evictions(),
         expirations: store.expirations(),
         bytes: store.bytes(),
@@ -177,7 +223,26 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
         avg_response_ms: m.avg_response_ms(),
         avg_hit_ms: m.avg_hit_ms(),
         avg_miss_ms: m.avg_miss_ms(),
-        uptime_seconds: m.uptime.as_secs(),
+        databricks_queries: snap.upstream_requests,
+        upstream_seconds_saved: seconds(m.upstream_seconds_saved()),
+        stale: snap.stale,
+        uptime_seconds: snap.uptime.as_secs(),
+        routes: snap
+            .routes
+            .iter()
+            .map(|(name, r)| {
+                let stats = RouteStats {
+                    hits: r.hits,
+                    misses: r.misses,
+                    bypassed: r.bypassed,
+                    hit_rate: rate(r.hit_rate()),
+                    avg_hit_ms: r.avg_hit_ms(),
+                    avg_miss_ms: r.avg_miss_ms(),
+                    upstream_seconds_saved: seconds(r.upstream_seconds_saved()),
+                };
+                (name.to_string(), stats)
+            })
+            .collect(),
     };
     respond::json(
         StatusCode::OK,
@@ -186,6 +251,224 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
             cache,
         },
     )
+}
+
+/// `GET /api/cache/metrics`: OpenMetrics text for Prometheus.
+fn prometheus(proxy: &Proxy) -> Response<ProxyBody> {
+    let store = &proxy.store;
+    let text = proxy.metrics.prometheus(StoreFigures {
+        entries: store.len() as u64,
+        bytes: store.bytes(),
+        max_entries: store.maxsize(),
+        max_bytes: store.max_bytes(),
+        evictions: store.evictions(),
+        expirations: store.expirations(),
+        inflight: proxy.flights.len() as u64,
+    });
+    let mut response = Response::new(body::full(text));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
+    );
+    response
+}
+
+/// How long the health check waits for a TCP connection to the upstream.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Serialize)]
+struct HealthAnswer {
+    status: &'static str,
+    upstream: UpstreamHealth,
+    cache: CacheHealth,
+    uptime_seconds: u64,
+}
+
+#[derive(Serialize)]
+struct UpstreamHealth {
+    url: String,
+    reachable: bool,
+    probe_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CacheHealth {
+    enabled: bool,
+    size: usize,
+}
+
+/// `GET /api/cache/health`: always 200 while the proxy runs (hits still
+/// answer when the upstream is down); the upstream's reachability, from a
+/// TCP connect within [`HEALTH_PROBE_TIMEOUT`], is reported, not fatal.
+async fn health(proxy: &Proxy) -> Response<ProxyBody> {
+    let upstream = &proxy.config.upstream;
+    let started = Instant::now();
+    let probe = probe_upstream(
+        &upstream.origin,
+        HEALTH_PROBE_TIMEOUT.min(upstream.connect_timeout),
+    )
+    .await;
+    let probe_ms = seconds(started.elapsed().as_secs_f64());
+    if let Err(error) = &probe {
+        warn!(upstream = %upstream.display(), error = %error, "health: upstream unreachable");
+    }
+    let mut response = respond::json(
+        StatusCode::OK,
+        &HealthAnswer {
+            status: "ok",
+            upstream: UpstreamHealth {
+                url: upstream.display(),
+                reachable: probe.is_ok(),
+                probe_ms,
+                error: probe.err(),
+            },
+            cache: CacheHealth {
+                enabled: proxy.config.cache.enabled,
+                size: proxy.store.len(),
+            },
+            uptime_seconds: proxy.metrics.snapshot().uptime.as_secs(),
+        },
+    );
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn probe_upstream(origin: &http::Uri, timeout: Duration) -> Result<(), String> {
+    let host = origin
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| "upstream URL has no host".to_owned())?;
+    let port = origin
+        .port_u16()
+        .unwrap_or(if origin.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(format!("cannot connect to {host}:{port}: {err}")),
+        Err(_) => Err(format!(
+            "no connection to {host}:{port} within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// The order `keys` lists entries in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum KeyOrder {
+    /// Most recently stored first.
+    Newest,
+    /// Most hits first (newest first among equals).
+    Hottest,
+}
+
+const DEFAULT_KEYS_LIMIT: usize = 100;
+const MAX_KEYS_LIMIT: usize = 10_000;
+
+#[derive(Serialize)]
+struct KeysAnswer {
+    status: &'static str,
+    /// Live entries matching the pattern (before `limit`).
+    matched: usize,
+    count: usize,
+    sort: KeyOrder,
+    keys: Vec<KeyInfo>,
+}
+
+#[derive(Serialize)]
+struct KeyInfo {
+    key: String,
+    route: String,
+    description: String,
+    age_s: u64,
+    ttl_left_s: u64,
+    bytes: u64,
+    hits: u64,
+}
+
+/// `GET /api/cache/keys?pattern=&limit=&sort=newest|hottest`: the live
+/// entries whose description contains `pattern` (all when absent).
+fn keys(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut pattern = String::new();
+    let mut limit = DEFAULT_KEYS_LIMIT;
+    let mut order = KeyOrder::Newest;
+    for (name, value) in query
+        .into_iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+    {
+        match &*name {
+            "pattern" => pattern = value.into_owned(),
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_KEYS_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ProxyError::AdminParameter(format!(
+                            "query parameter 'limit' must be a number from 1 to {MAX_KEYS_LIMIT}, not '{value}'"
+                        ))
+                    })?;
+            }
+            "sort" => {
+                order = match &*value {
+                    "newest" => KeyOrder::Newest,
+                    "hottest" => KeyOrder::Hottest,
+                    other => {
+                        return Err(ProxyError::AdminParameter(format!(
+                            "query parameter 'sort' must be 'newest' or 'hottest', not '{other}'"
+                        )))
+                    }
+                };
+            }
+            _ => {}
+        }
+    }
+    let now = Instant::now();
+    let mut entries: Vec<_> = proxy
+        .store
+        .entries()
+        .into_iter()
+        .filter(|e| e.is_fresh(now) && e.description.contains(&pattern))
+        .map(|e| (e.hits.load(Ordering::Relaxed), e))
+        .collect();
+    match order {
+        KeyOrder::Newest => entries.sort_by_key(|e| Reverse(e.1.stored_at)),
+        KeyOrder::Hottest => entries.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| b.1.stored_at.cmp(&a.1.stored_at))
+        }),
+    }
+    let matched = entries.len();
+    let keys: Vec<KeyInfo> = entries
+        .into_iter()
+        .take(limit)
+        .map(|(hits, e)| KeyInfo {
+            key: e.key.to_string(),
+            route: e.route.to_string(),
+            description: e.description.clone(),
+            age_s: e.age(now),
+            ttl_left_s: e.ttl_left(now).as_secs(),
+            bytes: e.size(),
+            hits,
+        })
+        .collect();
+    Ok(respond::json(
+        StatusCode::OK,
+        &KeysAnswer {
+            status: "ok",
+            matched,
+            count: keys.len(),
+            sort: order,
+            keys,
+        },
+    ))
 }
 
 fn clear(proxy: &Proxy) -> Response<ProxyBody> {

@@ -66,7 +66,9 @@ pub(crate) async fn run(
     let started = Instant::now();
     let generation = proxy.store.generation();
     Metrics::bump(&proxy.metrics.upstream_requests);
-    let response = match proxy.upstream.send(request).await {
+    let sent = proxy.upstream.send(request).await;
+    proxy.metrics.upstream_answered(started.elapsed());
+    let response = match sent {
         Ok(response) => response,
         Err(err) => {
             Metrics::bump(&proxy.metrics.upstream_errors);
@@ -207,6 +209,7 @@ fn store(
         expires_at: now + ttl,
         initial_age,
         upstream_time: now - started,
+        hits: std::sync::atomic::AtomicU64::new(0),
     });
     match proxy.store.insert(key, entry.clone(), generation) {
         Ok(()) => {

@@ -12,6 +12,7 @@
 //! (`cache::credentials`, `cache::vary`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,6 @@ use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
 use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
 use crate::routes::{Route, DEFAULT_ROUTE};
-use crate::server::Surface;
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
 
 /// Where a request came from, as the listener saw it.
@@ -45,8 +45,6 @@ use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
 pub struct ClientInfo {
     pub addr: SocketAddr,
     pub scheme: &'static str,
-    /// Which paths the accepting listener answers (see `admin_listen`).
-    pub surface: Surface,
 }
 
 /// State shared by every connection. Held in an `Arc`; every field is
@@ -70,6 +68,36 @@ pub struct Served {
     pub response: Response<ProxyBody>,
     pub cache: CacheStatus,
     pub route: Arc<str>,
+}
+
+/// What the access line and the counters learn about a proxied request
+/// beyond its cache status. It rides in the response's extensions (removed
+/// before the answer leaves), so answers made elsewhere need not carry it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trace {
+    /// The request's cache key, when it got one.
+    pub key: Option<CacheKey>,
+    /// Time spent on the upstream for this request (its own request, or
+    /// the fill it waited for).
+    pub upstream_time: Option<Duration>,
+    /// On a hit: the upstream time the entry's original request took.
+    pub saved: Option<Duration>,
+}
+
+impl Served {
+    fn traced(
+        mut response: Response<ProxyBody>,
+        cache: CacheStatus,
+        route: Arc<str>,
+        trace: Trace,
+    ) -> Self {
+        response.extensions_mut().insert(trace);
+        Self {
+            response,
+            cache,
+            route,
+        }
+    }
 }
 
 /// A cacheable request, read whole and keyed.
@@ -122,8 +150,6 @@ impl Proxy {
                 cache: CacheStatus::Bypass,
                 route: self.default_route.clone(),
             }
-        } else if !client.surface.answers(uri.path()) {
-            client.surface.refuse(uri.path())
         } else if admin::is_admin_path(uri.path()) {
             admin::handle(&self, request, client).await
         } else {
@@ -137,7 +163,14 @@ impl Proxy {
             respond::mark_error(served.response.headers_mut(), served.cache);
         }
         let elapsed = started.elapsed();
-        self.metrics.record(served.cache, elapsed);
+        let trace = served
+            .response
+            .extensions_mut()
+            .remove::<Trace>()
+            .unwrap_or_default();
+        self.metrics
+            .record(&served.route, served.cache, elapsed, trace.saved);
+        let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
         info!(
             target: "dashcache::access",
             client = %client.addr.ip(),
@@ -146,7 +179,10 @@ impl Proxy {
             status = served.response.status().as_u16(),
             cache = served.cache.as_str(),
             route = &*served.route,
-            duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+            key = trace.key.map(|k| k.short().to_string()),
+            upstream_ms = trace.upstream_time.map(ms),
+            saved_ms = trace.saved.map(ms),
+            duration_ms = %ms(elapsed),
         );
         served.response
     }
@@ -160,19 +196,16 @@ impl Proxy {
         let cacheable = self.config.cache.enabled
             && policy::is_cacheable_method(request.method())
             && route.is_none_or(|r| r.cache);
-        let (response, cache) = if cacheable {
-            self.cached(request, route, &route_name, client).await
-        } else {
-            (
-                self.pass_through(request, client).await,
-                CacheStatus::Bypass,
-            )
-        };
-        Served {
-            response,
-            cache,
-            route: route_name,
+        if cacheable {
+            return self.cached(request, route, route_name, client).await;
         }
+        let started = Instant::now();
+        let response = self.pass_through(request, client).await;
+        let trace = Trace {
+            upstream_time: Some(started.elapsed()),
+            ..Trace::default()
+        };
+        Served::traced(response, CacheStatus::Bypass, route_name, trace)
     }
 
     /// Streams the request upstream and the answer back, storing nothing.
@@ -188,7 +221,10 @@ impl Proxy {
         let limited = Limited::new(body, self.config.max_body_bytes as usize);
         let upstream_request = self.upstream_request(parts, None, Either::Right(limited), client);
         Metrics::bump(&self.metrics.upstream_requests);
-        match self.upstream.send(upstream_request).await {
+        let started = Instant::now();
+        let sent = self.upstream.send(upstream_request).await;
+        self.metrics.upstream_answered(started.elapsed());
+        match sent {
             Ok(response) => self.stream_back(
                 response,
                 CacheStatus::Bypass,
@@ -212,17 +248,31 @@ impl Proxy {
         self: &Arc<Self>,
         request: Request<Incoming>,
         route: Option<&Route>,
-        route_name: &Arc<str>,
+        route_name: Arc<str>,
         client: ClientInfo,
-    ) -> (Response<ProxyBody>, CacheStatus) {
+    ) -> Served {
         let shared = route.is_some_and(|r| r.shared);
         let request = match self.key_request(request, shared).await {
             Ok(request) => request,
             Err(err) => {
-                warn!(route = &**route_name, error = %err.message(), "request body rejected");
+                warn!(route = &*route_name, error = %err.message(), "request body rejected");
                 // Rejected before any lookup: neither a hit nor a miss.
-                return (respond::error(&err), CacheStatus::Bypass);
+                return Served {
+                    response: respond::error(&err),
+                    cache: CacheStatus::Bypass,
+                    route: route_name,
+                };
             }
+        };
+        let key = request.key;
+        let started = Instant::now();
+        let upstream = |response, cache, route| {
+            let trace = Trace {
+                key: Some(key),
+                upstream_time: Some(started.elapsed()),
+                saved: None,
+            };
+            Served::traced(response, cache, route, trace)
         };
 
         if shared {
@@ -235,19 +285,17 @@ impl Proxy {
                     let response = self
                         .forward_uncached(request, client, CacheStatus::Bypass, field)
                         .await;
-                    return (response, CacheStatus::Bypass);
+                    return upstream(response, CacheStatus::Bypass, route_name);
                 }
                 Some(credential)
                     if !self
                         .grants
-                        .is_granted(route_name, &credential, Instant::now()) =>
+                        .is_granted(&route_name, &credential, Instant::now()) =>
                 {
-                    info!(route = &**route_name, key = %request.key.short(), "credential not vouched for on shared route; asking the upstream");
+                    info!(route = &*route_name, key = %request.key.short(), "credential not vouched for on shared route; asking the upstream");
                     let guard = self.flights.solo(request.key);
-                    return (
-                        self.lead(guard, request, route, route_name, client).await,
-                        CacheStatus::Miss,
-                    );
+                    let response = self.lead(guard, request, route, &route_name, client).await;
+                    return upstream(response, CacheStatus::Miss, route_name);
                 }
                 Some(_) => {}
             }
@@ -257,33 +305,29 @@ impl Proxy {
             && policy::client_wants_fresh(&request.parts.headers);
         if !wants_fresh {
             if let Lookup::Fresh(entry) = self.store.get(&request.key, Instant::now()) {
-                info!(route = &**route_name, key = %request.key.short(), "Cache HIT for {route_name}");
-                return (hit(&entry, &request.ask), CacheStatus::Hit);
+                info!(route = &*route_name, key = %request.key.short(), "Cache HIT for {route_name}");
+                return hit(&entry, &request.ask, route_name);
             }
         }
-        info!(route = &**route_name, key = %request.key.short(), "Cache MISS for {route_name} - forwarding upstream");
+        info!(route = &*route_name, key = %request.key.short(), "Cache MISS for {route_name} - forwarding upstream");
 
         match self.flights.join(request.key) {
             Join::Waiter(waiter) => {
                 Metrics::bump(&self.metrics.coalesced);
                 let outcome = waiter.outcome().await;
-                (
-                    self.answer_waiter(&outcome, request, shared, client).await,
-                    CacheStatus::Miss,
-                )
+                let response = self.answer_waiter(&outcome, request, shared, client).await;
+                upstream(response, CacheStatus::Miss, route_name)
             }
             Join::Leader(guard) => {
                 // A fill may have stored the key between our lookup and our join.
                 if !wants_fresh {
                     if let Lookup::Fresh(entry) = self.store.get(&request.key, Instant::now()) {
                         guard.publish(FillOutcome::Stored(entry.clone()));
-                        return (hit(&entry, &request.ask), CacheStatus::Hit);
+                        return hit(&entry, &request.ask, route_name);
                     }
                 }
-                (
-                    self.lead(guard, request, route, route_name, client).await,
-                    CacheStatus::Miss,
-                )
+                let response = self.lead(guard, request, route, &route_name, client).await;
+                upstream(response, CacheStatus::Miss, route_name)
             }
         }
     }
@@ -429,7 +473,10 @@ impl Proxy {
             client,
         );
         Metrics::bump(&self.metrics.upstream_requests);
-        match self.upstream.send(upstream_request).await {
+        let started = Instant::now();
+        let sent = self.upstream.send(upstream_request).await;
+        self.metrics.upstream_answered(started.elapsed());
+        match sent {
             Ok(response) => self.stream_back(response, status, field, head),
             Err(err) => self.upstream_failed(&err),
         }
@@ -526,10 +573,21 @@ impl Proxy {
     }
 }
 
-fn hit(entry: &Entry, ask: &Ask) -> Response<ProxyBody> {
+fn hit(entry: &Entry, ask: &Ask, route: Arc<str>) -> Served {
     let now = Instant::now();
+    entry.hits.fetch_add(1, Ordering::Relaxed);
     let field = CacheStatusField::hit(entry.ttl_left(now).as_secs());
-    respond::from_entry(entry, CacheStatus::Hit, field, ask, now)
+    let trace = Trace {
+        key: Some(entry.key),
+        upstream_time: None,
+        saved: Some(entry.upstream_time),
+    };
+    Served::traced(
+        respond::from_entry(entry, CacheStatus::Hit, field, ask, now),
+        CacheStatus::Hit,
+        route,
+        trace,
+    )
 }
 
 /// True when `entry` is the variant `request` would be stored under.

@@ -42,6 +42,8 @@ pub struct Entry {
     pub initial_age: u64,
     /// How long the upstream took to produce this answer.
     pub upstream_time: Duration,
+    /// Hits served from this entry (for `/api/cache/keys?sort=hottest`).
+    pub hits: AtomicU64,
 }
 
 /// Bookkeeping bytes per entry beyond body, headers and description.
@@ -247,6 +249,12 @@ impl Store {
         self.entries.is_empty()
     }
 
+    /// Every stored entry, expired ones included (walks the store: for the
+    /// admin listing, not the hot path).
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        self.entries.iter().map(|(_, entry)| entry).collect()
+    }
+
     /// Bytes held by live entries (walks the store: for stats, not the hot path).
     pub fn bytes(&self) -> u64 {
         self.entries.iter().map(|(_, entry)| entry.size()).sum()
@@ -291,6 +299,7 @@ mod tests {
             expires_at: now + ttl,
             initial_age: 0,
             upstream_time: Duration::ZERO,
+            hits: AtomicU64::new(0),
         })
     }
 

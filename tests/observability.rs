@@ -1,0 +1,429 @@
+//! Observability: `/api/cache/stats` per-route figures, the Prometheus text
+//! at `/api/cache/metrics`, the `keys` listing and `health`, each checked
+//! against the requests the test actually sent.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::Value;
+use support::{
+    closed_port_url, eventually, spawn_proxy, Behaviour, Client, Gate, Origin, ProxyHandle,
+    DASHBOARD_ROUTES,
+};
+
+/// The origin's pretend warehouse time for /api/metrics.
+const QUERY_TIME: Duration = Duration::from_millis(40);
+
+/// 3 misses (three filter sets) and 7 hits on get_metrics, 1 bypass on health.
+async fn known_traffic(proxy: &ProxyHandle) {
+    let client = Client::new();
+    let url = proxy.url("/api/metrics");
+    for org in ["Vale", "Acme", "Globex"] {
+        let reply = client.post(&url, &format!(r#"{{"org":"{org}"}}"#)).await;
+        assert_eq!(reply.x_cache(), "MISS");
+    }
+    for org in ["Vale", "Vale", "Vale", "Vale", "Acme", "Acme", "Globex"] {
+        let reply = client.post(&url, &format!(r#"{{"org":"{org}"}}"#)).await;
+        assert_eq!(reply.x_cache(), "HIT");
+    }
+    let reply = client.get(&proxy.url("/health")).await;
+    assert_eq!(reply.x_cache(), "BYPASS");
+}
+
+/// OpenMetrics samples by `name{labels}` (labels as written by the encoder).
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').expect("sample has a value");
+            let value = value.parse().unwrap_or_else(|_| panic!("number in {line}"));
+            (name.to_owned(), value)
+        })
+        .collect()
+}
+
+async fn scrape(proxy: &ProxyHandle) -> HashMap<String, f64> {
+    let reply = Client::new().get(&proxy.url("/api/cache/metrics")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply
+            .header("content-type")
+            .starts_with("application/openmetrics-text"),
+        "{:?}",
+        reply.headers
+    );
+    let text = reply.text();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    samples(&text)
+}
+
+fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    *samples
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} missing; have {:#?}", samples.keys()))
+}
+
+async fn dashboard_proxy(origin: &Origin, extra: &str) -> ProxyHandle {
+    origin.on("/api/metrics", Behaviour::new().delay(QUERY_TIME));
+    spawn_proxy(&origin.url(), &format!("{extra}\n{DASHBOARD_ROUTES}")).await
+}
+
+#[tokio::test]
+async fn stats_report_hit_rate_saved_time_and_routes_for_the_traffic_sent() {
+    let origin = Origin::start().await;
+    let proxy = dashboard_proxy(&origin, "").await;
+    known_traffic(&proxy).await;
+
+    let cache = proxy.stats().await;
+    assert_eq!(cache["size"], 3);
+    assert_eq!(cache["hits"], 7);
+    assert_eq!(cache["misses"], 3);
+    assert_eq!(cache["bypassed"], 1);
+    assert_eq!(cache["hit_rate"].as_f64(), Some(0.7));
+    assert_eq!(cache["upstream_requests"], 4);
+    assert_eq!(cache["databricks_queries"], 4);
+    assert_eq!(origin.total(), 4);
+    let saved = cache["upstream_seconds_saved"].as_f64().unwrap();
+    assert!(
+        saved >= 7.0 * QUERY_TIME.as_secs_f64(),
+        "7 hits on answers that took >= 40 ms each: {saved}"
+    );
+    assert!(cache["avg_miss_ms"].as_f64().unwrap() >= 40.0, "{cache}");
+    assert!(cache["avg_hit_ms"].as_f64().unwrap() > 0.0, "{cache}");
+
+    let metrics = &cache["routes"]["get_metrics"];
+    assert_eq!(metrics["hits"], 7, "{cache}");
+    assert_eq!(metrics["misses"], 3);
+    assert_eq!(metrics["bypassed"], 0);
+    assert_eq!(metrics["hit_rate"].as_f64(), Some(0.7));
+    assert_eq!(metrics["upstream_seconds_saved"].as_f64(), Some(saved));
+    let health = &cache["routes"]["health"];
+    assert_eq!(health["bypassed"], 1, "{cache}");
+    assert_eq!(health["hits"], 0);
+    assert!(
+        cache["routes"].get("admin").is_none(),
+        "admin calls are no route"
+    );
+}
+
+#[tokio::test]
+async fn stats_keep_the_seed_fields_first() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let text = Client::new()
+        .get(&proxy.url("/api/cache/stats"))
+        .await
+        .text();
+    assert!(
+        text.starts_with(
+            r#"{"status":"ok","cache":{"size":0,"maxsize":1000,"ttl":14400,"ttl_hours":4.0,"#
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn prometheus_agrees_with_stats_and_the_traffic_sent() {
+    let origin = Origin::start().await;
+    let proxy = dashboard_proxy(&origin, "").await;
+    known_traffic(&proxy).await;
+    let cache = proxy.stats().await;
+    let s = scrape(&proxy).await;
+
+    let requests = |route: &str, cache: &str| {
+        sample(
+            &s,
+            &format!(r#"dashcache_requests_total{{route="{route}",cache="{cache}"}}"#),
+        )
+    };
+    assert_eq!(requests("get_metrics", "HIT"), 7.0);
+    assert_eq!(requests("get_metrics", "MISS"), 3.0);
+    assert_eq!(requests("get_metrics", "BYPASS"), 0.0);
+    assert_eq!(requests("health", "BYPASS"), 1.0);
+    assert_eq!(
+        sample(
+            &s,
+            r#"dashcache_response_duration_seconds_count{route="get_metrics",cache="HIT"}"#
+        ),
+        7.0
+    );
+    let miss_sum = sample(
+        &s,
+        r#"dashcache_response_duration_seconds_sum{route="get_metrics",cache="MISS"}"#,
+    );
+    assert!(miss_sum >= 3.0 * QUERY_TIME.as_secs_f64(), "{miss_sum}");
+    assert_eq!(sample(&s, "dashcache_upstream_requests_total"), 4.0);
+    assert_eq!(sample(&s, "dashcache_upstream_errors_total"), 0.0);
+    assert_eq!(sample(&s, "dashcache_upstream_duration_seconds_count"), 4.0);
+    assert_eq!(sample(&s, "dashcache_coalesced_waiters_total"), 0.0);
+    assert_eq!(sample(&s, "dashcache_stale_answers_total"), 0.0);
+    assert_eq!(sample(&s, "dashcache_evictions_total"), 0.0);
+    assert_eq!(sample(&s, "dashcache_expirations_total"), 0.0);
+    assert_eq!(sample(&s, "dashcache_stored_total"), 3.0);
+    assert_eq!(sample(&s, "dashcache_entries"), 3.0);
+    assert_eq!(sample(&s, "dashcache_max_entries"), 1000.0);
+    assert_eq!(
+        sample(&s, "dashcache_bytes"),
+        cache["bytes"].as_f64().unwrap()
+    );
+    let saved = sample(
+        &s,
+        r#"dashcache_upstream_seconds_saved_total{route="get_metrics"}"#,
+    );
+    let stats_saved = cache["upstream_seconds_saved"].as_f64().unwrap();
+    assert!(
+        (saved - stats_saved).abs() < 0.001,
+        "prometheus {saved} vs stats {stats_saved}"
+    );
+}
+
+#[tokio::test]
+async fn prometheus_counts_coalesced_waiters_and_upstream_errors() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.on("/api/metrics", Behaviour::new().gate(&gate));
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let url = proxy.url("/api/metrics");
+    let leader = tokio::spawn({
+        let url = url.clone();
+        async move { Client::new().post(&url, r#"{"org":"Vale"}"#).await }
+    });
+    origin.wait_for_total(1).await;
+    let waiter = tokio::spawn({
+        let url = url.clone();
+        async move { Client::new().post(&url, r#"{"org":"Vale"}"#).await }
+    });
+    eventually("the second caller to wait on the fill", || {
+        proxy
+            .proxy
+            .metrics
+            .coalesced
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    gate.open();
+    leader.await.unwrap();
+    waiter.await.unwrap();
+    let s = scrape(&proxy).await;
+    assert_eq!(sample(&s, "dashcache_coalesced_waiters_total"), 1.0);
+    assert_eq!(sample(&s, "dashcache_upstream_requests_total"), 1.0);
+
+    let dead = spawn_proxy(&closed_port_url().await, DASHBOARD_ROUTES).await;
+    let reply = Client::new()
+        .post(&dead.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    let s = scrape(&dead).await;
+    assert_eq!(sample(&s, "dashcache_upstream_errors_total"), 1.0);
+    assert_eq!(sample(&s, "dashcache_upstream_duration_seconds_count"), 1.0);
+}
+
+// ---------------------------------------------------------------- keys
+
+const TOKEN: &str = "admin_token = \"s3cret\"";
+const BEARER: (&str, &str) = ("authorization", "Bearer s3cret");
+
+async fn keys(proxy: &ProxyHandle, query: &str, headers: &[(&str, &str)]) -> support::Reply {
+    Client::new()
+        .send(
+            Method::GET,
+            &proxy.url(&format!("/api/cache/keys{query}")),
+            headers,
+            "",
+        )
+        .await
+}
+
+fn orgs(answer: &Value) -> Vec<String> {
+    answer["keys"]
+        .as_array()
+        .expect("keys is an array")
+        .iter()
+        .map(|k| {
+            let description = k["description"].as_str().unwrap();
+            description
+                .rsplit_once("\"org\":\"")
+                .and_then(|(_, rest)| rest.split('"').next())
+                .unwrap_or(description)
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn keys_lists_entries_newest_or_hottest_first() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), &format!("{TOKEN}\n{DASHBOARD_ROUTES}")).await;
+    let client = Client::new();
+    let url = proxy.url("/api/metrics");
+    // Stored in the order Vale, Acme, Globex; then Acme hit 3 times, Globex once.
+    for org in ["Vale", "Acme", "Globex", "Acme", "Acme", "Acme", "Globex"] {
+        client.post(&url, &format!(r#"{{"org":"{org}"}}"#)).await;
+    }
+    client.get(&proxy.url("/api/filter-options")).await;
+
+    let newest = keys(&proxy, "?pattern=get_metrics", &[BEARER]).await;
+    assert_eq!(newest.status, StatusCode::OK, "{}", newest.text());
+    let newest = newest.json();
+    assert_eq!(newest["status"], "ok");
+    assert_eq!(newest["sort"], "newest");
+    assert_eq!(newest["matched"], 3);
+    assert_eq!(orgs(&newest), ["Globex", "Acme", "Vale"]);
+    let first = &newest["keys"][0];
+    let key = first["key"].as_str().unwrap();
+    assert_eq!(key.len(), 32, "{first}");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(first["route"], "get_metrics");
+    assert_eq!(
+        first["description"],
+        r#"get_metrics POST /api/metrics {"org":"Globex"}"#
+    );
+    assert_eq!(first["hits"], 1);
+    assert!(first["age_s"].as_u64().unwrap() <= 1, "{first}");
+    let ttl_left = first["ttl_left_s"].as_u64().unwrap();
+    assert!((14_390..=14_400).contains(&ttl_left), "{first}");
+    assert!(first["bytes"].as_u64().unwrap() > 0);
+
+    let hottest = keys(&proxy, "?sort=hottest", &[BEARER]).await.json();
+    assert_eq!(hottest["matched"], 4, "the filter-options entry too");
+    let hits: Vec<u64> = hottest["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["hits"].as_u64().unwrap())
+        .collect();
+    assert_eq!(hits, [3, 1, 0, 0]);
+    assert_eq!(&orgs(&hottest)[..2], ["Acme", "Globex"]);
+
+    let limited = keys(&proxy, "?sort=hottest&limit=1&pattern=Globex", &[BEARER])
+        .await
+        .json();
+    assert_eq!(limited["matched"], 1);
+    assert_eq!(limited["count"], 1);
+    assert_eq!(orgs(&limited), ["Globex"]);
+    let none = keys(&proxy, "?pattern=Initech", &[BEARER]).await.json();
+    assert_eq!(none["count"], 0);
+    assert_eq!(none["keys"], Value::Array(vec![]));
+}
+
+#[tokio::test]
+async fn keys_is_protected_like_clear_and_checks_its_parameters() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), &format!("{TOKEN}\n{DASHBOARD_ROUTES}")).await;
+    Client::new()
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+
+    let missing = keys(&proxy, "", &[]).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    missing.error_message();
+    let wrong = keys(&proxy, "", &[("authorization", "Bearer nope")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        !wrong.text().contains("Vale"),
+        "no entry leaks: {}",
+        wrong.text()
+    );
+
+    for query in ["?sort=oldest", "?limit=0", "?limit=lots", "?limit=100000"] {
+        let reply = keys(&proxy, query, &[BEARER]).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        let message = reply.error_message();
+        assert!(
+            message.contains("sort") || message.contains("limit"),
+            "{message}"
+        );
+    }
+    let post = Client::new()
+        .send(Method::POST, &proxy.url("/api/cache/keys"), &[BEARER], "")
+        .await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(origin.total(), 1, "admin calls never reach the origin");
+}
+
+#[tokio::test]
+async fn keys_default_limit_is_100() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let client = Client::new();
+    for i in 0..105 {
+        client
+            .post(&proxy.url("/api/metrics"), &format!(r#"{{"page":{i}}}"#))
+            .await;
+    }
+    // No token configured: loopback clients may list.
+    let answer = keys(&proxy, "", &[]).await.json();
+    assert_eq!(answer["matched"], 105);
+    assert_eq!(answer["count"], 100);
+}
+
+// ---------------------------------------------------------------- health
+
+#[tokio::test]
+async fn health_reports_a_reachable_upstream() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let reply = Client::new().get(&proxy.url("/api/cache/health")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let json = reply.json();
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["upstream"]["reachable"], true, "{json}");
+    assert_eq!(json["upstream"]["url"], origin.url());
+    assert!(json["upstream"].get("error").is_none());
+    assert_eq!(json["cache"]["enabled"], true);
+    assert_eq!(origin.total(), 0, "a TCP probe, not a request");
+}
+
+#[tokio::test]
+async fn health_answers_200_when_the_upstream_is_down_and_hits_still_work() {
+    // Fill the cache, then take the origin away.
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let client = Client::new();
+    client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    drop(origin);
+    let dead = spawn_proxy(&closed_port_url().await, "").await;
+
+    for proxy in [&proxy, &dead] {
+        let reply = client.get(&proxy.url("/api/cache/health")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let json = reply.json();
+        assert_eq!(json["status"], "ok");
+        if std::ptr::eq(proxy, &dead) {
+            assert_eq!(json["upstream"]["reachable"], false, "{json}");
+            let error = json["upstream"]["error"].as_str().unwrap();
+            assert!(error.contains("127.0.0.1"), "{error}");
+        }
+    }
+    let hit = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    assert_eq!(hit.x_cache(), "HIT");
+}
+
+// ---------------------------------------------------------------- page
+
+#[tokio::test]
+async fn the_status_page_is_served_at_the_admin_root() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    for path in ["/api/cache", "/api/cache/"] {
+        let reply = Client::new().get(&proxy.url(path)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert_eq!(reply.header("content-type"), "text/html; charset=utf-8");
+        let page = reply.text();
+        assert!(page.contains("<title>dashcache status</title>"));
+        assert!(page.contains("/stats") && page.contains("/keys"));
+    }
+    let post = Client::new()
+        .send(Method::POST, &proxy.url("/api/cache/"), &[], "")
+        .await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(origin.total(), 0);
+}
