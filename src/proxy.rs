@@ -38,6 +38,7 @@ use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
 use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
 use crate::routes::{Route, DEFAULT_ROUTE};
+use crate::server::Surface;
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
 
 /// Where a request came from, as the listener saw it.
@@ -45,6 +46,8 @@ use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
 pub struct ClientInfo {
     pub addr: SocketAddr,
     pub scheme: &'static str,
+    /// Which paths the accepting listener answers (see `admin_listen`).
+    pub surface: Surface,
 }
 
 /// State shared by every connection. Held in an `Arc`; every field is
@@ -150,6 +153,8 @@ impl Proxy {
                 cache: CacheStatus::Bypass,
                 route: self.default_route.clone(),
             }
+        } else if !client.surface.answers(uri.path()) {
+            client.surface.refuse(uri.path())
         } else if admin::is_admin_path(uri.path()) {
             admin::handle(&self, request, client).await
         } else {
