@@ -26,7 +26,10 @@ async fn an_unreachable_upstream_is_a_502_json_error() {
         let message = reply.error_message();
         assert!(message.contains("unreachable"), "{message}");
         assert!(
-            reply.headers["cache-status"].to_str().unwrap().contains("detail=error"),
+            reply.headers["cache-status"]
+                .to_str()
+                .unwrap()
+                .contains("detail=error"),
             "the proxy's own error answers carry Cache-Status"
         );
     }
