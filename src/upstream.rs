@@ -108,11 +108,27 @@ impl Upstream {
     }
 
     /// Sends `request` and waits for the response head, within the timeout.
+    ///
+    /// A buffered request is sent a second time, once, when the first try
+    /// died on a connection the upstream had already closed (see
+    /// [`is_stale_connection`]): keep-alive servers close idle connections
+    /// at will, and the pool cannot know until it writes. A streamed
+    /// request cannot be replayed and fails as it is.
     pub async fn send(
         &self,
         request: Request<UpstreamRequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let replay = replayable(&request);
+        let first = tokio::time::timeout_at(deadline, self.client.request(request)).await;
+        let outcome = match (first, replay) {
+            (Ok(Err(error)), Some(replay)) if is_stale_connection(&error) => {
+                tracing::debug!(upstream = %self.name, error = %error, "pooled upstream connection was closed; sending again");
+                tokio::time::timeout_at(deadline, self.client.request(replay)).await
+            }
+            (first, _) => first,
+        };
+        match outcome {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(self.classify(error)),
             Err(_) => Err(ProxyError::UpstreamTimeout {
@@ -153,6 +169,46 @@ impl Upstream {
             }
         }
     }
+}
+
+/// A copy of a buffered request, for one retry; `None` for a streamed one.
+fn replayable(request: &Request<UpstreamRequestBody>) -> Option<Request<UpstreamRequestBody>> {
+    let Either::Left(body) = request.body() else {
+        return None;
+    };
+    let mut copy = Request::new(Either::Left(body.clone()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// True when the request died because its pooled connection was already
+/// closed by the upstream, before any byte of an answer came back: hyper
+/// saw the connection end (or be reset) while waiting for the response
+/// head, or handed the request back unsent. A refused or timed-out
+/// connect is not one of these: a second try would only wait again.
+fn is_stale_connection(error: &hyper_util::client::legacy::Error) -> bool {
+    if error.is_connect() {
+        return false;
+    }
+    let mut cause = error.source();
+    while let Some(err) = cause {
+        if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
+            if hyper.is_incomplete_message() || hyper.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) {
+                return true;
+            }
+        }
+        cause = err.source();
+    }
+    false
 }
 
 fn root_store(

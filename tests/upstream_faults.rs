@@ -273,3 +273,44 @@ async fn a_chunked_pass_through_body_above_max_body_bytes_is_a_413() {
         String::from_utf8_lossy(&reply.body)
     );
 }
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_retried_once_on_a_new_one() {
+    // Each connection answers one request as keep-alive, then reads the
+    // next one and closes without answering, as a server does when it drops
+    // an idle connection just as the proxy reuses it.
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}".to_vec();
+    let origin = RawOrigin::start(vec![Step::Write(answer), Step::ReadRequest]).await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let client = Client::new();
+
+    let first = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"a"}"#)
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    let second = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"b"}"#)
+        .await;
+
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+    assert_eq!(second.text(), r#"{"ok":true}"#);
+    assert_eq!(second.x_cache(), "MISS");
+    // The second request's answer came from a second connection.
+    assert_eq!(origin.served(), 2);
+    let stats = proxy.stats().await;
+    assert_eq!(stats["upstream_errors"], 0);
+}
+
+#[tokio::test]
+async fn a_connection_closed_on_every_try_is_a_502_after_one_retry() {
+    // Every connection reads the request and closes: a retry cannot help.
+    let origin = RawOrigin::start(vec![]).await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+
+    let reply = Client::new()
+        .post(&proxy.url("/api/metrics"), r#"{"org":"a"}"#)
+        .await;
+
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(origin.served(), 2, "one try and one retry, no more");
+}

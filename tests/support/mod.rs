@@ -344,6 +344,9 @@ pub enum Step {
     Sleep(Duration),
     /// Keep the connection open and silent forever.
     Hang,
+    /// Wait for the next request on the same connection (a keep-alive
+    /// client reusing it), read it, and go on without answering it.
+    ReadRequest,
 }
 
 /// A TCP origin that reads one request per connection and answers with a
@@ -426,6 +429,11 @@ async fn raw_answer(mut stream: TcpStream, script: Vec<Step>, served: Arc<Atomic
             }
             Step::Sleep(delay) => tokio::time::sleep(delay).await,
             Step::Hang => std::future::pending::<()>().await,
+            Step::ReadRequest => {
+                if read_request(&mut stream).await.is_none() {
+                    return;
+                }
+            }
         }
     }
     let _ = stream.shutdown().await;
