@@ -66,6 +66,39 @@ fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing; have {:#?}", samples.keys()))
 }
 
+/// POSTs `body` to `path` twice at once, the origin holding `path` behind
+/// `gate`: the second caller waits on the first one's fill. Opens the gate
+/// once it does and returns both answers.
+async fn leader_and_waiter(
+    proxy: &ProxyHandle,
+    origin: &Origin,
+    gate: &Gate,
+    path: &str,
+    body: &str,
+) -> (support::Reply, support::Reply) {
+    let send = || {
+        let (url, body) = (proxy.url(path), body.to_owned());
+        tokio::spawn(async move { Client::new().post(&url, &body).await })
+    };
+    let coalesced = || {
+        proxy
+            .proxy
+            .metrics
+            .coalesced
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (seen, waiting) = (origin.total(), coalesced());
+    let leader = send();
+    origin.wait_for_total(seen + 1).await;
+    let waiter = send();
+    eventually("the second caller to wait on the fill", || {
+        coalesced() == waiting + 1
+    })
+    .await;
+    gate.open();
+    (leader.await.unwrap(), waiter.await.unwrap())
+}
+
 async fn dashboard_proxy(origin: &Origin, extra: &str) -> ProxyHandle {
     origin.on("/api/metrics", Behaviour::new().delay(QUERY_TIME));
     spawn_proxy(&origin.url(), &format!("{extra}\n{DASHBOARD_ROUTES}")).await
@@ -186,28 +219,7 @@ async fn prometheus_counts_coalesced_waiters_and_upstream_errors() {
     let gate = Gate::new();
     origin.on("/api/metrics", Behaviour::new().gate(&gate));
     let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
-    let url = proxy.url("/api/metrics");
-    let leader = tokio::spawn({
-        let url = url.clone();
-        async move { Client::new().post(&url, r#"{"org":"Vale"}"#).await }
-    });
-    origin.wait_for_total(1).await;
-    let waiter = tokio::spawn({
-        let url = url.clone();
-        async move { Client::new().post(&url, r#"{"org":"Vale"}"#).await }
-    });
-    eventually("the second caller to wait on the fill", || {
-        proxy
-            .proxy
-            .metrics
-            .coalesced
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 1
-    })
-    .await;
-    gate.open();
-    leader.await.unwrap();
-    waiter.await.unwrap();
+    leader_and_waiter(&proxy, &origin, &gate, "/api/metrics", r#"{"org":"Vale"}"#).await;
     let s = scrape(&proxy).await;
     assert_eq!(sample(&s, "dashcache_coalesced_waiters_total"), 1.0);
     assert_eq!(sample(&s, "dashcache_upstream_requests_total"), 1.0);
@@ -220,6 +232,145 @@ async fn prometheus_counts_coalesced_waiters_and_upstream_errors() {
     let s = scrape(&dead).await;
     assert_eq!(sample(&s, "dashcache_upstream_errors_total"), 1.0);
     assert_eq!(sample(&s, "dashcache_upstream_duration_seconds_count"), 1.0);
+}
+
+/// Stats and Prometheus count the same requests, route by route, exactly as
+/// sent: hits, misses (a coalesced waiter and a not-stored answer among
+/// them), bypasses, upstream requests and the time the hits saved.
+#[tokio::test]
+async fn stats_and_prometheus_agree_exactly_on_a_mixed_traffic() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.on("/api/metrics", Behaviour::new().delay(QUERY_TIME));
+    origin.on("/api/actions", Behaviour::new().gate(&gate));
+    origin.on("/api/filter-options", Behaviour::new().status(404));
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let client = Client::new();
+
+    // get_metrics: 2 misses, 3 hits.
+    for (org, expected) in [
+        ("Vale", "MISS"),
+        ("Acme", "MISS"),
+        ("Vale", "HIT"),
+        ("Vale", "HIT"),
+        ("Acme", "HIT"),
+    ] {
+        let reply = client
+            .post(&proxy.url("/api/metrics"), &format!(r#"{{"org":"{org}"}}"#))
+            .await;
+        assert_eq!(reply.x_cache(), expected, "{org}");
+    }
+    // get_actions: a leader and one coalesced waiter, one upstream request.
+    let (leader, waiter) = leader_and_waiter(&proxy, &origin, &gate, "/api/actions", "{}").await;
+    assert_eq!((leader.x_cache(), waiter.x_cache()), ("MISS", "MISS"));
+    // get_filter_options: a 404 is not stored, so both requests miss.
+    for _ in 0..2 {
+        let reply = client.get(&proxy.url("/api/filter-options")).await;
+        assert_eq!((reply.status.as_u16(), reply.x_cache()), (404, "MISS"));
+    }
+    // health: 2 bypasses.
+    for _ in 0..2 {
+        assert_eq!(client.get(&proxy.url("/health")).await.x_cache(), "BYPASS");
+    }
+    assert_eq!(origin.total(), 7, "2 + 1 + 2 + 2 upstream requests");
+
+    let cache = proxy.stats().await;
+    let s = scrape(&proxy).await;
+    let expected = [
+        // route, hits, misses, bypassed
+        ("get_metrics", 3, 2, 0),
+        ("get_actions", 0, 2, 0),
+        ("get_filter_options", 0, 2, 0),
+        ("health", 0, 0, 2),
+    ];
+    assert_eq!(
+        cache["routes"].as_object().unwrap().len(),
+        expected.len(),
+        "{cache}"
+    );
+    for (route, hits, misses, bypassed) in expected {
+        let stats = &cache["routes"][route];
+        assert_eq!(
+            (&stats["hits"], &stats["misses"], &stats["bypassed"]),
+            (&hits.into(), &misses.into(), &bypassed.into()),
+            "stats for {route}: {cache}"
+        );
+        for (status, count) in [("HIT", hits), ("MISS", misses), ("BYPASS", bypassed)] {
+            let labels = format!(r#"{{route="{route}",cache="{status}"}}"#);
+            assert_eq!(
+                sample(&s, &format!("dashcache_requests_total{labels}")),
+                f64::from(count),
+                "{route} {status}"
+            );
+            assert_eq!(
+                sample(
+                    &s,
+                    &format!("dashcache_response_duration_seconds_count{labels}")
+                ),
+                f64::from(count),
+                "{route} {status} histogram"
+            );
+        }
+        // Saved time: stats in ms precision, Prometheus in µs.
+        let prometheus_saved = sample(
+            &s,
+            &format!(r#"dashcache_upstream_seconds_saved_total{{route="{route}"}}"#),
+        );
+        let stats_saved = stats["upstream_seconds_saved"].as_f64().unwrap();
+        assert_eq!(
+            (prometheus_saved * 1000.0).round() / 1000.0,
+            stats_saved,
+            "{route}"
+        );
+    }
+
+    assert_eq!(cache["hits"], 3);
+    assert_eq!(cache["misses"], 6);
+    assert_eq!(cache["bypassed"], 2);
+    assert_eq!(cache["hit_rate"].as_f64(), Some(0.3333));
+    assert_eq!(cache["coalesced"], 1);
+    assert_eq!(sample(&s, "dashcache_coalesced_waiters_total"), 1.0);
+    assert_eq!(cache["upstream_requests"], 7);
+    assert_eq!(cache["databricks_queries"], 7);
+    assert_eq!(sample(&s, "dashcache_upstream_requests_total"), 7.0);
+    assert_eq!(sample(&s, "dashcache_upstream_duration_seconds_count"), 7.0);
+    assert_eq!(cache["stored"], 3);
+    assert_eq!(sample(&s, "dashcache_stored_total"), 3.0);
+    assert_eq!(cache["not_stored"], 2);
+    assert_eq!(sample(&s, "dashcache_not_stored_total"), 2.0);
+    assert_eq!(cache["size"], 3);
+    assert_eq!(sample(&s, "dashcache_entries"), 3.0);
+
+    // Each hit saved what its entry's upstream request took.
+    let saved = cache["upstream_seconds_saved"].as_f64().unwrap();
+    assert!(saved >= 3.0 * QUERY_TIME.as_secs_f64(), "{cache}");
+    // Averages: stats' per-kind mean is the histogram's sum over count.
+    let mean = |route: &str, status: &str| {
+        let labels = format!(r#"{{route="{route}",cache="{status}"}}"#);
+        sample(
+            &s,
+            &format!("dashcache_response_duration_seconds_sum{labels}"),
+        ) / sample(
+            &s,
+            &format!("dashcache_response_duration_seconds_count{labels}"),
+        ) * 1000.0
+    };
+    let avg_hit = cache["routes"]["get_metrics"]["avg_hit_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (mean("get_metrics", "HIT") - avg_hit).abs() < 0.002,
+        "{avg_hit}"
+    );
+    let avg_miss = cache["routes"]["get_metrics"]["avg_miss_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(avg_miss >= QUERY_TIME.as_secs_f64() * 1000.0);
+    assert!(
+        (mean("get_metrics", "MISS") - avg_miss).abs() < 0.002,
+        "{avg_miss}"
+    );
+    assert!(cache["uptime_seconds"].as_u64().is_some());
 }
 
 // ---------------------------------------------------------------- keys
