@@ -177,6 +177,11 @@ pub struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    /// Ask the running proxy's /api/cache/health (on admin_listen, else
+    /// listen) and exit 0 if it answers: for Docker's HEALTHCHECK.
+    #[arg(long)]
+    pub healthcheck: bool,
 }
 
 /// Seconds ("14400") or a humantime duration ("4h", "90s", "1h 30m").

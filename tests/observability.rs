@@ -558,6 +558,50 @@ async fn health_answers_200_when_the_upstream_is_down_and_hits_still_work() {
     assert_eq!(hit.x_cache(), "HIT");
 }
 
+/// `dashcache --healthcheck --listen ADDR`, as Docker's HEALTHCHECK runs it.
+async fn healthcheck(addr: &str) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_dashcache"))
+        .args(["--healthcheck", "--listen", addr])
+        .env_clear()
+        .output()
+        .await
+        .expect("the dashcache binary runs")
+}
+
+#[tokio::test]
+async fn the_healthcheck_flag_asks_the_running_proxy() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let healthy = healthcheck(&proxy.addr.to_string()).await;
+    let stdout = String::from_utf8_lossy(&healthy.stdout);
+    assert!(healthy.status.success(), "{healthy:?}");
+    assert!(
+        stdout.contains("healthy") && stdout.contains(&format!("{} reachable", origin.url())),
+        "{stdout}"
+    );
+    // An unspecified address is asked on loopback.
+    let wildcard = healthcheck(&format!("0.0.0.0:{}", proxy.addr.port())).await;
+    assert!(wildcard.status.success(), "{wildcard:?}");
+
+    // The upstream down: still healthy (hits answer), and said so.
+    let dead = spawn_proxy(&closed_port_url().await, "").await;
+    let degraded = healthcheck(&dead.addr.to_string()).await;
+    assert!(degraded.status.success(), "{degraded:?}");
+    assert!(String::from_utf8_lossy(&degraded.stdout).contains("unreachable"));
+
+    // No proxy there: unhealthy, naming the address.
+    let nobody = closed_port_url().await;
+    let nobody = nobody.trim_start_matches("http://");
+    let down = healthcheck(nobody).await;
+    assert_eq!(down.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        stderr.contains("unhealthy") && stderr.contains(nobody),
+        "{stderr}"
+    );
+    assert_eq!(origin.total(), 0, "the health check asks no upstream");
+}
+
 // ---------------------------------------------------------------- page
 
 #[tokio::test]
