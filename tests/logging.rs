@@ -22,6 +22,8 @@ struct Binary {
     child: Child,
     addr: SocketAddr,
     lines: mpsc::Receiver<String>,
+    /// Lines logged up to and including the listening line.
+    early: Vec<String>,
     reader: Option<JoinHandle<()>>,
     _config: tempfile::NamedTempFile,
 }
@@ -50,28 +52,33 @@ impl Binary {
                 let _ = tx.send(line);
             }
         });
-        let mut binary = Self {
+        let mut early = Vec::new();
+        let addr = loop {
+            let line = lines
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|_| panic!("no \"dashcache listening\" line; got {early:#?}"));
+            let listening = line.contains("dashcache listening");
+            let addr = listening.then(|| listen_address(&line));
+            early.push(line);
+            if let Some(addr) = addr {
+                break addr;
+            }
+        };
+        Self {
             child,
-            addr: ([0, 0, 0, 0], 0).into(),
+            addr,
             lines,
+            early,
             reader: Some(reader),
             _config: config,
-        };
-        let listening = binary
-            .lines
-            .recv_timeout(PATIENCE)
-            .expect("the binary logs its first line in time");
-        assert!(listening.contains("dashcache listening"), "{listening}");
-        binary.addr = listen_address(&listening);
-        binary
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Sends SIGTERM, waits for the exit and returns every line logged
-    /// after the listening line.
+    /// Sends SIGTERM, waits for the exit and returns every line logged.
     fn stop(mut self) -> Vec<String> {
         // SAFETY: kill(2) on our own child's pid has no memory effects.
         let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
@@ -79,7 +86,9 @@ impl Binary {
         let status = self.child.wait().expect("the binary exits");
         assert!(status.success(), "exit status {status}");
         self.reader.take().unwrap().join().unwrap();
-        self.lines.try_iter().collect()
+        let mut lines = std::mem::take(&mut self.early);
+        lines.extend(self.lines.try_iter());
+        lines
     }
 }
 
