@@ -55,6 +55,7 @@ async fn scrape(proxy: &ProxyHandle) -> HashMap<String, f64> {
         "{:?}",
         reply.headers
     );
+    assert_eq!(reply.header("cache-control"), "no-store");
     let text = reply.text();
     assert!(text.ends_with("# EOF\n"), "{text}");
     samples(&text)
@@ -146,10 +147,9 @@ async fn stats_report_hit_rate_saved_time_and_routes_for_the_traffic_sent() {
 async fn stats_keep_the_seed_fields_first() {
     let origin = Origin::start().await;
     let proxy = spawn_proxy(&origin.url(), "").await;
-    let text = Client::new()
-        .get(&proxy.url("/api/cache/stats"))
-        .await
-        .text();
+    let reply = Client::new().get(&proxy.url("/api/cache/stats")).await;
+    assert_eq!(reply.header("cache-control"), "no-store", "live figures");
+    let text = reply.text();
     assert!(
         text.starts_with(
             r#"{"status":"ok","cache":{"size":0,"maxsize":1000,"ttl":14400,"ttl_hours":4.0,"#
@@ -419,6 +419,7 @@ async fn keys_lists_entries_newest_or_hottest_first() {
 
     let newest = keys(&proxy, "?pattern=get_metrics", &[BEARER]).await;
     assert_eq!(newest.status, StatusCode::OK, "{}", newest.text());
+    assert_eq!(newest.header("cache-control"), "no-store");
     let newest = newest.json();
     assert_eq!(newest["status"], "ok");
     assert_eq!(newest["sort"], "newest");
