@@ -199,9 +199,10 @@ async fn the_page_shows_the_figures_of_the_traffic_sent() {
     assert!(dom.contains(r#"<tr data-route="get_metrics">"#), "{dom}");
 
     // Through the harness (one more BYPASS request, on route "harness").
-    let dom = dump_dom(&chromium, &proxy.url("/harness.html"), 20_000).await;
+    let dom = dump_dom(&chromium, &proxy.url("/harness.html?traffic"), 20_000).await;
     let result = harness_result(&dom);
-    let stats = proxy.stats().await;
+    // The stats the page showed, read by the harness right after the page.
+    let stats = &result["stats"];
     assert_eq!(stats["hits"], 8, "{stats}");
     assert_eq!(stats["bypassed"], 2, "health and the harness");
 
@@ -214,7 +215,6 @@ async fn the_page_shows_the_figures_of_the_traffic_sent() {
         shown["upstream-requests"], "6",
         "4 misses + 2 bypassed: {result}"
     );
-    assert_eq!(origin.total(), 6);
     assert_eq!(shown["upstream-errors"], "0");
     assert_eq!(shown["coalesced"], "0");
     assert_eq!(shown["size"], "4");
@@ -266,6 +266,11 @@ async fn the_page_shows_the_figures_of_the_traffic_sent() {
         ("get_metrics", "1", r#"{"org":"Acme"}"#),
         ("get_metrics", "0", r#"{"org":"Globex"}"#),
     ];
+    assert_eq!(
+        listing["keys"][0]["hits"],
+        4 + 3,
+        "the harness's hits came after"
+    );
     for (i, (row, (route, hits, described))) in keys.iter().zip(expected).enumerate() {
         let key = listing["keys"][i]["key"].as_str().unwrap();
         assert_eq!(row[0], key[..16], "row {i}: {row}");
@@ -276,6 +281,21 @@ async fn the_page_shows_the_figures_of_the_traffic_sent() {
             "row {i}: {row}"
         );
     }
+    // The harness's three hits, shown by the page's own refresh.
+    assert_eq!(result["sent"], "HIT");
+    let refreshed = &result["refreshed"];
+    assert_eq!(refreshed["requests"], "17", "{refreshed}");
+    assert_eq!(refreshed["hits"], "11");
+    assert_eq!(refreshed["hit-rate"], "73.3%", "11 of 15");
+    let rps: f64 = refreshed["rps"].as_str().unwrap().parse().expect("a rate");
+    assert!(rps >= 0.0);
+    let now = proxy.stats().await;
+    assert_eq!((&now["hits"], &now["misses"]), (&11.into(), &4.into()));
+    assert_eq!(
+        origin.total(),
+        6,
+        "4 misses and 2 bypasses reached the origin"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
