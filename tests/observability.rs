@@ -525,6 +525,8 @@ async fn health_reports_a_reachable_upstream() {
     assert_eq!(json["status"], "ok");
     assert_eq!(json["upstream"]["reachable"], true, "{json}");
     assert_eq!(json["upstream"]["url"], origin.url());
+    let probe_ms = json["upstream"]["probe_ms"].as_f64().unwrap();
+    assert!(probe_ms > 0.0, "the connect's time, in ms: {json}");
     assert!(json["upstream"].get("error").is_none());
     assert_eq!(json["cache"]["enabled"], true);
     assert_eq!(origin.total(), 0, "a TCP probe, not a request");
