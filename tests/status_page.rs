@@ -221,6 +221,7 @@ async fn the_page_shows_the_figures_of_the_traffic_sent() {
     assert_eq!(shown["maxsize"], "1000");
     assert_eq!(shown["ttl"], "4 h");
     assert_eq!(shown["upstream-state"], "reachable");
+    assert_eq!(shown["enabled"], "on");
     let saved = stats["upstream_seconds_saved"].as_f64().unwrap();
     assert!(saved >= 8.0 * QUERY_TIME.as_secs_f64(), "{stats}");
     assert_shows_seconds(shown["saved"].as_str().unwrap(), saved);
