@@ -11,6 +11,12 @@
 # DASHCACHE_UPSTREAM to the backend's address as the container sees it.
 # Set CACHE_ADMIN_TOKEN too: requests published through -p do not arrive from
 # loopback, so without a token /api/cache/clear and /invalidate answer 403.
+#
+# The configuration file comes from DASHCACHE_CONFIG, so flags after the image
+# name add to it. Docker's health check runs `dashcache --healthcheck`, which
+# reads the same file and env vars (not those flags) to find the port: change
+# listen / admin_listen with DASHCACHE_LISTEN / DASHCACHE_ADMIN_LISTEN or the
+# file, not with flags. With TLS on, set admin_listen: the check speaks HTTP.
 
 # ---- build ----------------------------------------------------------------
 FROM rust:1-bookworm AS builder
@@ -27,6 +33,11 @@ RUN apt-get update \
 COPY --from=builder /src/target/release/dashcache /usr/local/bin/dashcache
 COPY proxy.toml /etc/dashcache/proxy.toml
 USER dashcache
+ENV DASHCACHE_CONFIG=/etc/dashcache/proxy.toml
 EXPOSE 8080
+# GET /api/cache/health through the binary itself (the image has no curl):
+# healthy while the proxy answers, even with the upstream down (hits still
+# work; the upstream's state is in the check's output, `docker inspect`).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=5s --retries=3 \
+    CMD ["dashcache", "--healthcheck"]
 ENTRYPOINT ["dashcache"]
-CMD ["--config", "/etc/dashcache/proxy.toml"]

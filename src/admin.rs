@@ -65,10 +65,15 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
             path: path.to_owned(),
         }),
     };
-    let response = result.unwrap_or_else(|err| {
+    let mut response = result.unwrap_or_else(|err| {
         warn!(path, client = %client.addr.ip(), error = %err.message(), "admin request refused");
         respond::error(&err)
     });
+    // Live figures and listings: no browser or intermediary may keep them.
+    response
+        .headers_mut()
+        .entry(CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     Served {
         response,
         cache: CacheStatus::Admin,
@@ -310,11 +315,12 @@ async fn health(proxy: &Proxy) -> Response<ProxyBody> {
         HEALTH_PROBE_TIMEOUT.min(upstream.connect_timeout),
     )
     .await;
-    let probe_ms = seconds(started.elapsed().as_secs_f64());
+    // Whole microseconds, in ms: a loopback connect takes well under one.
+    let probe_ms = started.elapsed().as_micros() as f64 / 1000.0;
     if let Err(error) = &probe {
         warn!(upstream = %upstream.display(), error = %error, "health: upstream unreachable");
     }
-    let mut response = respond::json(
+    respond::json(
         StatusCode::OK,
         &HealthAnswer {
             status: "ok",
@@ -330,11 +336,7 @@ async fn health(proxy: &Proxy) -> Response<ProxyBody> {
             },
             uptime_seconds: proxy.metrics.snapshot().uptime.as_secs(),
         },
-    );
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    )
 }
 
 async fn probe_upstream(origin: &http::Uri, timeout: Duration) -> Result<(), String> {

@@ -166,6 +166,10 @@ pub struct Cli {
     #[arg(long, value_name = "FILTER", env = "DASHCACHE_LOG")]
     pub log_level: Option<String>,
 
+    /// Log line format: "text" (readable) or "json" (one object per line).
+    #[arg(long, value_name = "FORMAT", env = "DASHCACHE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check: bool,
@@ -173,6 +177,11 @@ pub struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    /// Ask the running proxy's /api/cache/health (on admin_listen, else
+    /// listen) and exit 0 if it answers: for Docker's HEALTHCHECK.
+    #[arg(long)]
+    pub healthcheck: bool,
 }
 
 /// Seconds ("14400") or a humantime duration ("4h", "90s", "1h 30m").
@@ -284,6 +293,8 @@ pub struct FileConfig {
     pub http2_keep_alive_timeout: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http2_max_concurrent_streams: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
     #[serde(default)]
     pub cache: FileCache,
     #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
@@ -328,6 +339,16 @@ pub struct FileRoute {
     pub cache: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared: Option<bool>,
+}
+
+/// How log lines are written: `text` for people, `json` (one object per
+/// line) for log shippers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where and how to reach the backend.
@@ -412,6 +433,7 @@ pub struct Config {
     pub limits: Limits,
     pub admin_token: Option<String>,
     pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
     pub source: Option<PathBuf>,
 }
 
@@ -637,6 +659,7 @@ impl Config {
                 file.shutdown_timeout.map(|d| d.0),
                 DEFAULT_SHUTDOWN_TIMEOUT,
             )?,
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             source,
         })
     }
@@ -655,6 +678,7 @@ impl Config {
             http2_keep_alive_interval: Some(FileDuration(limits.http2_keep_alive_interval)),
             http2_keep_alive_timeout: Some(FileDuration(limits.http2_keep_alive_timeout)),
             http2_max_concurrent_streams: Some(limits.http2_max_concurrent_streams),
+            log_format: Some(self.log_format),
             upstream: Some(self.upstream.display()),
             upstream_ca_file: self.upstream.ca_file.clone(),
             connect_timeout: Some(FileDuration(self.upstream.connect_timeout)),
@@ -984,6 +1008,28 @@ mod tests {
         let text = "listen = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9001\"\n";
         let config = resolve(Cli::default(), text).unwrap();
         assert_eq!(config.admin_listen, Some("127.0.0.1:9001".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_log_format_comes_from_the_flag_or_the_file() {
+        assert_eq!(
+            resolve(Cli::default(), "").unwrap().log_format,
+            LogFormat::Text
+        );
+        let config = resolve(Cli::default(), "log_format = \"json\"\n").unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        let cli = Cli {
+            log_format: Some(LogFormat::Text),
+            ..Cli::default()
+        };
+        let config = resolve(cli, "log_format = \"json\"\n").unwrap();
+        assert_eq!(config.log_format, LogFormat::Text);
+        let err = resolve(Cli::default(), "log_format = \"xml\"\n").unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            chain.contains("log_format") && chain.contains("json"),
+            "{chain}"
+        );
     }
 
     #[test]

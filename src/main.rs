@@ -1,13 +1,24 @@
 //! The `dashcache` binary: parse flags, load the configuration, start
 //! logging, run the proxy until SIGTERM/SIGINT, and turn any error into one
-//! message and a non-zero exit code.
+//! message and a non-zero exit code. `--healthcheck` asks a running proxy
+//! instead (Docker's HEALTHCHECK: the runtime image has no curl).
 
 use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use bytes::Bytes;
 use clap::Parser;
+use dashcache::config::LogFormat;
 use dashcache::{Cli, Config, Server};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use tracing_subscriber::EnvFilter;
+
+/// How long `--healthcheck` waits for the proxy's answer.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,6 +29,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.healthcheck {
+        return match healthcheck(&config) {
+            Ok(summary) => {
+                println!("dashcache: healthy ({summary})");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("dashcache: unhealthy: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.check {
         // The PEM files are read only when the listener starts; --check
         // reads them now so a bad certificate fails the check, not the deploy.
@@ -58,11 +81,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer)
-        .init();
+        .with_writer(writer);
+    match config.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line, the event's fields at the top level next to
+        // timestamp, level and target, so `jq .cache` or a log shipper's
+        // field extraction needs no nesting.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,6 +120,66 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--healthcheck`: `GET /api/cache/health` from the proxy this
+/// configuration describes (on `admin_listen` when set, else on `listen`,
+/// an unspecified address asked on loopback). Healthy when it answers 200
+/// with status "ok"; an unreachable upstream is reported, not fatal, since
+/// the proxy still answers hits.
+fn healthcheck(config: &Config) -> Result<String, String> {
+    let addr = match config.admin_listen {
+        Some(addr) => addr,
+        None if config.tls.is_some() => return Err(
+            "the main listener serves HTTPS only; set admin_listen (plain HTTP) for health checks"
+                .into(),
+        ),
+        None => config.listen,
+    };
+    if addr.port() == 0 {
+        return Err(format!("{addr} has no fixed port to ask"));
+    }
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!(
+        "http://{}/api/cache/health",
+        SocketAddr::new(ip, addr.port())
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))?;
+    let (status, body) = runtime.block_on(async {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let ask = async {
+            let response = client.get(url.parse()?).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+        };
+        match tokio::time::timeout(HEALTHCHECK_TIMEOUT, ask).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => Err(format!("{url}: {}", error_chain(&*err))),
+            Err(_) => Err(format!(
+                "{url} did not answer within {}s",
+                HEALTHCHECK_TIMEOUT.as_secs()
+            )),
+        }
+    })?;
+    let answer: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|err| format!("{url} answered {status} without JSON: {err}"))?;
+    if !status.is_success() || answer["status"] != "ok" {
+        return Err(format!("{url} answered {status}: {answer}"));
+    }
+    let upstream = &answer["upstream"];
+    let name = upstream["url"].as_str().unwrap_or("?");
+    Ok(match upstream["error"].as_str() {
+        None => format!("upstream {name} reachable"),
+        Some(error) => format!("upstream {name} unreachable: {error}"),
+    })
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

@@ -301,13 +301,15 @@ impl Metrics {
     /// The OpenMetrics text for one scrape; `store` carries the figures the
     /// store keeps itself.
     pub fn prometheus(&self, store: StoreFigures) -> String {
-        let routes = self
+        let mut routes: Vec<_> = self
             .routes
             .read()
             .expect("metrics lock")
             .iter()
             .map(|(name, route)| (name.clone(), route.clone()))
             .collect();
+        // By name, like the counters from the snapshot: stable scrapes.
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
         let mut registry = Registry::with_prefix("dashcache");
         registry.register_collector(Box::new(Scrape {
             snapshot: self.snapshot(),

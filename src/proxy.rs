@@ -175,7 +175,9 @@ impl Proxy {
             .unwrap_or_default();
         self.metrics
             .record(&served.route, served.cache, elapsed, trace.saved);
-        let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
+        // Numbers, not strings, so JSON logs can be summed; whole µs in ms.
+        // upstream_ms is on every line (0 when the upstream was not asked).
+        let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
         info!(
             target: "dashcache::access",
             client = %client.addr.ip(),
@@ -185,9 +187,9 @@ impl Proxy {
             cache = served.cache.as_str(),
             route = &*served.route,
             key = trace.key.map(|k| k.short().to_string()),
-            upstream_ms = trace.upstream_time.map(ms),
+            upstream_ms = trace.upstream_time.map_or(0.0, ms),
             saved_ms = trace.saved.map(ms),
-            duration_ms = %ms(elapsed),
+            duration_ms = ms(elapsed),
         );
         served.response
     }

@@ -55,6 +55,7 @@ async fn scrape(proxy: &ProxyHandle) -> HashMap<String, f64> {
         "{:?}",
         reply.headers
     );
+    assert_eq!(reply.header("cache-control"), "no-store");
     let text = reply.text();
     assert!(text.ends_with("# EOF\n"), "{text}");
     samples(&text)
@@ -64,6 +65,39 @@ fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
     *samples
         .get(name)
         .unwrap_or_else(|| panic!("{name} missing; have {:#?}", samples.keys()))
+}
+
+/// POSTs `body` to `path` twice at once, the origin holding `path` behind
+/// `gate`: the second caller waits on the first one's fill. Opens the gate
+/// once it does and returns both answers.
+async fn leader_and_waiter(
+    proxy: &ProxyHandle,
+    origin: &Origin,
+    gate: &Gate,
+    path: &str,
+    body: &str,
+) -> (support::Reply, support::Reply) {
+    let send = || {
+        let (url, body) = (proxy.url(path), body.to_owned());
+        tokio::spawn(async move { Client::new().post(&url, &body).await })
+    };
+    let coalesced = || {
+        proxy
+            .proxy
+            .metrics
+            .coalesced
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (seen, waiting) = (origin.total(), coalesced());
+    let leader = send();
+    origin.wait_for_total(seen + 1).await;
+    let waiter = send();
+    eventually("the second caller to wait on the fill", || {
+        coalesced() == waiting + 1
+    })
+    .await;
+    gate.open();
+    (leader.await.unwrap(), waiter.await.unwrap())
 }
 
 async fn dashboard_proxy(origin: &Origin, extra: &str) -> ProxyHandle {
@@ -113,10 +147,9 @@ async fn stats_report_hit_rate_saved_time_and_routes_for_the_traffic_sent() {
 async fn stats_keep_the_seed_fields_first() {
     let origin = Origin::start().await;
     let proxy = spawn_proxy(&origin.url(), "").await;
-    let text = Client::new()
-        .get(&proxy.url("/api/cache/stats"))
-        .await
-        .text();
+    let reply = Client::new().get(&proxy.url("/api/cache/stats")).await;
+    assert_eq!(reply.header("cache-control"), "no-store", "live figures");
+    let text = reply.text();
     assert!(
         text.starts_with(
             r#"{"status":"ok","cache":{"size":0,"maxsize":1000,"ttl":14400,"ttl_hours":4.0,"#
@@ -186,28 +219,7 @@ async fn prometheus_counts_coalesced_waiters_and_upstream_errors() {
     let gate = Gate::new();
     origin.on("/api/metrics", Behaviour::new().gate(&gate));
     let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
-    let url = proxy.url("/api/metrics");
-    let leader = tokio::spawn({
-        let url = url.clone();
-        async move { Client::new().post(&url, r#"{"org":"Vale"}"#).await }
-    });
-    origin.wait_for_total(1).await;
-    let waiter = tokio::spawn({
-        let url = url.clone();
-        async move { Client::new().post(&url, r#"{"org":"Vale"}"#).await }
-    });
-    eventually("the second caller to wait on the fill", || {
-        proxy
-            .proxy
-            .metrics
-            .coalesced
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 1
-    })
-    .await;
-    gate.open();
-    leader.await.unwrap();
-    waiter.await.unwrap();
+    leader_and_waiter(&proxy, &origin, &gate, "/api/metrics", r#"{"org":"Vale"}"#).await;
     let s = scrape(&proxy).await;
     assert_eq!(sample(&s, "dashcache_coalesced_waiters_total"), 1.0);
     assert_eq!(sample(&s, "dashcache_upstream_requests_total"), 1.0);
@@ -220,6 +232,145 @@ async fn prometheus_counts_coalesced_waiters_and_upstream_errors() {
     let s = scrape(&dead).await;
     assert_eq!(sample(&s, "dashcache_upstream_errors_total"), 1.0);
     assert_eq!(sample(&s, "dashcache_upstream_duration_seconds_count"), 1.0);
+}
+
+/// Stats and Prometheus count the same requests, route by route, exactly as
+/// sent: hits, misses (a coalesced waiter and a not-stored answer among
+/// them), bypasses, upstream requests and the time the hits saved.
+#[tokio::test]
+async fn stats_and_prometheus_agree_exactly_on_a_mixed_traffic() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.on("/api/metrics", Behaviour::new().delay(QUERY_TIME));
+    origin.on("/api/actions", Behaviour::new().gate(&gate));
+    origin.on("/api/filter-options", Behaviour::new().status(404));
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let client = Client::new();
+
+    // get_metrics: 2 misses, 3 hits.
+    for (org, expected) in [
+        ("Vale", "MISS"),
+        ("Acme", "MISS"),
+        ("Vale", "HIT"),
+        ("Vale", "HIT"),
+        ("Acme", "HIT"),
+    ] {
+        let reply = client
+            .post(&proxy.url("/api/metrics"), &format!(r#"{{"org":"{org}"}}"#))
+            .await;
+        assert_eq!(reply.x_cache(), expected, "{org}");
+    }
+    // get_actions: a leader and one coalesced waiter, one upstream request.
+    let (leader, waiter) = leader_and_waiter(&proxy, &origin, &gate, "/api/actions", "{}").await;
+    assert_eq!((leader.x_cache(), waiter.x_cache()), ("MISS", "MISS"));
+    // get_filter_options: a 404 is not stored, so both requests miss.
+    for _ in 0..2 {
+        let reply = client.get(&proxy.url("/api/filter-options")).await;
+        assert_eq!((reply.status.as_u16(), reply.x_cache()), (404, "MISS"));
+    }
+    // health: 2 bypasses.
+    for _ in 0..2 {
+        assert_eq!(client.get(&proxy.url("/health")).await.x_cache(), "BYPASS");
+    }
+    assert_eq!(origin.total(), 7, "2 + 1 + 2 + 2 upstream requests");
+
+    let cache = proxy.stats().await;
+    let s = scrape(&proxy).await;
+    let expected = [
+        // route, hits, misses, bypassed
+        ("get_metrics", 3, 2, 0),
+        ("get_actions", 0, 2, 0),
+        ("get_filter_options", 0, 2, 0),
+        ("health", 0, 0, 2),
+    ];
+    assert_eq!(
+        cache["routes"].as_object().unwrap().len(),
+        expected.len(),
+        "{cache}"
+    );
+    for (route, hits, misses, bypassed) in expected {
+        let stats = &cache["routes"][route];
+        assert_eq!(
+            (&stats["hits"], &stats["misses"], &stats["bypassed"]),
+            (&hits.into(), &misses.into(), &bypassed.into()),
+            "stats for {route}: {cache}"
+        );
+        for (status, count) in [("HIT", hits), ("MISS", misses), ("BYPASS", bypassed)] {
+            let labels = format!(r#"{{route="{route}",cache="{status}"}}"#);
+            assert_eq!(
+                sample(&s, &format!("dashcache_requests_total{labels}")),
+                f64::from(count),
+                "{route} {status}"
+            );
+            assert_eq!(
+                sample(
+                    &s,
+                    &format!("dashcache_response_duration_seconds_count{labels}")
+                ),
+                f64::from(count),
+                "{route} {status} histogram"
+            );
+        }
+        // Saved time: stats in ms precision, Prometheus in µs.
+        let prometheus_saved = sample(
+            &s,
+            &format!(r#"dashcache_upstream_seconds_saved_total{{route="{route}"}}"#),
+        );
+        let stats_saved = stats["upstream_seconds_saved"].as_f64().unwrap();
+        assert_eq!(
+            (prometheus_saved * 1000.0).round() / 1000.0,
+            stats_saved,
+            "{route}"
+        );
+    }
+
+    assert_eq!(cache["hits"], 3);
+    assert_eq!(cache["misses"], 6);
+    assert_eq!(cache["bypassed"], 2);
+    assert_eq!(cache["hit_rate"].as_f64(), Some(0.3333));
+    assert_eq!(cache["coalesced"], 1);
+    assert_eq!(sample(&s, "dashcache_coalesced_waiters_total"), 1.0);
+    assert_eq!(cache["upstream_requests"], 7);
+    assert_eq!(cache["databricks_queries"], 7);
+    assert_eq!(sample(&s, "dashcache_upstream_requests_total"), 7.0);
+    assert_eq!(sample(&s, "dashcache_upstream_duration_seconds_count"), 7.0);
+    assert_eq!(cache["stored"], 3);
+    assert_eq!(sample(&s, "dashcache_stored_total"), 3.0);
+    assert_eq!(cache["not_stored"], 2);
+    assert_eq!(sample(&s, "dashcache_not_stored_total"), 2.0);
+    assert_eq!(cache["size"], 3);
+    assert_eq!(sample(&s, "dashcache_entries"), 3.0);
+
+    // Each hit saved what its entry's upstream request took.
+    let saved = cache["upstream_seconds_saved"].as_f64().unwrap();
+    assert!(saved >= 3.0 * QUERY_TIME.as_secs_f64(), "{cache}");
+    // Averages: stats' per-kind mean is the histogram's sum over count.
+    let mean = |route: &str, status: &str| {
+        let labels = format!(r#"{{route="{route}",cache="{status}"}}"#);
+        sample(
+            &s,
+            &format!("dashcache_response_duration_seconds_sum{labels}"),
+        ) / sample(
+            &s,
+            &format!("dashcache_response_duration_seconds_count{labels}"),
+        ) * 1000.0
+    };
+    let avg_hit = cache["routes"]["get_metrics"]["avg_hit_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (mean("get_metrics", "HIT") - avg_hit).abs() < 0.002,
+        "{avg_hit}"
+    );
+    let avg_miss = cache["routes"]["get_metrics"]["avg_miss_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(avg_miss >= QUERY_TIME.as_secs_f64() * 1000.0);
+    assert!(
+        (mean("get_metrics", "MISS") - avg_miss).abs() < 0.002,
+        "{avg_miss}"
+    );
+    assert!(cache["uptime_seconds"].as_u64().is_some());
 }
 
 // ---------------------------------------------------------------- keys
@@ -268,6 +419,7 @@ async fn keys_lists_entries_newest_or_hottest_first() {
 
     let newest = keys(&proxy, "?pattern=get_metrics", &[BEARER]).await;
     assert_eq!(newest.status, StatusCode::OK, "{}", newest.text());
+    assert_eq!(newest.header("cache-control"), "no-store");
     let newest = newest.json();
     assert_eq!(newest["status"], "ok");
     assert_eq!(newest["sort"], "newest");
@@ -373,6 +525,8 @@ async fn health_reports_a_reachable_upstream() {
     assert_eq!(json["status"], "ok");
     assert_eq!(json["upstream"]["reachable"], true, "{json}");
     assert_eq!(json["upstream"]["url"], origin.url());
+    let probe_ms = json["upstream"]["probe_ms"].as_f64().unwrap();
+    assert!(probe_ms > 0.0, "the connect's time, in ms: {json}");
     assert!(json["upstream"].get("error").is_none());
     assert_eq!(json["cache"]["enabled"], true);
     assert_eq!(origin.total(), 0, "a TCP probe, not a request");
@@ -405,6 +559,50 @@ async fn health_answers_200_when_the_upstream_is_down_and_hits_still_work() {
         .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
         .await;
     assert_eq!(hit.x_cache(), "HIT");
+}
+
+/// `dashcache --healthcheck --listen ADDR`, as Docker's HEALTHCHECK runs it.
+async fn healthcheck(addr: &str) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_dashcache"))
+        .args(["--healthcheck", "--listen", addr])
+        .env_clear()
+        .output()
+        .await
+        .expect("the dashcache binary runs")
+}
+
+#[tokio::test]
+async fn the_healthcheck_flag_asks_the_running_proxy() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let healthy = healthcheck(&proxy.addr.to_string()).await;
+    let stdout = String::from_utf8_lossy(&healthy.stdout);
+    assert!(healthy.status.success(), "{healthy:?}");
+    assert!(
+        stdout.contains("healthy") && stdout.contains(&format!("{} reachable", origin.url())),
+        "{stdout}"
+    );
+    // An unspecified address is asked on loopback.
+    let wildcard = healthcheck(&format!("0.0.0.0:{}", proxy.addr.port())).await;
+    assert!(wildcard.status.success(), "{wildcard:?}");
+
+    // The upstream down: still healthy (hits answer), and said so.
+    let dead = spawn_proxy(&closed_port_url().await, "").await;
+    let degraded = healthcheck(&dead.addr.to_string()).await;
+    assert!(degraded.status.success(), "{degraded:?}");
+    assert!(String::from_utf8_lossy(&degraded.stdout).contains("unreachable"));
+
+    // No proxy there: unhealthy, naming the address.
+    let nobody = closed_port_url().await;
+    let nobody = nobody.trim_start_matches("http://");
+    let down = healthcheck(nobody).await;
+    assert_eq!(down.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        stderr.contains("unhealthy") && stderr.contains(nobody),
+        "{stderr}"
+    );
+    assert_eq!(origin.total(), 0, "the health check asks no upstream");
 }
 
 // ---------------------------------------------------------------- page

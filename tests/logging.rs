@@ -1,0 +1,266 @@
+//! Logs through the real binary: `--log-format json` writes one JSON object
+//! per line, and the access line carries key prefix, route, cache status,
+//! upstream time and total time in both formats.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Behaviour, Client, Origin, DASHBOARD_ROUTES, PATIENCE};
+
+/// The origin's pretend warehouse time for /api/metrics.
+const QUERY_TIME: Duration = Duration::from_millis(30);
+
+/// The `dashcache` binary on 127.0.0.1:0 with its stderr collected line by line.
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    /// Lines logged up to and including the listening line.
+    early: Vec<String>,
+    reader: Option<JoinHandle<()>>,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Binary {
+    /// Starts the binary in front of `upstream` with the dashboard routes
+    /// and `args`, and waits for its "dashcache listening" line.
+    fn start(upstream: &str, args: &[&str]) -> Self {
+        let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        config.write_all(DASHBOARD_ROUTES.as_bytes()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dashcache"))
+            .arg("--config")
+            .arg(config.path())
+            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the dashcache binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut early = Vec::new();
+        let addr = loop {
+            let line = lines
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|_| panic!("no \"dashcache listening\" line; got {early:#?}"));
+            let listening = line.contains("dashcache listening");
+            let addr = listening.then(|| listen_address(&line));
+            early.push(line);
+            if let Some(addr) = addr {
+                break addr;
+            }
+        };
+        Self {
+            child,
+            addr,
+            lines,
+            early,
+            reader: Some(reader),
+            _config: config,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM, waits for the exit and returns every line logged.
+    fn stop(mut self) -> Vec<String> {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM delivered");
+        let status = self.child.wait().expect("the binary exits");
+        assert!(status.success(), "exit status {status}");
+        self.reader.take().unwrap().join().unwrap();
+        let mut lines = std::mem::take(&mut self.early);
+        lines.extend(self.lines.try_iter());
+        lines
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // Only reached with the child still running when a test failed.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bound address from the listening line, in either format.
+fn listen_address(line: &str) -> SocketAddr {
+    let start = line
+        .find("\"listen\":\"")
+        .map(|i| i + "\"listen\":\"".len())
+        .or_else(|| line.find(" listen=").map(|i| i + " listen=".len()))
+        .unwrap_or_else(|| panic!("no listen address in {line}"));
+    let rest = &line[start..];
+    let end = rest.find(['"', ' ']).unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|e| panic!("{:?} is no address ({e}): {line}", &rest[..end]))
+}
+
+/// One miss and one hit on the same filters.
+async fn miss_then_hit(binary: &Binary) {
+    let client = Client::new();
+    for expected in ["MISS", "HIT"] {
+        let reply = client
+            .post(&binary.url("/api/metrics"), r#"{"org":"Vale"}"#)
+            .await;
+        assert_eq!(reply.x_cache(), expected);
+    }
+}
+
+fn number(line: &Value, field: &str) -> f64 {
+    line[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} is a number: {line}"))
+}
+
+#[tokio::test]
+async fn json_access_lines_carry_key_route_status_and_times() {
+    let origin = Origin::start().await;
+    origin.on("/api/metrics", Behaviour::new().delay(QUERY_TIME));
+    let binary = Binary::start(&origin.url(), &["--log-format", "json"]);
+    miss_then_hit(&binary).await;
+    let lines = binary.stop();
+
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    for event in &events {
+        assert!(event["timestamp"].is_string(), "{event}");
+        assert!(event["level"].is_string(), "{event}");
+    }
+    let access: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["target"] == "dashcache::access")
+        .collect();
+    assert_eq!(access.len(), 2, "one access line per request: {lines:#?}");
+    let (miss, hit) = (access[0], access[1]);
+
+    for (line, cache) in [(miss, "MISS"), (hit, "HIT")] {
+        assert_eq!(line["cache"], cache, "{line}");
+        assert_eq!(line["route"], "get_metrics", "{line}");
+        assert_eq!(line["method"], "POST");
+        assert_eq!(line["path"], "/api/metrics");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["client"], "127.0.0.1");
+        let key = line["key"].as_str().expect("key prefix");
+        assert_eq!(key.len(), 16, "{line}");
+        assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    }
+    assert_eq!(miss["key"], hit["key"], "same filters, same key");
+
+    let query_ms = QUERY_TIME.as_secs_f64() * 1000.0;
+    let upstream = number(miss, "upstream_ms");
+    assert!(upstream >= query_ms, "{miss}");
+    assert!(number(miss, "duration_ms") >= upstream, "{miss}");
+    assert_eq!(number(hit, "upstream_ms"), 0.0, "a hit asks no upstream");
+    assert!(number(hit, "saved_ms") >= query_ms, "{hit}");
+    assert!(number(hit, "duration_ms") > 0.0, "{hit}");
+
+    // The seed's lines are there too, as JSON messages.
+    let messages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(
+        messages.contains(&"Cache HIT for get_metrics"),
+        "{messages:?}"
+    );
+    assert_eq!(origin.total(), 1);
+}
+
+#[tokio::test]
+async fn text_access_lines_carry_the_same_fields() {
+    let origin = Origin::start().await;
+    origin.on("/api/metrics", Behaviour::new().delay(QUERY_TIME));
+    let binary = Binary::start(&origin.url(), &[]);
+    miss_then_hit(&binary).await;
+    let lines = binary.stop();
+
+    let access: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("dashcache::access"))
+        .collect();
+    assert_eq!(access.len(), 2, "{lines:#?}");
+    for (line, cache) in access.iter().zip(["MISS", "HIT"]) {
+        assert!(!line.starts_with('{'), "text, not JSON: {line}");
+        for field in [
+            &format!("cache=\"{cache}\""),
+            "route=\"get_metrics\"",
+            "key=\"",
+            "upstream_ms=",
+            "duration_ms=",
+            "status=200",
+        ] {
+            assert!(line.contains(field), "{field} missing: {line}");
+        }
+    }
+}
+
+#[test]
+fn an_unknown_log_format_is_refused_and_a_known_one_is_printed() {
+    let flag = Command::new(env!("CARGO_BIN_EXE_dashcache"))
+        .args(["--check", "--log-format", "xml"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(flag.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&flag.stderr);
+    assert!(
+        stderr.contains("--log-format") && stderr.contains("json"),
+        "{stderr}"
+    );
+
+    let env = Command::new(env!("CARGO_BIN_EXE_dashcache"))
+        .arg("--check")
+        .env_clear()
+        .env("DASHCACHE_LOG_FORMAT", "yaml")
+        .output()
+        .unwrap();
+    assert_eq!(env.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&env.stderr).contains("log-format"));
+
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(b"log_format = \"xml\"\n").unwrap();
+    let config = Command::new(env!("CARGO_BIN_EXE_dashcache"))
+        .arg("--check")
+        .arg("--config")
+        .arg(file.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(config.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&config.stderr);
+    assert!(
+        stderr.contains("log_format") && stderr.contains("json"),
+        "{stderr}"
+    );
+
+    std::fs::write(file.path(), "log_format = \"json\"\n").unwrap();
+    let printed = Command::new(env!("CARGO_BIN_EXE_dashcache"))
+        .arg("--print-config")
+        .arg("--config")
+        .arg(file.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&printed.stdout).contains("log_format = \"json\""));
+}
