@@ -7,7 +7,8 @@
 //!   graceful shutdown, expiry purge
 //! - [`tls`]: TLS termination (rustls, ALPN h2/http1.1), certificate reload
 //! - [`framing`]: refuses HTTP/1 requests with both Content-Length and Transfer-Encoding
-//! - [`admin`]: `/api/cache/*` (stats, clear, invalidate), answered locally
+//! - [`admin`]: `/api/cache/*` (stats, metrics, health, keys, clear,
+//!   invalidate, the status page), answered locally
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
 //! - `fill`: the detached upstream request behind a miss, and what it stores
 //! - [`routes`]: route table (name, TTL, cache on/off per path and method)
@@ -19,7 +20,7 @@
 //! - [`headers`]: hop-by-hop and forwarding header rules
 //! - [`body`]: response body types, bounded upstream reads
 //! - [`respond`]: `X-Cache`/`Age`/`Cache-Status`, JSON answers
-//! - [`metrics`]: counters behind stats
+//! - [`metrics`]: counters behind stats and the Prometheus exposition
 //! - [`error`]: the request path's error enum and its HTTP mapping
 
 pub mod admin;
