@@ -243,15 +243,51 @@ fn write_string(out: &mut Vec<u8>, text: &str) {
 
 /// Query parameters sorted by name; repeated names keep their relative order
 /// (`a=2&a=1` is a list whose order may matter). Empty segments are dropped.
+///
+/// Names are compared as the backend reads them, percent- and `+`-decoded,
+/// so `ab=2&a%62=1` (the list `ab=[2,1]`) keeps its order instead of being
+/// sorted into `a%62=1&ab=2` (`ab=[1,2]`). Segments themselves are kept as
+/// sent, so `a` and `a=` stay apart: Starlette reads both as `a=""` but
+/// Rack reads `a` as nil, and a split costs only a miss.
 pub fn canonical_query(query: &str) -> Cow<'_, str> {
-    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-    let name = |pair: &&str| pair.split('=').next().unwrap_or_default().to_owned();
-    let sorted = pairs.windows(2).all(|w| name(&w[0]) <= name(&w[1]));
-    if sorted && pairs.len() == query.split('&').count() {
+    if is_canonical_query(query) {
         return Cow::Borrowed(query);
     }
-    pairs.sort_by_key(name);
-    Cow::Owned(pairs.join("&"))
+    let mut named: Vec<(Cow<str>, &str)> = query
+        .split('&')
+        .filter(|segment| !segment.is_empty())
+        .map(|segment| (decoded_name(segment), segment))
+        .collect();
+    // Stable, so equal names keep their relative order.
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let segments: Vec<&str> = named.into_iter().map(|(_, segment)| segment).collect();
+    Cow::Owned(segments.join("&"))
+}
+
+/// True when `query` is already sorted and has no empty segment: the common
+/// case, checked without allocating.
+fn is_canonical_query(query: &str) -> bool {
+    let mut previous: Option<Cow<str>> = None;
+    for segment in query.split('&') {
+        if segment.is_empty() {
+            return query.is_empty();
+        }
+        let name = decoded_name(segment);
+        if previous.as_ref().is_some_and(|previous| *previous > name) {
+            return false;
+        }
+        previous = Some(name);
+    }
+    true
+}
+
+/// A query segment's name as `application/x-www-form-urlencoded` decodes
+/// it; borrowed unless it holds `%` or `+`.
+fn decoded_name(segment: &str) -> Cow<'_, str> {
+    let name = segment.split_once('=').map_or(segment, |(name, _)| name);
+    form_urlencoded::parse(name.as_bytes())
+        .next()
+        .map_or(Cow::Borrowed(""), |(name, _)| name)
 }
 
 /// The identity of a cacheable request, ready to hash or describe.
@@ -533,6 +569,27 @@ mod tests {
         assert!(matches!(canonical_query("a=1&b=2"), Cow::Borrowed(_)));
         assert_eq!(canonical_query("b=1&a=2&a=1"), "a=2&a=1&b=1");
         assert_eq!(canonical_query("a=1&&b=2&"), "a=1&b=2");
+    }
+
+    #[test]
+    fn a_bare_name_and_an_empty_value_stay_apart() {
+        // Starlette reads both as `a=""`, Rack reads `a` as nil: split, never merge.
+        assert_ne!(
+            key(&Method::GET, "/q", Some("a"), ""),
+            key(&Method::GET, "/q", Some("a="), "")
+        );
+        assert_eq!(canonical_query("b&a="), "a=&b");
+    }
+
+    #[test]
+    fn names_equal_once_decoded_keep_their_relative_order() {
+        // `ab=2&a%62=1` is the list ab=[2,1]; sorting by raw text would make it [1,2].
+        assert_eq!(canonical_query("ab=2&a%62=1"), "ab=2&a%62=1");
+        assert_eq!(canonical_query("z=1&a+b=2&a%20b=3"), "a+b=2&a%20b=3&z=1");
+        assert_ne!(
+            canonical_query("ab=2&a%62=1"),
+            canonical_query("a%62=1&ab=2")
+        );
     }
 
     #[test]
