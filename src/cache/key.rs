@@ -132,7 +132,7 @@ impl From<JiterError> for NotCanonical {
 }
 
 /// Nesting beyond this is hashed as sent. It bounds the recursion of
-/// [`write_canonical`] (serde_json stops at the same depth).
+/// [`write_canonical`], as serde_json's own limit of 128 bounds its parser.
 const MAX_DEPTH: usize = 128;
 
 /// The canonical text of a JSON body: object members sorted by name, no
