@@ -6,8 +6,11 @@
 //! §7.6.3: a proxy adds itself to `Via`. The `X-Forwarded-*` fields give the
 //! backend the client's address, scheme and host, as nginx and Varnish do.
 
+use std::fmt;
+use std::io::Write;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, ETAG, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, VIA,
@@ -32,13 +35,19 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes the hop-by-hop fields, including every field `Connection` names.
+///
+/// Each `Connection` field line is read element by element (RFC 9110 §7.6.1
+/// lists names separated by commas): an element that is not a field name,
+/// such as obs-text, is skipped alone, so the valid names beside it still go.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually empty (`Connection: keep-alive` lists only a classic name), and
+    // then allocates nothing.
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .filter_map(|element| HeaderName::from_bytes(element.trim_ascii()).ok())
+        .filter(|name| !is_hop_by_hop(name))
         .collect();
     for name in listed {
         headers.remove(name);
@@ -67,13 +76,7 @@ pub fn prepare_upstream_request(
     remove_hop_by_hop(headers);
     headers.remove(HOST);
 
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client_ip}"),
-        None => client_ip.to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
+    append_to_list(headers, &X_FORWARDED_FOR, client_ip);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(client_scheme),
@@ -91,12 +94,32 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
         Version::HTTP_10 => "1.0 dashcache",
         _ => "1.1 dashcache",
     };
-    let value = match headers.get(VIA).and_then(|v| v.to_str().ok()) {
-        Some(previous) => HeaderValue::from_str(&format!("{previous}, {hop}")).ok(),
-        None => Some(HeaderValue::from_static(hop)),
-    };
-    if let Some(value) = value {
-        headers.insert(VIA, value);
+    if headers.contains_key(VIA) {
+        append_to_list(headers, &VIA, hop);
+    } else {
+        headers.insert(VIA, HeaderValue::from_static(hop));
+    }
+}
+
+/// Appends `element` to the list field `name`, leaving one field line that
+/// holds every earlier element in order: RFC 9110 §5.3 makes several field
+/// lines one comma-separated list, so a hop on the second line counts as
+/// much as one on the first. Values are joined as bytes, so obs-text in an
+/// earlier hop is carried on, not dropped.
+fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, element: impl fmt::Display) {
+    let mut list = Vec::with_capacity(64);
+    for line in headers.get_all(name) {
+        let line = line.as_bytes().trim_ascii();
+        if !line.is_empty() {
+            list.extend_from_slice(line);
+            list.extend_from_slice(b", ");
+        }
+    }
+    write!(list, "{element}").expect("writing to memory cannot fail");
+    // Earlier lines were valid values, and so are `, ` and the element; the
+    // buffer becomes the value without a copy.
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
+        headers.insert(name, value);
     }
 }
 
@@ -208,6 +231,52 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert!(!headers.contains_key("x-secret"));
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn names_listed_beside_an_obs_text_element_are_still_removed() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            CONNECTION,
+            HeaderValue::from_bytes(b"\xff\xfe, x-secret").unwrap(),
+        );
+        headers.append("x-secret", HeaderValue::from_static("hop-only"));
+        headers.append("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key("x-secret"));
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_forwarded_for_and_via_line_is_kept_in_order() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+            ("via", "1.1 edge"),
+            ("via", "1.0 lb"),
+        ]);
+        prepare_upstream_request(
+            &mut headers,
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            "http",
+            None,
+            Version::HTTP_11,
+        );
+        let all = |name| headers.get_all(name).iter().collect::<Vec<_>>();
+        assert_eq!(
+            all("x-forwarded-for"),
+            ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.2"]
+        );
+        assert_eq!(all("via"), ["1.1 edge, 1.0 lb, 1.1 dashcache"]);
+    }
+
+    #[test]
+    fn an_obs_text_hop_is_carried_on_and_empty_lines_are_skipped() {
+        let mut headers = HeaderMap::new();
+        headers.append(VIA, HeaderValue::from_bytes(b"1.1 caf\xe9").unwrap());
+        headers.append(VIA, HeaderValue::from_static(""));
+        append_via(&mut headers, Version::HTTP_11);
+        assert_eq!(headers[VIA].as_bytes(), b"1.1 caf\xe9, 1.1 dashcache");
     }
 
     #[test]

@@ -3,19 +3,21 @@
 //!
 //! Identity is the method, the path, the query with its parameters sorted by
 //! name, and the body. A body that parses as JSON is canonicalised first
-//! (object keys sorted, insignificant whitespace dropped, numbers and strings
-//! kept as written) so the same filters always land on the same entry;
-//! anything else is hashed as sent. The description (`route METHOD
-//! path?query body`) is kept with each entry for `invalidate` and is only
-//! built on a miss.
+//! (object names sorted, insignificant whitespace dropped, string escapes
+//! normalised, numbers kept byte for byte as written) so the same filters
+//! always land on the same entry; anything else is hashed as sent. Every
+//! rule here may split two requests a backend reads alike into two entries
+//! (a miss too many), never merge two it reads differently (a wrong answer).
+//! The description (`route METHOD path?query body`) is kept with each entry
+//! for `invalidate` and is only built on a miss.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::Write;
+use std::ops::Range;
 
 use http::Method;
+use jiter::{Jiter, JiterError, Peek};
 use md5::{Digest, Md5};
-use serde_json::Value;
 
 /// 128-bit md5 of a request's identity; shown as 32 hex chars.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,8 +69,8 @@ impl fmt::Display for ShortKey {
 /// A request's body in the form it is keyed by.
 pub enum KeyBody<'a> {
     Empty,
-    /// Parsed JSON; hashed and described in canonical form.
-    Json(Value),
+    /// A JSON body, as its canonical text.
+    Json(String),
     Raw(&'a [u8]),
 }
 
@@ -78,8 +80,8 @@ impl<'a> KeyBody<'a> {
         match first {
             None if body.is_empty() => Self::Empty,
             Some(b'{' | b'[' | b'"') | Some(b'0'..=b'9' | b'-' | b't' | b'f' | b'n') => {
-                match serde_json::from_slice::<Value>(body) {
-                    Ok(value) => Self::Json(value),
+                match canonical_json(body) {
+                    Ok(text) => Self::Json(text),
                     Err(_) => Self::Raw(body),
                 }
             }
@@ -87,15 +89,11 @@ impl<'a> KeyBody<'a> {
         }
     }
 
-    fn write_to(&self, out: &mut impl Write) {
+    fn as_bytes(&self) -> &[u8] {
         match self {
-            Self::Empty => {}
-            // serde_json's default map is a BTreeMap, so keys come out sorted
-            // and `to_writer` emits no whitespace.
-            Self::Json(value) => {
-                serde_json::to_writer(out, value).expect("writing JSON to memory cannot fail")
-            }
-            Self::Raw(raw) => out.write_all(raw).expect("writing to memory cannot fail"),
+            Self::Empty => b"",
+            Self::Json(text) => text.as_bytes(),
+            Self::Raw(raw) => raw,
         }
     }
 
@@ -103,7 +101,7 @@ impl<'a> KeyBody<'a> {
     pub fn canonical_text(&self) -> Cow<'_, str> {
         match self {
             Self::Empty => Cow::Borrowed(""),
-            Self::Json(value) => Cow::Owned(value.to_string()),
+            Self::Json(text) => Cow::Borrowed(text),
             Self::Raw(raw) => match std::str::from_utf8(raw) {
                 Ok(text) => Cow::Borrowed(text),
                 Err(_) => Cow::Owned(format!("<{} bytes of binary>", raw.len())),
@@ -112,17 +110,184 @@ impl<'a> KeyBody<'a> {
     }
 }
 
+/// Why a body that looks like JSON is hashed as sent instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotCanonical {
+    /// Not JSON (RFC 8259) at all.
+    Syntax,
+    /// An object repeats a name. Backends disagree on what that means (the
+    /// last wins in Python and serde_json, the first in some, others refuse
+    /// it), so no canonical form is safe: merging `{"org":"a","org":"b"}`
+    /// with `{"org":"b"}` would give a first-wins backend's answer to the
+    /// wrong filter.
+    DuplicateName,
+    /// Nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+}
+
+impl From<JiterError> for NotCanonical {
+    fn from(_: JiterError) -> Self {
+        Self::Syntax
+    }
+}
+
+/// Nesting beyond this is hashed as sent. It bounds the recursion of
+/// [`write_canonical`], as serde_json's own limit of 128 bounds its parser.
+const MAX_DEPTH: usize = 128;
+
+/// The canonical text of a JSON body: object members sorted by name, no
+/// insignificant whitespace, strings re-escaped the one way serde_json
+/// writes them, numbers byte for byte as sent (`1`, `1.0`, `1e5` and `1E5`
+/// are different text a backend may read differently, e.g. int against
+/// float or `Decimal`).
+///
+/// jiter, the parser pydantic uses, hands over each number's own bytes,
+/// which serde_json cannot: its `arbitrary_precision` mode rewrites
+/// exponents (`1E5` becomes `1e+5`) and reads an object whose only name is
+/// `$serde_json::private::Number` as a number, merging it with one.
+fn canonical_json(body: &[u8]) -> Result<String, NotCanonical> {
+    let mut jiter = Jiter::new(body);
+    let mut out = Vec::with_capacity(body.len());
+    let peek = jiter.peek()?;
+    write_canonical(&mut jiter, peek, 0, &mut out)?;
+    jiter.finish()?;
+    // Only literals, ASCII numbers and strings serde_json escaped were
+    // written, so this never fails.
+    String::from_utf8(out).map_err(|_| NotCanonical::Syntax)
+}
+
+/// Writes the canonical form of the value `peek` starts.
+fn write_canonical(
+    jiter: &mut Jiter,
+    peek: Peek,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), NotCanonical> {
+    match peek {
+        Peek::Null => {
+            jiter.known_null()?;
+            out.extend_from_slice(b"null");
+        }
+        Peek::True | Peek::False => {
+            let text: &[u8] = if jiter.known_bool(peek)? {
+                b"true"
+            } else {
+                b"false"
+            };
+            out.extend_from_slice(text);
+        }
+        Peek::String => write_string(out, jiter.known_str()?),
+        Peek::Array => {
+            let depth = nested(depth)?;
+            out.push(b'[');
+            let mut next = jiter.known_array()?;
+            while let Some(peek) = next {
+                write_canonical(jiter, peek, depth, out)?;
+                next = jiter.array_step()?;
+                if next.is_some() {
+                    out.push(b',');
+                }
+            }
+            out.push(b']');
+        }
+        Peek::Object => write_object(jiter, nested(depth)?, out)?,
+        _ if peek.is_num() => out.extend_from_slice(jiter.known_number_bytes(peek)?),
+        _ => return Err(NotCanonical::Syntax),
+    }
+    Ok(())
+}
+
+fn nested(depth: usize) -> Result<usize, NotCanonical> {
+    if depth < MAX_DEPTH {
+        Ok(depth + 1)
+    } else {
+        Err(NotCanonical::TooDeep)
+    }
+}
+
+/// Writes an object's members sorted by name. Each value is first written
+/// canonically after `out`'s end, then the values are moved behind their
+/// sorted names.
+fn write_object(jiter: &mut Jiter, depth: usize, out: &mut Vec<u8>) -> Result<(), NotCanonical> {
+    let start = out.len();
+    let mut members: Vec<(String, Range<usize>)> = Vec::new();
+    let mut name = jiter.known_object()?.map(str::to_owned);
+    while let Some(member) = name {
+        let from = out.len() - start;
+        let peek = jiter.peek()?;
+        write_canonical(jiter, peek, depth, out)?;
+        members.push((member, from..out.len() - start));
+        name = jiter.next_key()?.map(str::to_owned);
+    }
+    let values = out.split_off(start);
+    members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if members.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+        return Err(NotCanonical::DuplicateName);
+    }
+    out.push(b'{');
+    for (i, (name, value)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(out, &name);
+        out.push(b':');
+        out.extend_from_slice(&values[value]);
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn write_string(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(out, text).expect("writing a string to memory cannot fail");
+}
+
 /// Query parameters sorted by name; repeated names keep their relative order
 /// (`a=2&a=1` is a list whose order may matter). Empty segments are dropped.
+///
+/// Names are compared as the backend reads them, percent- and `+`-decoded,
+/// so `ab=2&a%62=1` (the list `ab=[2,1]`) keeps its order instead of being
+/// sorted into `a%62=1&ab=2` (`ab=[1,2]`). Segments themselves are kept as
+/// sent, so `a` and `a=` stay apart: Starlette reads both as `a=""` but
+/// Rack reads `a` as nil, and a split costs only a miss.
 pub fn canonical_query(query: &str) -> Cow<'_, str> {
-    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-    let name = |pair: &&str| pair.split('=').next().unwrap_or_default().to_owned();
-    let sorted = pairs.windows(2).all(|w| name(&w[0]) <= name(&w[1]));
-    if sorted && pairs.len() == query.split('&').count() {
+    if is_canonical_query(query) {
         return Cow::Borrowed(query);
     }
-    pairs.sort_by_key(name);
-    Cow::Owned(pairs.join("&"))
+    let mut named: Vec<(Cow<str>, &str)> = query
+        .split('&')
+        .filter(|segment| !segment.is_empty())
+        .map(|segment| (decoded_name(segment), segment))
+        .collect();
+    // Stable, so equal names keep their relative order.
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let segments: Vec<&str> = named.into_iter().map(|(_, segment)| segment).collect();
+    Cow::Owned(segments.join("&"))
+}
+
+/// True when `query` is already sorted and has no empty segment: the common
+/// case, checked without allocating.
+fn is_canonical_query(query: &str) -> bool {
+    let mut previous: Option<Cow<str>> = None;
+    for segment in query.split('&') {
+        if segment.is_empty() {
+            return query.is_empty();
+        }
+        let name = decoded_name(segment);
+        if previous.as_ref().is_some_and(|previous| *previous > name) {
+            return false;
+        }
+        previous = Some(name);
+    }
+    true
+}
+
+/// A query segment's name as `application/x-www-form-urlencoded` decodes
+/// it; borrowed unless it holds `%` or `+`.
+fn decoded_name(segment: &str) -> Cow<'_, str> {
+    let name = segment.split_once('=').map_or(segment, |(name, _)| name);
+    form_urlencoded::parse(name.as_bytes())
+        .next()
+        .map_or(Cow::Borrowed(""), |(name, _)| name)
 }
 
 /// The identity of a cacheable request, ready to hash or describe.
@@ -144,15 +309,15 @@ impl<'a> RequestIdentity<'a> {
     }
 
     pub fn key(&self) -> CacheKey {
-        let mut hasher = HashWriter(Md5::new());
-        hasher.0.update(self.method.as_str());
-        hasher.0.update(b"\n");
-        hasher.0.update(self.path);
-        hasher.0.update(b"?");
-        hasher.0.update(self.query.as_bytes());
-        hasher.0.update(b"\n");
-        self.body.write_to(&mut hasher);
-        CacheKey(hasher.0.finalize().into())
+        let mut hasher = Md5::new();
+        hasher.update(self.method.as_str());
+        hasher.update(b"\n");
+        hasher.update(self.path);
+        hasher.update(b"?");
+        hasher.update(self.query.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(self.body.as_bytes());
+        CacheKey(hasher.finalize().into())
     }
 
     /// `get_metrics POST /api/metrics {"org":"Vale"}`: what `invalidate` matches.
@@ -212,20 +377,6 @@ impl KeyMemo {
         let key = RequestIdentity::new(method, path, query, body).key();
         self.keys.insert(raw, key);
         key
-    }
-}
-
-/// Feeds serialised JSON straight into the digest, with no buffer between.
-struct HashWriter(Md5);
-
-impl Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -308,6 +459,93 @@ mod tests {
     }
 
     #[test]
+    fn exponents_are_kept_as_written() {
+        // serde_json's arbitrary_precision would give `1e+400` and merge `1E5` with `1e5`.
+        assert_eq!(KeyBody::parse(b"1e400").canonical_text(), "1e400");
+        assert_eq!(
+            KeyBody::parse(br#"{ "n" : [ 1E5 ] }"#).canonical_text(),
+            r#"{"n":[1E5]}"#
+        );
+        assert_ne!(
+            key(&Method::POST, "/q", None, "1E5"),
+            key(&Method::POST, "/q", None, "1e5")
+        );
+    }
+
+    #[test]
+    fn an_object_named_like_serde_json_private_numbers_is_not_a_number() {
+        let object = r#"{"$serde_json::private::Number":"5"}"#;
+        assert_eq!(KeyBody::parse(object.as_bytes()).canonical_text(), object);
+        assert_ne!(
+            key(&Method::POST, "/q", None, object),
+            key(&Method::POST, "/q", None, "5")
+        );
+    }
+
+    #[test]
+    fn a_body_that_repeats_an_object_name_is_hashed_as_sent() {
+        let repeated = r#"{"org":"a","org":"b"}"#;
+        assert!(matches!(
+            KeyBody::parse(repeated.as_bytes()),
+            KeyBody::Raw(_)
+        ));
+        assert_eq!(
+            canonical_json(br#"{"x":{"a":1,"b":2,"a":3}}"#),
+            Err(NotCanonical::DuplicateName)
+        );
+        assert_ne!(
+            key(&Method::POST, "/q", None, repeated),
+            key(&Method::POST, "/q", None, r#"{"org":"b"}"#)
+        );
+    }
+
+    #[test]
+    fn names_that_differ_only_in_escapes_are_repeats() {
+        assert_eq!(
+            canonical_json(br#"{"a":1,"\u0061":2}"#),
+            Err(NotCanonical::DuplicateName)
+        );
+    }
+
+    #[test]
+    fn string_escapes_do_not_split_entries() {
+        let plain = key(&Method::POST, "/q", None, r#"{"org":"Valé/x"}"#);
+        let escaped = key(&Method::POST, "/q", None, r#"{"\u006frg":"Val\u00E9\/x"}"#);
+        assert_eq!(plain, escaped);
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_is_canonicalised_and_beyond_it_hashed_as_sent() {
+        let nest = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(canonical_json(nest(MAX_DEPTH).as_bytes()).is_ok());
+        assert_eq!(
+            canonical_json(nest(MAX_DEPTH + 1).as_bytes()),
+            Err(NotCanonical::TooDeep)
+        );
+        let deep = nest(100_000);
+        assert!(matches!(KeyBody::parse(deep.as_bytes()), KeyBody::Raw(_)));
+    }
+
+    #[test]
+    fn near_json_is_hashed_as_sent() {
+        for body in [
+            "NaN",
+            "-Infinity",
+            "01",
+            "1.",
+            "[1,]",
+            "{\"a\":1,}",
+            "\"\\ud800\"",
+            "1 2",
+        ] {
+            assert!(
+                matches!(KeyBody::parse(body.as_bytes()), KeyBody::Raw(_)),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
     fn method_path_and_body_all_count() {
         let base = key(&Method::POST, "/api/metrics", None, "{}");
         assert_ne!(base, key(&Method::GET, "/api/metrics", None, "{}"));
@@ -331,6 +569,27 @@ mod tests {
         assert!(matches!(canonical_query("a=1&b=2"), Cow::Borrowed(_)));
         assert_eq!(canonical_query("b=1&a=2&a=1"), "a=2&a=1&b=1");
         assert_eq!(canonical_query("a=1&&b=2&"), "a=1&b=2");
+    }
+
+    #[test]
+    fn a_bare_name_and_an_empty_value_stay_apart() {
+        // Starlette reads both as `a=""`, Rack reads `a` as nil: split, never merge.
+        assert_ne!(
+            key(&Method::GET, "/q", Some("a"), ""),
+            key(&Method::GET, "/q", Some("a="), "")
+        );
+        assert_eq!(canonical_query("b&a="), "a=&b");
+    }
+
+    #[test]
+    fn names_equal_once_decoded_keep_their_relative_order() {
+        // `ab=2&a%62=1` is the list ab=[2,1]; sorting by raw text would make it [1,2].
+        assert_eq!(canonical_query("ab=2&a%62=1"), "ab=2&a%62=1");
+        assert_eq!(canonical_query("z=1&a+b=2&a%20b=3"), "a+b=2&a%20b=3&z=1");
+        assert_ne!(
+            canonical_query("ab=2&a%62=1"),
+            canonical_query("a%62=1&ab=2")
+        );
     }
 
     #[test]
