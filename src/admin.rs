@@ -155,6 +155,8 @@ struct CacheStats {
     /// Upstream time the hits avoided (per hit, the entry's original upstream time).
     upstream_seconds_saved: f64,
     stale: u64,
+    /// Expired entries kept for their stale windows (not counted in `size`).
+    stale_entries: usize,
     uptime_seconds: u64,
     routes: BTreeMap<String, RouteStats>,
 }
@@ -200,8 +202,9 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
     let snap = proxy.metrics.snapshot();
     let m = &snap.total;
     let ttl = config.ttl.as_secs();
+    let census = store.census(Instant::now());
     let cache = CacheStats {
-        size: store.len(),
+        size: census.fresh,
         maxsize: store.maxsize(),
         ttl,
         ttl_hours: ttl as f64 / 3600.0,
@@ -217,7 +220,7 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
         not_stored: snap.not_stored,
         evictions: store.evictions(),
         expirations: store.expirations(),
-        bytes: store.bytes(),
+        bytes: census.bytes,
         max_bytes: store.max_bytes(),
         inflight: proxy.flights.len(),
         avg_response_ms: m.avg_response_ms(),
@@ -226,6 +229,7 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
         databricks_queries: snap.upstream_requests,
         upstream_seconds_saved: seconds(m.upstream_seconds_saved()),
         stale: snap.stale,
+        stale_entries: census.stale,
         uptime_seconds: snap.uptime.as_secs(),
         routes: snap
             .routes
@@ -256,9 +260,11 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
 /// `GET /api/cache/metrics`: OpenMetrics text for Prometheus.
 fn prometheus(proxy: &Proxy) -> Response<ProxyBody> {
     let store = &proxy.store;
+    let census = store.census(Instant::now());
     let text = proxy.metrics.prometheus(StoreFigures {
-        entries: store.len() as u64,
-        bytes: store.bytes(),
+        entries: census.fresh as u64,
+        stale_entries: census.stale as u64,
+        bytes: census.bytes,
         max_entries: store.maxsize(),
         max_bytes: store.max_bytes(),
         evictions: store.evictions(),
@@ -326,7 +332,7 @@ async fn health(proxy: &Proxy) -> Response<ProxyBody> {
             },
             cache: CacheHealth {
                 enabled: proxy.config.cache.enabled,
-                size: proxy.store.len(),
+                size: proxy.store.census(Instant::now()).fresh,
             },
             uptime_seconds: proxy.metrics.snapshot().uptime.as_secs(),
         },

@@ -18,6 +18,7 @@ use http::header::HeaderName;
 use http::{StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::stale::StaleWindows;
 use crate::routes::{Route, RouteTable};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -32,6 +33,10 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_AUTH_TTL: Duration = Duration::from_secs(300);
+/// How long past its TTL an entry still answers for a failing upstream.
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
+/// Serving stale while revalidating is opt-in.
+pub const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::ZERO;
 pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -313,9 +318,13 @@ pub struct FileCache {
     pub credential_headers: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_ttl: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_if_error: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate: Option<FileDuration>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
     pub name: String,
@@ -328,6 +337,10 @@ pub struct FileRoute {
     pub cache: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_if_error: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate: Option<FileDuration>,
 }
 
 /// Where and how to reach the backend.
@@ -367,6 +380,9 @@ pub struct CacheConfig {
     pub credential_headers: Vec<HeaderName>,
     /// How long an upstream 2xx vouches for a credential on a shared route.
     pub auth_ttl: Duration,
+    /// Default stale windows of every entry (a route or the origin's
+    /// `Cache-Control` may override them; see `cache::stale`).
+    pub stale: StaleWindows,
 }
 
 /// The certificate and key files of TLS termination; both or neither.
@@ -546,6 +562,12 @@ impl Config {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             auth_ttl: positive("cache.auth_ttl", fc.auth_ttl.map(|d| d.0), DEFAULT_AUTH_TTL)?,
+            stale: StaleWindows {
+                if_error: fc.stale_if_error.map_or(DEFAULT_STALE_IF_ERROR, |d| d.0),
+                while_revalidate: fc
+                    .stale_while_revalidate
+                    .map_or(DEFAULT_STALE_WHILE_REVALIDATE, |d| d.0),
+            },
         };
 
         let routes = file
@@ -685,6 +707,8 @@ impl Config {
                         .collect(),
                 ),
                 auth_ttl: Some(FileDuration(self.cache.auth_ttl)),
+                stale_if_error: Some(FileDuration(self.cache.stale.if_error)),
+                stale_while_revalidate: Some(FileDuration(self.cache.stale.while_revalidate)),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),
         };

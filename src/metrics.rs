@@ -44,7 +44,7 @@ pub struct Metrics {
     admin: Tally,
     /// Misses that waited for another caller's fill instead of asking the upstream.
     pub coalesced: AtomicU64,
-    /// Answers served stale (stale-if-error / stale-while-revalidate; not yet built).
+    /// Answers served stale (stale-if-error, stale-while-revalidate, lock timeout).
     pub stale: AtomicU64,
     /// Requests sent upstream (the seed's "Databricks query count").
     pub upstream_requests: AtomicU64,
@@ -61,6 +61,7 @@ pub struct RouteMetrics {
     hits: Tally,
     misses: Tally,
     bypassed: Tally,
+    stale: Tally,
     /// Sum over hits of the upstream time each hit's entry originally took.
     saved_micros: AtomicU64,
     hit_seconds: Histogram,
@@ -74,6 +75,7 @@ impl Default for RouteMetrics {
             hits: Tally::default(),
             misses: Tally::default(),
             bypassed: Tally::default(),
+            stale: Tally::default(),
             saved_micros: AtomicU64::new(0),
             hit_seconds: Histogram::new(BUCKETS),
             miss_seconds: Histogram::new(BUCKETS),
@@ -111,9 +113,12 @@ pub struct RouteSnapshot {
     pub hits: u64,
     pub misses: u64,
     pub bypassed: u64,
+    /// Answers from expired entries (see [`CacheStatus::Stale`]).
+    pub stale: u64,
     hit_micros: u64,
     miss_micros: u64,
     bypass_micros: u64,
+    stale_micros: u64,
     saved_micros: u64,
 }
 
@@ -130,8 +135,8 @@ impl RouteSnapshot {
 
     pub fn avg_response_ms(&self) -> f64 {
         avg_ms(
-            self.hit_micros + self.miss_micros + self.bypass_micros,
-            self.hits + self.misses + self.bypassed,
+            self.hit_micros + self.miss_micros + self.bypass_micros + self.stale_micros,
+            self.hits + self.misses + self.bypassed + self.stale,
         )
     }
 
@@ -155,6 +160,8 @@ impl RouteSnapshot {
         self.hit_micros += other.hit_micros;
         self.miss_micros += other.miss_micros;
         self.bypass_micros += other.bypass_micros;
+        self.stale += other.stale;
+        self.stale_micros += other.stale_micros;
         self.saved_micros += other.saved_micros;
     }
 }
@@ -235,6 +242,10 @@ impl Metrics {
                 route.bypassed.record(elapsed);
                 route.bypass_seconds.observe(seconds);
             }
+            CacheStatus::Stale => {
+                route.stale.record(elapsed);
+                Self::bump(&self.stale);
+            }
             CacheStatus::Admin => {}
         }
     }
@@ -272,9 +283,11 @@ impl Metrics {
                     hits: route.hits.count(),
                     misses: route.misses.count(),
                     bypassed: route.bypassed.count(),
+                    stale: route.stale.count(),
                     hit_micros: route.hits.micros(),
                     miss_micros: route.misses.micros(),
                     bypass_micros: route.bypassed.micros(),
+                    stale_micros: route.stale.micros(),
                     saved_micros: load(&route.saved_micros),
                 };
                 (name.clone(), snap)
@@ -325,7 +338,10 @@ impl Metrics {
 /// What the store reports about itself at scrape time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreFigures {
+    /// Fresh entries.
     pub entries: u64,
+    /// Expired entries kept for their stale windows.
+    pub stale_entries: u64,
     pub bytes: u64,
     pub max_entries: u64,
     pub max_bytes: u64,
@@ -368,11 +384,16 @@ impl Scrape {
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = &self.snapshot;
-        let statuses = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Bypass];
+        let statuses = [
+            CacheStatus::Hit,
+            CacheStatus::Miss,
+            CacheStatus::Bypass,
+            CacheStatus::Stale,
+        ];
 
         let mut family = encoder.encode_descriptor(
             "requests",
-            "Proxied requests by route and cache status (HIT, MISS, BYPASS).",
+            "Proxied requests by route and cache status (HIT, MISS, BYPASS, STALE).",
             None,
             MetricType::Counter,
         )?;
@@ -381,6 +402,7 @@ impl Collector for Scrape {
                 let value = match status {
                     CacheStatus::Hit => route.hits,
                     CacheStatus::Miss => route.misses,
+                    CacheStatus::Stale => route.stale,
                     _ => route.bypassed,
                 };
                 let labels = [("route", &**name), ("cache", status.as_str())];
@@ -466,8 +488,14 @@ impl Collector for Scrape {
         Scrape::gauge(
             e,
             "entries",
-            "Entries in the store.",
+            "Fresh entries in the store.",
             gauge(self.store.entries),
+        )?;
+        Scrape::gauge(
+            e,
+            "stale_entries",
+            "Expired entries kept for stale-if-error / stale-while-revalidate.",
+            gauge(self.store.stale_entries),
         )?;
         Scrape::gauge(
             e,

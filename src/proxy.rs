@@ -299,8 +299,10 @@ impl Proxy {
                 {
                     info!(route = &*route_name, key = %request.key.short(), "credential not vouched for on shared route; asking the upstream");
                     let guard = self.flights.solo(request.key);
-                    let response = self.lead(guard, request, route, &route_name, client).await;
-                    return upstream(response, CacheStatus::Miss, route_name);
+                    let (response, status) = self
+                        .lead(guard, request, route, &route_name, client, false)
+                        .await;
+                    return upstream(response, status, route_name);
                 }
                 Some(_) => {}
             }
@@ -309,9 +311,14 @@ impl Proxy {
         let wants_fresh = self.config.cache.honor_client_no_cache
             && policy::client_wants_fresh(&request.parts.headers);
         if !wants_fresh {
-            if let Lookup::Fresh(entry) = self.store.get(&request.key, Instant::now()) {
-                info!(route = &*route_name, key = %request.key.short(), "Cache HIT for {route_name}");
-                return hit(&entry, &request.ask, route_name);
+            match self.store.get(&request.key, Instant::now()) {
+                Lookup::Fresh(entry) => {
+                    info!(route = &*route_name, key = %request.key.short(), "Cache HIT for {route_name}");
+                    return hit(&entry, &request.ask, route_name);
+                }
+                // Kept for stale-if-error: the fill falls back on it if the
+                // upstream fails.
+                Lookup::Stale(_) | Lookup::Miss => {}
             }
         }
         info!(route = &*route_name, key = %request.key.short(), "Cache MISS for {route_name} - forwarding upstream");
@@ -320,8 +327,9 @@ impl Proxy {
             Join::Waiter(waiter) => {
                 Metrics::bump(&self.metrics.coalesced);
                 let outcome = waiter.outcome().await;
-                let response = self.answer_waiter(&outcome, request, shared, client).await;
-                upstream(response, CacheStatus::Miss, route_name)
+                let (response, status) =
+                    self.answer_waiter(&outcome, request, shared, client).await;
+                upstream(response, status, route_name)
             }
             Join::Leader(guard) => {
                 // A fill may have stored the key between our lookup and our join.
@@ -331,8 +339,10 @@ impl Proxy {
                         return hit(&entry, &request.ask, route_name);
                     }
                 }
-                let response = self.lead(guard, request, route, &route_name, client).await;
-                upstream(response, CacheStatus::Miss, route_name)
+                let (response, status) = self
+                    .lead(guard, request, route, &route_name, client, true)
+                    .await;
+                upstream(response, status, route_name)
             }
         }
     }
@@ -375,7 +385,8 @@ impl Proxy {
         })
     }
 
-    /// Starts the detached fill for `request` and answers from what it yields.
+    /// Starts the detached fill for `request` and answers from what it
+    /// yields; `serve_stale` lets a failure fall back on a stale entry.
     async fn lead(
         self: &Arc<Self>,
         guard: FillGuard,
@@ -383,7 +394,8 @@ impl Proxy {
         route: Option<&Route>,
         route_name: &Arc<str>,
         client: ClientInfo,
-    ) -> Response<ProxyBody> {
+        serve_stale: bool,
+    ) -> (Response<ProxyBody>, CacheStatus) {
         let shared = route.is_some_and(|r| r.shared);
         let Keyed {
             mut parts,
@@ -402,6 +414,10 @@ impl Proxy {
             base,
             request_headers: parts.headers.clone(),
             vouch_for: credential.filter(|_| shared),
+            stale: route.map_or(self.config.cache.stale, |r| {
+                r.stale_windows(self.config.cache.stale)
+            }),
+            serve_stale,
         };
         headers::remove_conditionals(&mut parts.headers);
         let upstream_request =
@@ -416,7 +432,10 @@ impl Proxy {
         ));
         match answer_rx.await {
             Ok(answer) => fill::answer_leader(answer, &ask),
-            Err(_) => respond::error(&ProxyError::FillAbandoned),
+            Err(_) => (
+                respond::error(&ProxyError::FillAbandoned),
+                CacheStatus::Miss,
+            ),
         }
     }
 
@@ -428,22 +447,26 @@ impl Proxy {
         request: Keyed,
         shared: bool,
         client: ClientInfo,
-    ) -> Response<ProxyBody> {
+    ) -> (Response<ProxyBody>, CacheStatus) {
         let collapsed = CacheStatusField {
             collapsed: true,
             ..CacheStatusField::forward("miss")
         };
-        match outcome {
+        let now = Instant::now();
+        let response = match outcome {
             FillOutcome::Stored(entry) | FillOutcome::Discarded(entry)
                 if serves(entry, &request) =>
             {
-                respond::from_entry(
-                    entry,
-                    CacheStatus::Miss,
-                    collapsed,
-                    &request.ask,
-                    Instant::now(),
-                )
+                respond::from_entry(entry, CacheStatus::Miss, collapsed, &request.ask, now)
+            }
+            FillOutcome::Stale { entry, reason } if serves(entry, &request) => {
+                let field = CacheStatusField {
+                    collapsed: true,
+                    ..CacheStatusField::stale(entry, *reason, now)
+                };
+                let response =
+                    respond::from_entry(entry, CacheStatus::Stale, field, &request.ask, now);
+                return (response, CacheStatus::Stale);
             }
             // An unstored answer may belong to the leader's credential
             // (shared routes); policy says which others may be shared.
@@ -459,7 +482,8 @@ impl Proxy {
                 self.forward_uncached(request, client, CacheStatus::Miss, field)
                     .await
             }
-        }
+        };
+        (response, CacheStatus::Miss)
     }
 
     /// Sends a read request upstream on its own and streams the answer back.

@@ -143,7 +143,7 @@ async fn the_purge_empties_the_store_without_any_request() {
     let origin = Origin::start().await;
     let proxy = spawn_proxy(
         &origin.url(),
-        "[cache]\nttl = 1\npurge_interval = \"100ms\"\n",
+        "[cache]\nttl = 1\npurge_interval = \"100ms\"\nstale_if_error = 0\n",
     )
     .await;
     let client = Client::new();

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::key::CacheKey;
 use super::policy::NotStorable;
+use super::stale::StaleReason;
 use super::store::Entry;
 use crate::error::ProxyError;
 
@@ -49,6 +50,12 @@ pub enum FillOutcome {
     Uncacheable(BufferedAnswer),
     /// The upstream failed: the same error for everyone.
     Failed(ProxyError),
+    /// The upstream failed or answered 5xx, and an expired entry inside
+    /// its `stale-if-error` window answers instead (nothing was stored).
+    Stale {
+        entry: Arc<Entry>,
+        reason: StaleReason,
+    },
     /// Not for sharing (too large to buffer, or personal): the leader got it
     /// as a stream, waiters must forward on their own.
     Streamed,
@@ -63,6 +70,7 @@ impl FillOutcome {
             Self::Discarded(_) => "discarded",
             Self::Uncacheable(_) => "uncacheable",
             Self::Failed(_) => "failed",
+            Self::Stale { .. } => "stale",
             Self::Streamed => "streamed",
             Self::Abandoned => "abandoned",
         }

@@ -27,6 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+pub mod flaky;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Upper bound for every "wait until" loop in the suite.
