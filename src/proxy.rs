@@ -28,6 +28,7 @@ use crate::admin;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::cache::credentials::{credential_digest, Grants};
 use crate::cache::flight::{FillGuard, FillOutcome, Flights, Join};
+use crate::cache::stale::StaleReason;
 use crate::cache::vary::{variant_key, VaryIndex};
 use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, RequestIdentity, Store};
 use crate::config::Config;
@@ -311,10 +312,14 @@ impl Proxy {
         let wants_fresh = self.config.cache.honor_client_no_cache
             && policy::client_wants_fresh(&request.parts.headers);
         if !wants_fresh {
-            match self.store.get(&request.key, Instant::now()) {
+            let now = Instant::now();
+            match self.store.get(&request.key, now) {
                 Lookup::Fresh(entry) => {
                     info!(route = &*route_name, key = %request.key.short(), "Cache HIT for {route_name}");
                     return hit(&entry, &request.ask, route_name);
+                }
+                Lookup::Stale(entry) if entry.serves_while_revalidating(now) => {
+                    return self.revalidate(&entry, request, route, route_name, client);
                 }
                 // Kept for stale-if-error: the fill falls back on it if the
                 // upstream fails.
@@ -396,12 +401,58 @@ impl Proxy {
         client: ClientInfo,
         serve_stale: bool,
     ) -> (Response<ProxyBody>, CacheStatus) {
+        let ask = request.ask.clone();
+        let answer = self.start_fill(guard, request, route, route_name, client, serve_stale);
+        match answer.await {
+            Ok(answer) => fill::answer_leader(answer, &ask),
+            Err(_) => (
+                respond::error(&ProxyError::FillAbandoned),
+                CacheStatus::Miss,
+            ),
+        }
+    }
+
+    /// Answers an entry inside its `stale-while-revalidate` window at once,
+    /// and starts a background fill for it unless one is already running.
+    fn revalidate(
+        self: &Arc<Self>,
+        entry: &Entry,
+        request: Keyed,
+        route: Option<&Route>,
+        route_name: Arc<str>,
+        client: ClientInfo,
+    ) -> Served {
+        let now = Instant::now();
+        let field = CacheStatusField::stale(entry, StaleReason::Revalidating, now);
+        let response = respond::from_entry(entry, CacheStatus::Stale, field, &request.ask, now);
+        if let Join::Leader(guard) = self.flights.join(request.key) {
+            info!(route = &*route_name, key = %request.key.short(), "Cache STALE for {route_name} - revalidating in the background");
+            // Nobody awaits the answer: the fill stores it for the next callers.
+            drop(self.start_fill(guard, request, route, &route_name, client, true));
+        }
+        let trace = Trace {
+            key: Some(entry.key),
+            ..Trace::default()
+        };
+        Served::traced(response, CacheStatus::Stale, route_name, trace)
+    }
+
+    /// Spawns the detached fill for `request`; its answer for the leader
+    /// arrives on the returned channel.
+    fn start_fill(
+        self: &Arc<Self>,
+        guard: FillGuard,
+        request: Keyed,
+        route: Option<&Route>,
+        route_name: &Arc<str>,
+        client: ClientInfo,
+        serve_stale: bool,
+    ) -> oneshot::Receiver<fill::LeaderAnswer> {
         let shared = route.is_some_and(|r| r.shared);
         let Keyed {
             mut parts,
             body,
             method,
-            ask,
             base,
             credential,
             ..
@@ -430,13 +481,7 @@ impl Proxy {
             plan,
             answer_tx,
         ));
-        match answer_rx.await {
-            Ok(answer) => fill::answer_leader(answer, &ask),
-            Err(_) => (
-                respond::error(&ProxyError::FillAbandoned),
-                CacheStatus::Miss,
-            ),
-        }
+        answer_rx
     }
 
     /// A waiter shares the leader's outcome when it is meant for it too;
