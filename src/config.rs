@@ -37,6 +37,8 @@ pub const DEFAULT_AUTH_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
 /// Serving stale while revalidating is opt-in.
 pub const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::ZERO;
+/// How long a coalesced caller waits for another caller's fill.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -322,6 +324,8 @@ pub struct FileCache {
     pub stale_if_error: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_while_revalidate: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_timeout: Option<FileDuration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -383,6 +387,9 @@ pub struct CacheConfig {
     /// Default stale windows of every entry (a route or the origin's
     /// `Cache-Control` may override them; see `cache::stale`).
     pub stale: StaleWindows,
+    /// How long a caller waits for another caller's fill of the same key
+    /// before it answers stale or 504 (never its own upstream request).
+    pub lock_timeout: Duration,
 }
 
 /// The certificate and key files of TLS termination; both or neither.
@@ -568,6 +575,11 @@ impl Config {
                     .stale_while_revalidate
                     .map_or(DEFAULT_STALE_WHILE_REVALIDATE, |d| d.0),
             },
+            lock_timeout: positive(
+                "cache.lock_timeout",
+                fc.lock_timeout.map(|d| d.0),
+                DEFAULT_LOCK_TIMEOUT,
+            )?,
         };
 
         let routes = file
@@ -709,6 +721,7 @@ impl Config {
                 auth_ttl: Some(FileDuration(self.cache.auth_ttl)),
                 stale_if_error: Some(FileDuration(self.cache.stale.if_error)),
                 stale_while_revalidate: Some(FileDuration(self.cache.stale.while_revalidate)),
+                lock_timeout: Some(FileDuration(self.cache.lock_timeout)),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),
         };

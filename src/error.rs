@@ -56,6 +56,9 @@ pub enum ProxyError {
     #[error("the fill for this key was abandoned before it completed")]
     FillAbandoned,
 
+    #[error("gave up after waiting {timeout:?} for another request's upstream fill of this key (lock_timeout)")]
+    LockTimeout { timeout: Duration },
+
     #[error("{0}")]
     AdminParameter(String),
 
@@ -90,6 +93,7 @@ impl ProxyError {
             Self::FramingConflict => StatusCode::BAD_REQUEST,
             Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::FillAbandoned => StatusCode::BAD_GATEWAY,
+            Self::LockTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::AdminParameter(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Self::AdminForbidden { .. } => StatusCode::FORBIDDEN,
@@ -110,6 +114,7 @@ impl ProxyError {
             Self::FramingConflict => "framing-conflict",
             Self::ClientBody { .. } => "client-body",
             Self::FillAbandoned => "fill-abandoned",
+            Self::LockTimeout { .. } => "lock-timeout",
             Self::AdminParameter(_) => "admin-parameter",
             Self::AdminUnauthorized => "admin-unauthorized",
             Self::AdminForbidden { .. } => "admin-forbidden",

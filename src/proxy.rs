@@ -21,19 +21,16 @@ use http::header::{CONTENT_LENGTH, HOST};
 use http::{request, HeaderMap, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::admin;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::cache::credentials::{credential_digest, Grants};
-use crate::cache::flight::{FillGuard, FillOutcome, Flights, Join};
-use crate::cache::stale::StaleReason;
+use crate::cache::flight::{FillOutcome, Flights, Join};
 use crate::cache::vary::{variant_key, VaryIndex};
-use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, RequestIdentity, Store};
+use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::fill::{self, FillPlan};
 use crate::framing::FRAMING_CONFLICT;
 use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
@@ -41,6 +38,9 @@ use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
 use crate::routes::{Route, DEFAULT_ROUTE};
 use crate::server::Surface;
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
+
+mod filling;
+mod waiting;
 
 /// Where a request came from, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
@@ -330,10 +330,7 @@ impl Proxy {
 
         match self.flights.join(request.key) {
             Join::Waiter(waiter) => {
-                Metrics::bump(&self.metrics.coalesced);
-                let outcome = waiter.outcome().await;
-                let (response, status) =
-                    self.answer_waiter(&outcome, request, shared, client).await;
+                let (response, status) = self.wait_for_fill(waiter, request, shared, client).await;
                 upstream(response, status, route_name)
             }
             Join::Leader(guard) => {
@@ -388,147 +385,6 @@ impl Proxy {
             key,
             credential,
         })
-    }
-
-    /// Starts the detached fill for `request` and answers from what it
-    /// yields; `serve_stale` lets a failure fall back on a stale entry.
-    async fn lead(
-        self: &Arc<Self>,
-        guard: FillGuard,
-        request: Keyed,
-        route: Option<&Route>,
-        route_name: &Arc<str>,
-        client: ClientInfo,
-        serve_stale: bool,
-    ) -> (Response<ProxyBody>, CacheStatus) {
-        let ask = request.ask.clone();
-        let answer = self.start_fill(guard, request, route, route_name, client, serve_stale);
-        match answer.await {
-            Ok(answer) => fill::answer_leader(answer, &ask),
-            Err(_) => (
-                respond::error(&ProxyError::FillAbandoned),
-                CacheStatus::Miss,
-            ),
-        }
-    }
-
-    /// Answers an entry inside its `stale-while-revalidate` window at once,
-    /// and starts a background fill for it unless one is already running.
-    fn revalidate(
-        self: &Arc<Self>,
-        entry: &Entry,
-        request: Keyed,
-        route: Option<&Route>,
-        route_name: Arc<str>,
-        client: ClientInfo,
-    ) -> Served {
-        let now = Instant::now();
-        let field = CacheStatusField::stale(entry, StaleReason::Revalidating, now);
-        let response = respond::from_entry(entry, CacheStatus::Stale, field, &request.ask, now);
-        if let Join::Leader(guard) = self.flights.join(request.key) {
-            info!(route = &*route_name, key = %request.key.short(), "Cache STALE for {route_name} - revalidating in the background");
-            // Nobody awaits the answer: the fill stores it for the next callers.
-            drop(self.start_fill(guard, request, route, &route_name, client, true));
-        }
-        let trace = Trace {
-            key: Some(entry.key),
-            ..Trace::default()
-        };
-        Served::traced(response, CacheStatus::Stale, route_name, trace)
-    }
-
-    /// Spawns the detached fill for `request`; its answer for the leader
-    /// arrives on the returned channel.
-    fn start_fill(
-        self: &Arc<Self>,
-        guard: FillGuard,
-        request: Keyed,
-        route: Option<&Route>,
-        route_name: &Arc<str>,
-        client: ClientInfo,
-        serve_stale: bool,
-    ) -> oneshot::Receiver<fill::LeaderAnswer> {
-        let shared = route.is_some_and(|r| r.shared);
-        let Keyed {
-            mut parts,
-            body,
-            method,
-            base,
-            credential,
-            ..
-        } = request;
-        let plan = FillPlan {
-            route: route_name.clone(),
-            ttl: route.and_then(|r| r.ttl).unwrap_or(self.config.cache.ttl),
-            description: RequestIdentity::new(&method, parts.uri.path(), parts.uri.query(), &body)
-                .description(route_name),
-            base,
-            request_headers: parts.headers.clone(),
-            vouch_for: credential.filter(|_| shared),
-            stale: route.map_or(self.config.cache.stale, |r| {
-                r.stale_windows(self.config.cache.stale)
-            }),
-            serve_stale,
-        };
-        headers::remove_conditionals(&mut parts.headers);
-        let upstream_request =
-            self.upstream_request(parts, Some(method), Either::Left(Full::new(body)), client);
-        let (answer_tx, answer_rx) = oneshot::channel();
-        tokio::spawn(fill::run(
-            self.clone(),
-            guard,
-            upstream_request,
-            plan,
-            answer_tx,
-        ));
-        answer_rx
-    }
-
-    /// A waiter shares the leader's outcome when it is meant for it too;
-    /// otherwise it forwards on its own, storing nothing.
-    async fn answer_waiter(
-        &self,
-        outcome: &FillOutcome,
-        request: Keyed,
-        shared: bool,
-        client: ClientInfo,
-    ) -> (Response<ProxyBody>, CacheStatus) {
-        let collapsed = CacheStatusField {
-            collapsed: true,
-            ..CacheStatusField::forward("miss")
-        };
-        let now = Instant::now();
-        let response = match outcome {
-            FillOutcome::Stored(entry) | FillOutcome::Discarded(entry)
-                if serves(entry, &request) =>
-            {
-                respond::from_entry(entry, CacheStatus::Miss, collapsed, &request.ask, now)
-            }
-            FillOutcome::Stale { entry, reason } if serves(entry, &request) => {
-                let field = CacheStatusField {
-                    collapsed: true,
-                    ..CacheStatusField::stale(entry, *reason, now)
-                };
-                let response =
-                    respond::from_entry(entry, CacheStatus::Stale, field, &request.ask, now);
-                return (response, CacheStatus::Stale);
-            }
-            // An unstored answer may belong to the leader's credential
-            // (shared routes); policy says which others may be shared.
-            FillOutcome::Uncacheable(answer) if !shared && answer.shareable() => {
-                respond::from_buffered(answer, collapsed, request.ask.head)
-            }
-            FillOutcome::Failed(err) => respond::error(err),
-            other => {
-                let field = CacheStatusField {
-                    detail: Some(other.as_str()),
-                    ..CacheStatusField::forward("miss")
-                };
-                self.forward_uncached(request, client, CacheStatus::Miss, field)
-                    .await
-            }
-        };
-        (response, CacheStatus::Miss)
     }
 
     /// Sends a read request upstream on its own and streams the answer back.

@@ -130,6 +130,13 @@ impl Flights {
         self.len() == 0
     }
 
+    /// Callers waiting on fills now (a waiter whose client hung up no
+    /// longer counts).
+    pub fn waiting(&self) -> usize {
+        let inflight = self.inflight.lock().expect("flight table poisoned");
+        inflight.values().map(|slot| slot.receiver_count()).sum()
+    }
+
     fn remove(&self, key: &CacheKey, slot: &Slot) {
         let mut inflight = self.inflight.lock().expect("flight table poisoned");
         if inflight.get(key).is_some_and(|s| s.same_channel(slot)) {
@@ -228,6 +235,23 @@ mod tests {
             assert!(matches!(*w.await.unwrap(), FillOutcome::Streamed));
         }
         assert!(flights.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_leaves_stops_counting() {
+        let flights = Arc::new(Flights::default());
+        let Join::Leader(_guard) = flights.join(key(7)) else {
+            panic!()
+        };
+        let Join::Waiter(first) = flights.join(key(7)) else {
+            panic!()
+        };
+        let Join::Waiter(_second) = flights.join(key(7)) else {
+            panic!()
+        };
+        assert_eq!(flights.waiting(), 2);
+        drop(first);
+        assert_eq!(flights.waiting(), 1);
     }
 
     #[tokio::test]
