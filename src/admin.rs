@@ -27,6 +27,7 @@ use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::{StoreFigures, OPENMETRICS_CONTENT_TYPE};
 use crate::proxy::{ClientInfo, Proxy, Served};
+use crate::refresh::{self as refresher, RefreshFigures};
 use crate::respond::{self, CacheStatus};
 
 mod status_page;
@@ -61,6 +62,9 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
         "/invalidate" => allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
             .and_then(|()| invalidate(proxy, request.uri().query())),
+        "/refresh" => allow(&request, &[Method::POST], "POST")
+            .and_then(|()| authorize(proxy, request.headers(), client, path))
+            .map(|()| refresh(proxy, request.uri().query())),
         _ => Err(ProxyError::AdminNotFound {
             path: path.to_owned(),
         }),
@@ -157,6 +161,8 @@ struct CacheStats {
     stale: u64,
     /// Expired entries kept for their stale windows (not counted in `size`).
     stale_entries: usize,
+    /// `POST /api/cache/refresh` progress.
+    refresh: RefreshFigures,
     uptime_seconds: u64,
     routes: BTreeMap<String, RouteStats>,
 }
@@ -230,6 +236,7 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
         upstream_seconds_saved: seconds(m.upstream_seconds_saved()),
         stale: snap.stale,
         stale_entries: census.stale,
+        refresh: proxy.refresher.figures(),
         uptime_seconds: snap.uptime.as_secs(),
         routes: snap
             .routes
@@ -491,14 +498,18 @@ fn clear(proxy: &Proxy) -> Response<ProxyBody> {
     )
 }
 
-fn invalidate(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyBody>, ProxyError> {
-    let pattern = query
+/// The non-empty `pattern` query parameter, if any.
+fn query_pattern(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+    query
         .into_iter()
         .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
         .find(|(name, _)| name == "pattern")
         .map(|(_, value)| value)
-        .filter(|value| !value.is_empty());
-    let Some(pattern) = pattern else {
+        .filter(|value| !value.is_empty())
+}
+
+fn invalidate(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyBody>, ProxyError> {
+    let Some(pattern) = query_pattern(query) else {
         return Err(ProxyError::AdminParameter(
             "query parameter 'pattern' is required and must not be empty".into(),
         ));
@@ -514,6 +525,42 @@ fn invalidate(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyBody>,
             message: format!("Invalidated {removed} cache keys matching pattern '{pattern}'"),
         },
     ))
+}
+
+#[derive(Serialize)]
+struct RefreshAnswer<'a> {
+    status: &'static str,
+    keys_scheduled: usize,
+    /// `null` when every entry is refreshed.
+    pattern: Option<&'a str>,
+    message: String,
+}
+
+/// `POST /api/cache/refresh[?pattern=]`: re-fetches the matching entries in
+/// the background (all of them without a pattern) and answers 202 at once.
+fn refresh(proxy: &Arc<Proxy>, query: Option<&str>) -> Response<ProxyBody> {
+    let pattern = query_pattern(query);
+    let scheduled = refresher::schedule(proxy, pattern.as_deref().unwrap_or(""));
+    let message = match &pattern {
+        Some(p) => {
+            format!("Refreshing {scheduled} cache keys matching pattern '{p}' in the background")
+        }
+        None => format!("Refreshing all {scheduled} cache keys in the background"),
+    };
+    info!(
+        pattern = pattern.as_deref(),
+        keys_scheduled = scheduled,
+        "Cache REFRESH: {message}"
+    );
+    respond::json(
+        StatusCode::ACCEPTED,
+        &RefreshAnswer {
+            status: "accepted",
+            keys_scheduled: scheduled,
+            pattern: pattern.as_deref(),
+            message,
+        },
+    )
 }
 
 #[cfg(test)]

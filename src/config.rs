@@ -39,6 +39,8 @@ pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::ZERO;
 /// How long a coalesced caller waits for another caller's fill.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refreshes (`POST /api/cache/refresh`) asking the upstream at once.
+pub const DEFAULT_REFRESH_CONCURRENCY: usize = 4;
 pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -326,6 +328,8 @@ pub struct FileCache {
     pub stale_while_revalidate: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_concurrency: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -390,6 +394,8 @@ pub struct CacheConfig {
     /// How long a caller waits for another caller's fill of the same key
     /// before it answers stale or 504 (never its own upstream request).
     pub lock_timeout: Duration,
+    /// Refreshes asking the upstream at once (at least 1).
+    pub refresh_concurrency: usize,
 }
 
 /// The certificate and key files of TLS termination; both or neither.
@@ -580,6 +586,16 @@ impl Config {
                 fc.lock_timeout.map(|d| d.0),
                 DEFAULT_LOCK_TIMEOUT,
             )?,
+            refresh_concurrency: match fc.refresh_concurrency {
+                Some(0) => {
+                    return Err(ConfigError::invalid(
+                        "cache.refresh_concurrency",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => DEFAULT_REFRESH_CONCURRENCY,
+            },
         };
 
         let routes = file
@@ -722,6 +738,7 @@ impl Config {
                 stale_if_error: Some(FileDuration(self.cache.stale.if_error)),
                 stale_while_revalidate: Some(FileDuration(self.cache.stale.while_revalidate)),
                 lock_timeout: Some(FileDuration(self.cache.lock_timeout)),
+                refresh_concurrency: Some(self.cache.refresh_concurrency),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),
         };

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::body::{collect_limited, Collected, ProxyBody, UpstreamBody, UpstreamStalled};
 use crate::cache::flight::{BufferedAnswer, FillGuard, FillOutcome};
 use crate::cache::policy::{self, NotStorable};
+use crate::cache::replay::Replay;
 use crate::cache::stale::{StaleReason, StaleWindows};
 use crate::cache::store::Refused;
 use crate::cache::vary::{variant_key, vary_names};
@@ -44,8 +45,11 @@ pub(crate) struct FillPlan {
     /// The route's stale windows (the answer's `Cache-Control` may override them).
     pub stale: StaleWindows,
     /// Whether a failure may be answered from a stale entry: not for a solo
-    /// fill, whose caller's credential is not vouched for yet.
+    /// fill, whose caller's credential is not vouched for yet, nor for a
+    /// refresh, which must see the upstream's real answer.
     pub serve_stale: bool,
+    /// Kept with the entry for refreshes (`None` with credentials).
+    pub replay: Option<Replay>,
 }
 
 /// What the fill hands the leader.
@@ -232,6 +236,7 @@ fn store(
     let stale = StaleWindows::for_answer(plan.stale, &parts.headers);
     let entry = Arc::new(Entry {
         key,
+        base: plan.base,
         vary: vary.clone(),
         status: parts.status,
         headers: parts.headers,
@@ -244,6 +249,7 @@ fn store(
         initial_age,
         upstream_time: now - started,
         hits: std::sync::atomic::AtomicU64::new(0),
+        replay: plan.replay,
     });
     match proxy.store.insert(key, entry.clone(), generation) {
         Ok(()) => {

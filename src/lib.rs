@@ -10,6 +10,7 @@
 //! - [`admin`]: `/api/cache/*` (stats, clear, invalidate), answered locally
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
 //! - `fill`: the detached upstream request behind a miss, and what it stores
+//! - [`refresh`]: `POST /api/cache/refresh`, re-fetching entries in the background
 //! - [`routes`]: route table (name, TTL, cache on/off per path and method)
 //! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::store`]
 //!   (bounded store on quick_cache), [`cache::policy`] (what may be stored),
@@ -32,6 +33,7 @@ pub mod framing;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
+pub mod refresh;
 pub mod respond;
 pub mod routes;
 pub mod server;

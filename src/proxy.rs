@@ -34,6 +34,7 @@ use crate::error::ProxyError;
 use crate::framing::FRAMING_CONFLICT;
 use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
+use crate::refresh::Refresher;
 use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
 use crate::routes::{Route, DEFAULT_ROUTE};
 use crate::server::Surface;
@@ -63,6 +64,8 @@ pub struct Proxy {
     pub vary: VaryIndex,
     /// Credentials the upstream accepted on shared routes.
     pub grants: Grants,
+    /// `POST /api/cache/refresh`'s background work and its counters.
+    pub refresher: Refresher,
     key_memo: KeyMemo,
     default_route: Arc<str>,
 }
@@ -131,6 +134,7 @@ impl Proxy {
             metrics: Metrics::default(),
             vary: VaryIndex::new(side_capacity),
             grants: Grants::new(side_capacity, cache.auth_ttl),
+            refresher: Refresher::new(cache.refresh_concurrency),
             key_memo: KeyMemo::new(side_capacity),
             default_route: DEFAULT_ROUTE.into(),
             config,
@@ -463,7 +467,7 @@ impl Proxy {
 
     /// The client's request rewritten for the upstream (`method` overrides
     /// the client's, for HEAD answered by GET).
-    fn upstream_request(
+    pub(crate) fn upstream_request(
         &self,
         parts: request::Parts,
         method: Option<Method>,

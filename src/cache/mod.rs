@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod flight;
 pub mod key;
 pub mod policy;
+pub mod replay;
 pub mod stale;
 pub mod store;
 pub mod vary;

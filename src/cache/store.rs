@@ -22,6 +22,7 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use super::key::CacheKey;
+use super::replay::Replay;
 use super::stale::StaleWindows;
 use super::vary::VaryNames;
 
@@ -31,6 +32,8 @@ pub struct Entry {
     /// The key this entry is stored under (a `Vary` variant of the request's
     /// base key when `vary` is set).
     pub key: CacheKey,
+    /// The request's key before any `Vary` variant (for refills).
+    pub base: CacheKey,
     /// The request headers this answer varies on.
     pub vary: Option<VaryNames>,
     pub status: StatusCode,
@@ -50,6 +53,9 @@ pub struct Entry {
     pub upstream_time: Duration,
     /// Hits served from this entry (for `/api/cache/keys?sort=hottest`).
     pub hits: AtomicU64,
+    /// The request to send again on `POST /api/cache/refresh`; `None` when
+    /// it carried credentials (see `cache::replay`).
+    pub replay: Option<Replay>,
 }
 
 /// Bookkeeping bytes per entry beyond body, headers and description.
@@ -58,12 +64,9 @@ const ENTRY_OVERHEAD: u64 = 256;
 impl Entry {
     /// Bytes this entry holds in memory, as counted against `max_bytes`.
     pub fn size(&self) -> u64 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum();
-        self.body.len() as u64 + self.description.len() as u64 + headers as u64 + ENTRY_OVERHEAD
+        let headers = headers_size(&self.headers);
+        let replay = self.replay.as_ref().map_or(0, Replay::size);
+        self.body.len() as u64 + self.description.len() as u64 + headers + replay + ENTRY_OVERHEAD
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
@@ -104,6 +107,15 @@ impl Entry {
     pub fn ttl_left(&self, now: Instant) -> Duration {
         self.expires_at.saturating_duration_since(now)
     }
+}
+
+/// Bytes a header map is counted for: names, values and 32 bytes each of
+/// bookkeeping.
+pub(crate) fn headers_size(headers: &HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str().len() + value.len() + 32) as u64)
+        .sum()
 }
 
 #[derive(Clone)]
@@ -232,6 +244,13 @@ impl Store {
     /// The expired entry under `key` that may answer for a failing upstream.
     pub fn stale_if_error(&self, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
         self.entries.get(key).filter(|e| e.serves_if_error(now))
+    }
+
+    /// Whether `entry` is still the one stored under its key.
+    pub fn holds(&self, entry: &Arc<Entry>) -> bool {
+        self.entries
+            .peek(&entry.key)
+            .is_some_and(|e| Arc::ptr_eq(&e, entry))
     }
 
     /// Removes `entry` if it is still the one stored under its key (a newer
@@ -369,6 +388,7 @@ mod tests {
         let now = Instant::now();
         Arc::new(Entry {
             key: CacheKey::from_bytes([0; 16]),
+            base: CacheKey::from_bytes([0; 16]),
             vary: None,
             status: StatusCode::OK,
             headers: HeaderMap::new(),
@@ -381,6 +401,7 @@ mod tests {
             initial_age: 0,
             upstream_time: Duration::ZERO,
             hits: AtomicU64::new(0),
+            replay: None,
         })
     }
 

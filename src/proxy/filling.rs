@@ -4,7 +4,7 @@
 //! upstream requests at once.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::Response;
 use http_body_util::{Either, Full};
@@ -14,7 +14,8 @@ use tracing::info;
 use super::{ClientInfo, Keyed, Proxy, Served, Trace};
 use crate::body::ProxyBody;
 use crate::cache::flight::{FillGuard, Join};
-use crate::cache::stale::StaleReason;
+use crate::cache::replay::Replay;
+use crate::cache::stale::{StaleReason, StaleWindows};
 use crate::cache::{Entry, RequestIdentity};
 use crate::error::ProxyError;
 use crate::fill::{self, FillPlan};
@@ -70,6 +71,19 @@ impl Proxy {
         Served::traced(response, CacheStatus::Stale, route_name, trace)
     }
 
+    /// The TTL and stale windows a new entry of `route` gets (before the
+    /// answer's own `Cache-Control` has its say).
+    pub(crate) fn entry_policy(&self, route: Option<&Route>) -> (Duration, StaleWindows) {
+        let cache = &self.config.cache;
+        match route {
+            Some(route) => (
+                route.ttl.unwrap_or(cache.ttl),
+                route.stale_windows(cache.stale),
+            ),
+            None => (cache.ttl, cache.stale),
+        }
+    }
+
     /// Spawns the detached fill for `request`; its answer for the leader
     /// arrives on the returned channel.
     fn start_fill(
@@ -90,18 +104,24 @@ impl Proxy {
             credential,
             ..
         } = request;
+        let (ttl, stale) = self.entry_policy(route);
         let plan = FillPlan {
             route: route_name.clone(),
-            ttl: route.and_then(|r| r.ttl).unwrap_or(self.config.cache.ttl),
+            ttl,
             description: RequestIdentity::new(&method, parts.uri.path(), parts.uri.query(), &body)
                 .description(route_name),
             base,
             request_headers: parts.headers.clone(),
             vouch_for: credential.filter(|_| shared),
-            stale: route.map_or(self.config.cache.stale, |r| {
-                r.stale_windows(self.config.cache.stale)
-            }),
+            stale,
             serve_stale,
+            replay: Replay::of(
+                &method,
+                parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                &body,
+                &parts.headers,
+                &self.config.cache.credential_headers,
+            ),
         };
         headers::remove_conditionals(&mut parts.headers);
         let upstream_request =
