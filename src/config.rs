@@ -41,6 +41,12 @@ pub const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::ZERO;
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Refreshes (`POST /api/cache/refresh`) asking the upstream at once.
 pub const DEFAULT_REFRESH_CONCURRENCY: usize = 4;
+/// Requests the upstream may have from this proxy at once.
+pub const DEFAULT_UPSTREAM_CONCURRENCY: usize = 32;
+/// Callers that may wait for one of those; beyond, 503 at once.
+pub const DEFAULT_UPSTREAM_QUEUE: usize = 256;
+/// How long a queued caller waits before its 503.
+pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -270,6 +276,12 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_timeout: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_queue: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_queue_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<FileSize>,
@@ -361,6 +373,12 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// Requests the upstream may have at once (at least 1).
+    pub concurrency: usize,
+    /// Callers that may wait for a free slot; beyond, 503 at once.
+    pub queue: usize,
+    /// How long a caller waits in the queue before its 503.
+    pub queue_timeout: Duration,
 }
 
 impl UpstreamConfig {
@@ -493,6 +511,22 @@ impl Config {
                 "upstream_timeout",
                 cli.upstream_timeout.or(file.upstream_timeout.map(|d| d.0)),
                 DEFAULT_UPSTREAM_TIMEOUT,
+            )?,
+            concurrency: match file.upstream_concurrency {
+                Some(0) => {
+                    return Err(ConfigError::invalid(
+                        "upstream_concurrency",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => DEFAULT_UPSTREAM_CONCURRENCY,
+            },
+            queue: file.upstream_queue.unwrap_or(DEFAULT_UPSTREAM_QUEUE),
+            queue_timeout: positive(
+                "upstream_queue_timeout",
+                file.upstream_queue_timeout.map(|d| d.0),
+                DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
             )?,
         };
 
@@ -709,6 +743,9 @@ impl Config {
             upstream_ca_file: self.upstream.ca_file.clone(),
             connect_timeout: Some(FileDuration(self.upstream.connect_timeout)),
             upstream_timeout: Some(FileDuration(self.upstream.timeout)),
+            upstream_concurrency: Some(self.upstream.concurrency),
+            upstream_queue: Some(self.upstream.queue),
+            upstream_queue_timeout: Some(FileDuration(self.upstream.queue_timeout)),
             shutdown_timeout: Some(FileDuration(self.shutdown_timeout)),
             max_body_bytes: Some(FileSize(self.max_body_bytes)),
             admin_token: self.admin_token.as_ref().map(|_| "<redacted>".to_owned()),

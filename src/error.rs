@@ -34,6 +34,12 @@ pub enum ProxyError {
     #[error("upstream {upstream} did not answer within {timeout:?}")]
     UpstreamTimeout { upstream: String, timeout: Duration },
 
+    #[error("upstream {upstream} is busy: upstream_concurrency requests are running and the queue is full; retry after {retry_after:?}")]
+    UpstreamBusy {
+        upstream: String,
+        retry_after: Duration,
+    },
+
     #[error("upstream {upstream} sent an incomplete or invalid response body")]
     UpstreamBody {
         upstream: String,
@@ -88,6 +94,7 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::FramingConflict => StatusCode::BAD_REQUEST,
@@ -109,6 +116,7 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::UpstreamConnectTimeout { .. } => "upstream-connect-timeout",
             Self::UpstreamTimeout { .. } => "upstream-timeout",
+            Self::UpstreamBusy { .. } => "upstream-busy",
             Self::UpstreamBody { .. } => "upstream-body",
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::FramingConflict => "framing-conflict",

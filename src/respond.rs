@@ -8,7 +8,9 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use http::header::{HeaderName, HeaderValue, AGE, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderName, HeaderValue, AGE, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::body::{self, ProxyBody, UpstreamBody};
@@ -272,6 +274,12 @@ pub fn error(err: &ProxyError) -> Response<ProxyBody> {
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static(r#"Bearer realm="dashcache""#),
             );
+        }
+        ProxyError::UpstreamBusy { retry_after, .. } => {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         _ => {}
     }

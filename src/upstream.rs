@@ -5,8 +5,13 @@
 //! connections per host and negotiates HTTP/2 over TLS via ALPN. TLS is
 //! rustls, verifying against the Mozilla roots, the system store and an
 //! optional operator CA file; there is no switch to skip verification.
+//! Every request (fill, pass-through, refresh) first takes a permit of the
+//! `upstream_concurrency` cap, so the warehouse never runs more queries
+//! from this proxy than that; callers beyond it queue (bounded), then get
+//! 503 with `Retry-After`.
 
 use std::error::Error as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
@@ -43,6 +49,8 @@ pub enum UpstreamSetupError {
 
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>,
+    /// The cap on requests the upstream has at once, with its queue.
+    admission: Admission,
     origin: Uri,
     base_path: String,
     timeout: Duration,
@@ -79,6 +87,12 @@ impl Upstream {
             .build(connector);
         Ok(Self {
             client,
+            admission: Admission {
+                permits: Semaphore::new(config.concurrency),
+                queued: AtomicUsize::new(0),
+                queue: config.queue,
+                queue_timeout: config.queue_timeout,
+            },
             origin: config.origin.clone(),
             base_path: config.base_path.clone(),
             timeout: config.timeout,
@@ -108,10 +122,22 @@ impl Upstream {
     }
 
     /// Sends `request` and waits for the response head, within the timeout.
+    /// It first takes one of the `upstream_concurrency` permits, held until
+    /// the head arrives (the warehouse's query time), waiting in the bounded
+    /// queue if need be: past the queue, or its wait, it fails with
+    /// [`ProxyError::UpstreamBusy`] without reaching the upstream.
     pub async fn send(
         &self,
         request: Request<UpstreamRequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let _permit =
+            self.admission
+                .admit()
+                .await
+                .map_err(|retry_after| ProxyError::UpstreamBusy {
+                    upstream: self.name.clone(),
+                    retry_after,
+                })?;
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(self.classify(error)),
@@ -151,6 +177,47 @@ impl Upstream {
                 upstream: self.name.clone(),
                 source: error.into(),
             }
+        }
+    }
+}
+
+/// The cap on concurrent upstream requests: `permits` (one per request in
+/// flight) and a queue of at most `queue` callers waiting up to
+/// `queue_timeout` for one. A semaphore, so a permit is returned however
+/// the request ends (answer, error, or the caller dropped).
+struct Admission {
+    permits: Semaphore,
+    /// Callers waiting for a permit now (bounded by `queue`).
+    queued: AtomicUsize,
+    queue: usize,
+    queue_timeout: Duration,
+}
+
+/// Counts a caller in the queue for as long as it waits.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Admission {
+    /// A permit, or the `Retry-After` to give a caller that found the queue
+    /// full or waited too long.
+    async fn admit(&self) -> Result<SemaphorePermit<'_>, Duration> {
+        if let Ok(permit) = self.permits.try_acquire() {
+            return Ok(permit);
+        }
+        let retry_after = self.queue_timeout.max(Duration::from_secs(1));
+        let ahead = self.queued.fetch_add(1, Ordering::Relaxed);
+        let _queued = Queued(&self.queued);
+        if ahead >= self.queue {
+            return Err(retry_after);
+        }
+        match tokio::time::timeout(self.queue_timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(retry_after),
         }
     }
 }
