@@ -102,7 +102,7 @@ fn authorize(
     client: ClientInfo,
     path: &str,
 ) -> Result<(), ProxyError> {
-    match &proxy.config.admin_token {
+    match &proxy.config().admin_token {
         None if client.addr.ip().to_canonical().is_loopback() => Ok(()),
         None => Err(ProxyError::AdminForbidden {
             path: path.to_owned(),
@@ -163,6 +163,10 @@ struct CacheStats {
     stale_entries: usize,
     /// `POST /api/cache/refresh` progress.
     refresh: RefreshFigures,
+    /// 1 at start, one more per applied reload (SIGHUP).
+    config_generation: u64,
+    /// When the running configuration was loaded (RFC 3339, UTC).
+    config_loaded_at: String,
     uptime_seconds: u64,
     routes: BTreeMap<String, RouteStats>,
 }
@@ -203,7 +207,8 @@ struct InvalidateAnswer<'a> {
 }
 
 fn stats(proxy: &Proxy) -> Response<ProxyBody> {
-    let config = &proxy.config.cache;
+    let settings = proxy.config();
+    let config = &settings.cache;
     let store = &proxy.store;
     let snap = proxy.metrics.snapshot();
     let m = &snap.total;
@@ -237,6 +242,8 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
         stale: snap.stale,
         stale_entries: census.stale,
         refresh: proxy.refresher.figures(),
+        config_generation: settings.generation,
+        config_loaded_at: humantime::format_rfc3339_seconds(settings.loaded_at).to_string(),
         uptime_seconds: snap.uptime.as_secs(),
         routes: snap
             .routes
@@ -316,7 +323,7 @@ struct CacheHealth {
 /// answer when the upstream is down); the upstream's reachability, from a
 /// TCP connect within [`HEALTH_PROBE_TIMEOUT`], is reported, not fatal.
 async fn health(proxy: &Proxy) -> Response<ProxyBody> {
-    let upstream = &proxy.config.upstream;
+    let upstream = &proxy.config().upstream;
     let started = Instant::now();
     let probe = probe_upstream(
         &upstream.origin,
@@ -338,7 +345,7 @@ async fn health(proxy: &Proxy) -> Response<ProxyBody> {
                 error: probe.err(),
             },
             cache: CacheHealth {
-                enabled: proxy.config.cache.enabled,
+                enabled: proxy.config().cache.enabled,
                 size: proxy.store.census(Instant::now()).fresh,
             },
             uptime_seconds: proxy.metrics.snapshot().uptime.as_secs(),

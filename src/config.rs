@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -88,7 +89,7 @@ impl ConfigError {
 }
 
 /// Command line flags; each also reads the env var it names.
-#[derive(Debug, Default, Parser)]
+#[derive(Debug, Clone, Default, Parser)]
 #[command(
     name = "dashcache",
     version,
@@ -364,7 +365,7 @@ pub struct FileRoute {
 }
 
 /// Where and how to reach the backend.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Scheme and authority, e.g. `https://api.internal:8443`.
     pub origin: Uri,
@@ -427,7 +428,7 @@ pub struct TlsFiles {
 
 /// What one client connection may cost the proxy: the defences against
 /// header floods, slow clients (slowloris) and connection floods.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest request head; HTTP/1 answers 431 beyond, HTTP/2 refuses the stream.
     pub max_header_bytes: u64,
@@ -460,6 +461,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub shutdown_timeout: Duration,
     pub source: Option<PathBuf>,
+    /// The flags and env this was resolved with, kept so that a reload
+    /// (SIGHUP) re-reads `source` under the same overrides.
+    pub overrides: Arc<Cli>,
 }
 
 impl Config {
@@ -722,7 +726,18 @@ impl Config {
                 DEFAULT_SHUTDOWN_TIMEOUT,
             )?,
             source,
+            overrides: Arc::new(cli.clone()),
         })
+    }
+
+    /// The configuration again: `source` re-read under the same flags and
+    /// env. `None` when there is no file to re-read.
+    pub fn reread(&self) -> Option<Result<Self, ConfigError>> {
+        let path = self.source.as_ref()?;
+        Some(
+            FileConfig::read(path)
+                .and_then(|file| Self::resolve(&self.overrides, file, Some(path.clone()))),
+        )
     }
 
     /// The effective configuration in `proxy.toml` form (the token redacted).

@@ -107,7 +107,7 @@ pub(crate) async fn run(
         parts.status,
         &parts.headers,
         plan.ttl,
-        &proxy.config.cache.cacheable_statuses,
+        &proxy.config().cache.cacheable_statuses,
     );
     let body = UpstreamBody::new(body, proxy.upstream_timeout());
 

@@ -35,6 +35,7 @@ use crate::framing::FRAMING_CONFLICT;
 use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
+use crate::reload::{LiveConfig, Reload, Settings};
 use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
 use crate::routes::{Route, DEFAULT_ROUTE};
 use crate::server::Surface;
@@ -55,7 +56,8 @@ pub struct ClientInfo {
 /// State shared by every connection. Held in an `Arc`; every field is
 /// itself safe to use concurrently, so no lock wraps the whole.
 pub struct Proxy {
-    pub config: Config,
+    /// The running configuration; swapped whole by a reload (`reload.rs`).
+    live: LiveConfig,
     pub store: Store,
     pub flights: Arc<Flights>,
     pub upstream: Upstream,
@@ -137,8 +139,18 @@ impl Proxy {
             refresher: Refresher::new(cache.refresh_concurrency),
             key_memo: KeyMemo::new(side_capacity),
             default_route: DEFAULT_ROUTE.into(),
-            config,
+            live: LiveConfig::new(config),
         })
+    }
+
+    /// The running configuration (lock-free; hold it for a whole request).
+    pub fn config(&self) -> Arc<Settings> {
+        self.live.load()
+    }
+
+    /// Re-reads proxy.toml (SIGHUP), logging what changed or why not.
+    pub fn reload_config(&self) -> Reload {
+        self.live.reload_and_log()
     }
 
     /// Answers one request and writes its access line.
@@ -198,12 +210,11 @@ impl Proxy {
     }
 
     async fn proxy(self: &Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Served {
-        let route = self
-            .config
-            .routes
-            .lookup(request.method(), request.uri().path());
+        // One snapshot for the whole request: a reload does not change it midway.
+        let config = self.config();
+        let route = config.routes.lookup(request.method(), request.uri().path());
         let route_name = route.map_or_else(|| self.default_route.clone(), |r| r.name.clone());
-        let cacheable = self.config.cache.enabled
+        let cacheable = config.cache.enabled
             && policy::is_cacheable_method(request.method())
             && route.is_none_or(|r| r.cache);
         if cacheable {
@@ -228,7 +239,7 @@ impl Proxy {
             return respond::error(&err);
         }
         let (parts, body) = request.into_parts();
-        let limited = Limited::new(body, self.config.max_body_bytes as usize);
+        let limited = Limited::new(body, self.config().max_body_bytes as usize);
         let upstream_request = self.upstream_request(parts, None, Either::Right(limited), client);
         Metrics::bump(&self.metrics.upstream_requests);
         let started = Instant::now();
@@ -245,7 +256,7 @@ impl Proxy {
             // request mid-way: that is the client's fault, not the upstream's.
             Err(err) if err.caused_by::<http_body_util::LengthLimitError>() => {
                 let err = ProxyError::BodyTooLarge {
-                    limit: self.config.max_body_bytes as usize,
+                    limit: self.config().max_body_bytes as usize,
                 };
                 warn!(error = %err.message(), "request body rejected");
                 respond::error(&err)
@@ -313,7 +324,7 @@ impl Proxy {
             }
         }
 
-        let wants_fresh = self.config.cache.honor_client_no_cache
+        let wants_fresh = self.config().cache.honor_client_no_cache
             && policy::client_wants_fresh(&request.parts.headers);
         if !wants_fresh {
             let now = Instant::now();
@@ -368,7 +379,7 @@ impl Proxy {
         } else {
             parts.method.clone()
         };
-        let credential = credential_digest(&parts.headers, &self.config.cache.credential_headers);
+        let credential = credential_digest(&parts.headers, &self.config().cache.credential_headers);
         let mut base = self
             .key_memo
             .key(&method, parts.uri.path(), parts.uri.query(), &body);
@@ -442,7 +453,7 @@ impl Proxy {
     /// Reads a cacheable request's body whole, within `max_body_bytes`.
     async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, ProxyError> {
         self.check_declared_length(headers)?;
-        let limit = self.config.max_body_bytes as usize;
+        let limit = self.config().max_body_bytes as usize;
         match Limited::new(body, limit).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(source) if source.is::<http_body_util::LengthLimitError>() => {
@@ -453,7 +464,7 @@ impl Proxy {
     }
 
     fn check_declared_length(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
-        let limit = self.config.max_body_bytes;
+        let limit = self.config().max_body_bytes;
         let declared = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());

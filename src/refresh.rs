@@ -164,7 +164,8 @@ async fn refill(proxy: &Arc<Proxy>, entry: &Arc<Entry>) -> Refill {
     *request.uri_mut() = uri;
     *request.headers_mut() = replay.headers.clone();
     let (parts, ()) = request.into_parts();
-    let route = proxy.config.routes.lookup(&replay.method, parts.uri.path());
+    let config = proxy.config();
+    let route = config.routes.lookup(&replay.method, parts.uri.path());
     let (ttl, stale) = proxy.entry_policy(route);
     let plan = FillPlan {
         route: entry.route.clone(),

@@ -74,7 +74,7 @@ impl Proxy {
     /// The TTL and stale windows a new entry of `route` gets (before the
     /// answer's own `Cache-Control` has its say).
     pub(crate) fn entry_policy(&self, route: Option<&Route>) -> (Duration, StaleWindows) {
-        let cache = &self.config.cache;
+        let cache = &self.config().cache;
         match route {
             Some(route) => (
                 route.ttl.unwrap_or(cache.ttl),
@@ -120,7 +120,7 @@ impl Proxy {
                 parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
                 &body,
                 &parts.headers,
-                &self.config.cache.credential_headers,
+                &self.config().cache.credential_headers,
             ),
         };
         headers::remove_conditionals(&mut parts.headers);

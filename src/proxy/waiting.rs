@@ -32,7 +32,7 @@ impl Proxy {
         client: ClientInfo,
     ) -> (Response<ProxyBody>, CacheStatus) {
         Metrics::bump(&self.metrics.coalesced);
-        let timeout = self.config.cache.lock_timeout;
+        let timeout = self.config().cache.lock_timeout;
         match tokio::time::timeout(timeout, waiter.outcome()).await {
             Ok(outcome) => self.answer_waiter(&outcome, request, shared, client).await,
             Err(_) => self.lock_timed_out(&request),
@@ -43,7 +43,7 @@ impl Proxy {
     /// fill itself goes on and stores its answer for later callers.
     fn lock_timed_out(&self, request: &Keyed) -> (Response<ProxyBody>, CacheStatus) {
         let now = Instant::now();
-        let timeout = self.config.cache.lock_timeout;
+        let timeout = self.config().cache.lock_timeout;
         if let Some(entry) = self
             .store
             .stale_if_error(&request.key, now)

@@ -496,6 +496,11 @@ pub async fn spawn_proxy(upstream: &str, toml: &str) -> ProxyHandle {
         ..Default::default()
     };
     let config = dashcache::Config::resolve(&cli, file, None).expect("test config is valid");
+    start(config).await
+}
+
+/// Starts dashcache with a ready configuration.
+pub async fn start(config: dashcache::Config) -> ProxyHandle {
     let server = dashcache::Server::bind(config).await.expect("proxy binds");
     let addr = server.local_addr();
     let proxy = server.proxy().clone();
