@@ -84,6 +84,11 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
+            // A pooled connection found closed before any byte of the
+            // request was written is retried once on a new one (hyper-util's
+            // default, made explicit); one that fails after bytes were sent
+            // is not, since the upstream may have acted on it.
+            .retry_canceled_requests(true)
             .build(connector);
         Ok(Self {
             client,

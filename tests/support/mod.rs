@@ -346,6 +346,8 @@ pub enum Step {
     Sleep(Duration),
     /// Keep the connection open and silent forever.
     Hang,
+    /// Abort the connection with a TCP reset (RST), not a clean close.
+    Reset,
 }
 
 /// A TCP origin that reads one request per connection and answers with a
@@ -428,6 +430,10 @@ async fn raw_answer(mut stream: TcpStream, script: Vec<Step>, served: Arc<Atomic
             }
             Step::Sleep(delay) => tokio::time::sleep(delay).await,
             Step::Hang => std::future::pending::<()>().await,
+            Step::Reset => {
+                let _ = stream.set_zero_linger();
+                return;
+            }
         }
     }
     let _ = stream.shutdown().await;
