@@ -1,9 +1,9 @@
 //! A flapping origin for the resilience tests: it can answer normally,
 //! answer a status (500, 503), cut every connection without an answer, or
 //! stop listening altogether (connection refused) and come back on the same
-//! port. It records, per path, how many requests it served and the most it
-//! ever had open at once, so a test can assert "never more than one
-//! upstream request per key at a time".
+//! port. It records how many requests it served per path and, per request
+//! identity (path, query and body), the most it ever had open at once, so a
+//! test can assert "never more than one upstream request per key at a time".
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -139,8 +139,9 @@ impl FlakyOrigin {
         counts.served.get(path).copied().unwrap_or(0)
     }
 
-    /// The most requests for one path the origin ever had open at once.
-    pub fn max_open_per_path(&self) -> usize {
+    /// The most requests with one identity (path, query, body) the origin
+    /// ever had open at once.
+    pub fn max_open_per_key(&self) -> usize {
         let counts = self.state.counts.lock().unwrap();
         counts.max_open.values().copied().max().unwrap_or(0)
     }
@@ -175,16 +176,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     }
 }
 
-/// Decrements the open count of a path however the request ends.
+/// Decrements the open count of a request identity however the request ends.
 struct Open<'a> {
     state: &'a State,
-    path: String,
+    identity: String,
 }
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
         let mut counts = self.state.counts.lock().unwrap();
-        if let Some(open) = counts.open.get_mut(&self.path) {
+        if let Some(open) = counts.open.get_mut(&self.identity) {
             *open -= 1;
         }
     }
@@ -203,18 +204,20 @@ async fn answer(request: Request<Incoming>, state: &State) -> Result<Response<Fu
         .unwrap_or_default();
     let path = parts.uri.path().to_owned();
     let serial = state.total.fetch_add(1, Ordering::SeqCst) + 1;
+    let identity = format!(
+        "{} {}",
+        parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+        String::from_utf8_lossy(&body)
+    );
     let _open = {
         let mut counts = state.counts.lock().unwrap();
         *counts.served.entry(path.clone()).or_default() += 1;
-        let open = counts.open.entry(path.clone()).or_default();
+        let open = counts.open.entry(identity.clone()).or_default();
         *open += 1;
         let now_open = *open;
-        let max = counts.max_open.entry(path.clone()).or_default();
+        let max = counts.max_open.entry(identity.clone()).or_default();
         *max = (*max).max(now_open);
-        Open {
-            state,
-            path: path.clone(),
-        }
+        Open { state, identity }
     };
     let delay = *state.delay.lock().unwrap();
     if !delay.is_zero() {
