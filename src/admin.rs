@@ -1,10 +1,10 @@
 //! The admin API under `/api/cache/`, answered by the proxy itself: the
 //! seed's `stats`, `clear`, `invalidate?pattern=` with its exact JSON shapes,
-//! plus `metrics` (Prometheus), `health`, `keys` and the status page at
-//! `/api/cache/`.
+//! plus `metrics` (Prometheus), `health`, `keys`, `refresh` (answered by
+//! `refresh.rs`) and the status page at `/api/cache/`.
 //!
 //! `stats`, `metrics`, `health` and the page are readable by anyone who can
-//! reach the proxy. The mutations (`clear`, `invalidate`) and the `keys`
+//! reach the proxy. The mutations (`clear`, `invalidate`, `refresh`) and the `keys`
 //! listing (descriptions carry the dashboard's filters) require the bearer
 //! token when one is configured, compared in constant time; with no token
 //! they answer loopback clients only, so a proxy exposed by mistake cannot
@@ -64,7 +64,7 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
             .and_then(|()| invalidate(proxy, request.uri().query())),
         "/refresh" => allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
-            .map(|()| refresh(proxy, request.uri().query())),
+            .map(|()| refresher::accept(proxy, query_pattern(request.uri().query()).as_deref())),
         _ => Err(ProxyError::AdminNotFound {
             path: path.to_owned(),
         }),
@@ -532,42 +532,6 @@ fn invalidate(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyBody>,
             message: format!("Invalidated {removed} cache keys matching pattern '{pattern}'"),
         },
     ))
-}
-
-#[derive(Serialize)]
-struct RefreshAnswer<'a> {
-    status: &'static str,
-    keys_scheduled: usize,
-    /// `null` when every entry is refreshed.
-    pattern: Option<&'a str>,
-    message: String,
-}
-
-/// `POST /api/cache/refresh[?pattern=]`: re-fetches the matching entries in
-/// the background (all of them without a pattern) and answers 202 at once.
-fn refresh(proxy: &Arc<Proxy>, query: Option<&str>) -> Response<ProxyBody> {
-    let pattern = query_pattern(query);
-    let scheduled = refresher::schedule(proxy, pattern.as_deref().unwrap_or(""));
-    let message = match &pattern {
-        Some(p) => {
-            format!("Refreshing {scheduled} cache keys matching pattern '{p}' in the background")
-        }
-        None => format!("Refreshing all {scheduled} cache keys in the background"),
-    };
-    info!(
-        pattern = pattern.as_deref(),
-        keys_scheduled = scheduled,
-        "Cache REFRESH: {message}"
-    );
-    respond::json(
-        StatusCode::ACCEPTED,
-        &RefreshAnswer {
-            status: "accepted",
-            keys_scheduled: scheduled,
-            pattern: pattern.as_deref(),
-            message,
-        },
-    )
 }
 
 #[cfg(test)]

@@ -218,10 +218,12 @@ impl Proxy {
             && policy::is_cacheable_method(request.method())
             && route.is_none_or(|r| r.cache);
         if cacheable {
-            return self.cached(request, route, route_name, client).await;
+            return self
+                .cached(request, &config, route, route_name, client)
+                .await;
         }
         let started = Instant::now();
-        let response = self.pass_through(request, client).await;
+        let response = self.pass_through(request, &config, client).await;
         let trace = Trace {
             upstream_time: Some(started.elapsed()),
             ..Trace::default()
@@ -233,13 +235,14 @@ impl Proxy {
     async fn pass_through(
         &self,
         request: Request<Incoming>,
+        config: &Config,
         client: ClientInfo,
     ) -> Response<ProxyBody> {
-        if let Err(err) = self.check_declared_length(request.headers()) {
+        if let Err(err) = check_declared_length(request.headers(), config.max_body_bytes) {
             return respond::error(&err);
         }
         let (parts, body) = request.into_parts();
-        let limited = Limited::new(body, self.config().max_body_bytes as usize);
+        let limited = Limited::new(body, config.max_body_bytes as usize);
         let upstream_request = self.upstream_request(parts, None, Either::Right(limited), client);
         Metrics::bump(&self.metrics.upstream_requests);
         let started = Instant::now();
@@ -256,7 +259,7 @@ impl Proxy {
             // request mid-way: that is the client's fault, not the upstream's.
             Err(err) if err.caused_by::<http_body_util::LengthLimitError>() => {
                 let err = ProxyError::BodyTooLarge {
-                    limit: self.config().max_body_bytes as usize,
+                    limit: config.max_body_bytes as usize,
                 };
                 warn!(error = %err.message(), "request body rejected");
                 respond::error(&err)
@@ -268,12 +271,13 @@ impl Proxy {
     async fn cached(
         self: &Arc<Self>,
         request: Request<Incoming>,
+        config: &Config,
         route: Option<&Route>,
         route_name: Arc<str>,
         client: ClientInfo,
     ) -> Served {
         let shared = route.is_some_and(|r| r.shared);
-        let request = match self.key_request(request, shared).await {
+        let request = match self.key_request(request, config, shared).await {
             Ok(request) => request,
             Err(err) => {
                 warn!(route = &*route_name, error = %err.message(), "request body rejected");
@@ -324,7 +328,7 @@ impl Proxy {
             }
         }
 
-        let wants_fresh = self.config().cache.honor_client_no_cache
+        let wants_fresh = config.cache.honor_client_no_cache
             && policy::client_wants_fresh(&request.parts.headers);
         if !wants_fresh {
             let now = Instant::now();
@@ -368,10 +372,11 @@ impl Proxy {
     async fn key_request(
         &self,
         request: Request<Incoming>,
+        config: &Config,
         shared: bool,
     ) -> Result<Keyed, ProxyError> {
         let (parts, body) = request.into_parts();
-        let body = self.read_body(&parts.headers, body).await?;
+        let body = read_body(&parts.headers, body, config.max_body_bytes).await?;
         // HEAD is answered from (and fills) the GET entry, as nginx does.
         let head = parts.method == Method::HEAD;
         let method = if head {
@@ -379,7 +384,7 @@ impl Proxy {
         } else {
             parts.method.clone()
         };
-        let credential = credential_digest(&parts.headers, &self.config().cache.credential_headers);
+        let credential = credential_digest(&parts.headers, &config.cache.credential_headers);
         let mut base = self
             .key_memo
             .key(&method, parts.uri.path(), parts.uri.query(), &body);
@@ -450,32 +455,6 @@ impl Proxy {
         respond::error(err)
     }
 
-    /// Reads a cacheable request's body whole, within `max_body_bytes`.
-    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, ProxyError> {
-        self.check_declared_length(headers)?;
-        let limit = self.config().max_body_bytes as usize;
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(source) if source.is::<http_body_util::LengthLimitError>() => {
-                Err(ProxyError::BodyTooLarge { limit })
-            }
-            Err(source) => Err(ProxyError::ClientBody { source }),
-        }
-    }
-
-    fn check_declared_length(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
-        let limit = self.config().max_body_bytes;
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        match declared {
-            Some(length) if length > limit => Err(ProxyError::BodyTooLarge {
-                limit: limit as usize,
-            }),
-            _ => Ok(()),
-        }
-    }
-
     /// The client's request rewritten for the upstream (`method` overrides
     /// the client's, for HEAD answered by GET).
     pub(crate) fn upstream_request(
@@ -515,6 +494,31 @@ impl Proxy {
     /// How long the upstream may stay silent before a fill gives up.
     pub(crate) fn upstream_timeout(&self) -> Duration {
         self.upstream.timeout()
+    }
+}
+
+/// Reads a cacheable request's body whole, within `limit` (`max_body_bytes`).
+async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+    check_declared_length(headers, limit)?;
+    let limit = limit as usize;
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(source) if source.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(source) => Err(ProxyError::ClientBody { source }),
+    }
+}
+
+fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), ProxyError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit => Err(ProxyError::BodyTooLarge {
+            limit: limit as usize,
+        }),
+        _ => Ok(()),
     }
 }
 

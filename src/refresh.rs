@@ -16,16 +16,18 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use http::{Request, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use serde::Serialize;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::body::ProxyBody;
 use crate::cache::flight::{FillOutcome, Join};
 use crate::cache::Entry;
 use crate::fill::{self, FillPlan, LeaderAnswer};
 use crate::proxy::{ClientInfo, Proxy};
+use crate::respond;
 use crate::server::Surface;
 
 /// What a refresh request looks like to the upstream: from the proxy itself.
@@ -93,6 +95,43 @@ impl Refresher {
             running: load(&self.running),
         }
     }
+}
+
+/// `POST /api/cache/refresh`'s answer, in the admin API's seed-like shape.
+#[derive(Serialize)]
+struct RefreshAnswer<'a> {
+    status: &'static str,
+    keys_scheduled: usize,
+    /// `null` when every entry is refreshed.
+    pattern: Option<&'a str>,
+    message: String,
+}
+
+/// `POST /api/cache/refresh[?pattern=]` (authorised by the admin API):
+/// schedules the matching entries (all of them without a pattern) and
+/// answers 202 at once.
+pub fn accept(proxy: &Arc<Proxy>, pattern: Option<&str>) -> Response<ProxyBody> {
+    let scheduled = schedule(proxy, pattern.unwrap_or(""));
+    let message = match pattern {
+        Some(p) => {
+            format!("Refreshing {scheduled} cache keys matching pattern '{p}' in the background")
+        }
+        None => format!("Refreshing all {scheduled} cache keys in the background"),
+    };
+    info!(
+        pattern,
+        keys_scheduled = scheduled,
+        "Cache REFRESH: {message}"
+    );
+    respond::json(
+        StatusCode::ACCEPTED,
+        &RefreshAnswer {
+            status: "accepted",
+            keys_scheduled: scheduled,
+            pattern,
+            message,
+        },
+    )
 }
 
 /// Schedules a refresh of every stored entry whose description contains

@@ -2,8 +2,9 @@
 //! configuration without touching the store, the flights or any connection.
 //!
 //! The configuration lives behind an [`ArcSwap`]: a request loads the
-//! current [`Settings`] (lock-free, no allocation) and keeps that snapshot
-//! for as long as it needs it, so a reload never changes a request midway.
+//! current [`Settings`] once (lock-free, no allocation) and routes, keys and
+//! looks itself up under that snapshot, so a reload never changes those
+//! steps midway; a fill it starts takes the TTL and windows current then.
 //! What is read per request takes effect at once: TTLs, routes, stale
 //! windows, `lock_timeout`, `cacheable_statuses`, `honor_client_no_cache`,
 //! `credential_headers`, `max_body_bytes`, `enabled`, the admin token.
