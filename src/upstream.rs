@@ -252,3 +252,44 @@ fn root_store(
     }
     Ok(roots)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(concurrency: usize, queue: usize) -> Admission {
+        Admission {
+            permits: Semaphore::new(concurrency),
+            queued: AtomicUsize::new(0),
+            queue,
+            queue_timeout: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_past_the_cap_and_a_full_queue_are_refused_at_once() {
+        let admission = admission(1, 0);
+        let _held = admission
+            .admit()
+            .await
+            .expect("the first caller gets the slot");
+        assert_eq!(admission.admit().await.err(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            admission.queued.load(Ordering::Relaxed),
+            0,
+            "nobody left queued"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queued_caller_waits_for_a_returned_slot_but_not_forever() {
+        let admission = admission(1, 1);
+        let held = admission.admit().await.unwrap();
+        assert!(
+            admission.admit().await.is_err(),
+            "the queue wait is bounded"
+        );
+        let (waiting, ()) = tokio::join!(admission.admit(), async { drop(held) });
+        assert!(waiting.is_ok(), "a returned slot goes to the queue");
+    }
+}
