@@ -200,3 +200,53 @@ async fn refresh_needs_the_admin_token_and_post() {
         .await;
     assert_eq!(authorized.status, StatusCode::ACCEPTED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_during_a_refresh_joins_it_instead_of_asking_again() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), "[cache]\nhonor_client_no_cache = true\n").await;
+    let client = Client::new();
+    client
+        .post(&proxy.url("/api/metrics"), &filters("Vale"))
+        .await;
+
+    let gate = Gate::new();
+    origin.on("/api/metrics", Behaviour::new().gate(&gate));
+    refresh(&proxy, "").await;
+    origin.wait_for_total(2).await;
+    // A client that refuses stored answers misses, and meets the refresh's flight.
+    let miss = {
+        let url = proxy.url("/api/metrics");
+        tokio::spawn(async move {
+            Client::new()
+                .send(
+                    Method::POST,
+                    &url,
+                    &[
+                        ("content-type", "application/json"),
+                        ("cache-control", "no-cache"),
+                    ],
+                    filters("Vale"),
+                )
+                .await
+        })
+    };
+    eventually("the miss to wait on the refresh", || {
+        proxy.proxy.flights.waiting() == 1
+    })
+    .await;
+    gate.open();
+    let miss = miss.await.unwrap();
+    assert_eq!(miss.status, StatusCode::OK);
+    assert!(
+        miss.header("cache-status").contains("collapsed"),
+        "{}",
+        miss.header("cache-status")
+    );
+    assert_eq!(serial(&miss), 2, "the refresh's answer");
+    assert_eq!(
+        origin.total(),
+        2,
+        "one upstream request for the refresh and the miss"
+    );
+}
