@@ -67,6 +67,7 @@ pub struct RouteMetrics {
     hit_seconds: Histogram,
     miss_seconds: Histogram,
     bypass_seconds: Histogram,
+    stale_seconds: Histogram,
 }
 
 impl Default for RouteMetrics {
@@ -80,6 +81,7 @@ impl Default for RouteMetrics {
             hit_seconds: Histogram::new(BUCKETS),
             miss_seconds: Histogram::new(BUCKETS),
             bypass_seconds: Histogram::new(BUCKETS),
+            stale_seconds: Histogram::new(BUCKETS),
         }
     }
 }
@@ -244,6 +246,7 @@ impl Metrics {
             }
             CacheStatus::Stale => {
                 route.stale.record(elapsed);
+                route.stale_seconds.observe(seconds);
                 Self::bump(&self.stale);
             }
             CacheStatus::Admin => {}
@@ -421,6 +424,7 @@ impl Collector for Scrape {
                 (CacheStatus::Hit, &route.hit_seconds),
                 (CacheStatus::Miss, &route.miss_seconds),
                 (CacheStatus::Bypass, &route.bypass_seconds),
+                (CacheStatus::Stale, &route.stale_seconds),
             ] {
                 let labels = [("route", &**name), ("cache", status.as_str())];
                 histogram.encode(family.encode_family(&labels)?)?;
@@ -574,6 +578,26 @@ mod tests {
         assert_eq!(&*snap.routes[0].0, "a");
         assert_eq!(snap.routes[0].1.hits, 2);
         assert_eq!(snap.routes[1].1.upstream_seconds_saved(), 0.0);
+    }
+
+    #[test]
+    fn stale_answers_are_counted_apart_from_hits() {
+        let metrics = Metrics::default();
+        let r = route("get_metrics");
+        metrics.record(&r, CacheStatus::Stale, Duration::from_micros(90), None);
+        let snap = metrics.snapshot();
+        assert_eq!((snap.stale, snap.total.stale, snap.total.hits), (1, 1, 0));
+        let text = metrics.prometheus(StoreFigures::default());
+        for line in [
+            r#"dashcache_requests_total{route="get_metrics",cache="STALE"} 1"#,
+            r#"dashcache_response_duration_seconds_count{route="get_metrics",cache="STALE"} 1"#,
+            "dashcache_stale_answers_total 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 
     #[test]
