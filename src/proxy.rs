@@ -4,8 +4,13 @@
 //! Cacheable requests (GET, HEAD, POST on a caching route, cache enabled)
 //! are read whole (bounded by `max_body_bytes`), keyed, and answered from
 //! the store when fresh. A miss joins the key's flight: the first caller
-//! starts a detached fill (`fill.rs`), the rest wait for its outcome. All
-//! other requests stream through untouched (`X-Cache: BYPASS`).
+//! starts a detached fill (`fill.rs`, started in `proxy/filling.rs`), the
+//! rest wait for its outcome, for at most `lock_timeout`
+//! (`proxy/waiting.rs`). An expired entry still inside its stale windows
+//! (`cache::stale`) answers with `X-Cache: STALE` inside
+//! `stale-while-revalidate` (while one background fill refreshes it), or
+//! when the upstream fails. All other requests stream through untouched
+//! (`X-Cache: BYPASS`).
 //!
 //! Keys keep callers apart: a request's credential headers join its key
 //! unless its route is `shared`, and an answer's `Vary` selects a variant
