@@ -1,10 +1,10 @@
 //! The admin API under `/api/cache/`, answered by the proxy itself: the
 //! seed's `stats`, `clear`, `invalidate?pattern=` with its exact JSON shapes,
-//! plus `metrics` (Prometheus), `health`, `keys` and the status page at
-//! `/api/cache/`.
+//! plus `metrics` (Prometheus), `health`, `keys`, `refresh` (answered by
+//! `refresh.rs`) and the status page at `/api/cache/`.
 //!
 //! `stats`, `metrics`, `health` and the page are readable by anyone who can
-//! reach the proxy. The mutations (`clear`, `invalidate`) and the `keys`
+//! reach the proxy. The mutations (`clear`, `invalidate`, `refresh`) and the `keys`
 //! listing (descriptions carry the dashboard's filters) require the bearer
 //! token when one is configured, compared in constant time; with no token
 //! they answer loopback clients only, so a proxy exposed by mistake cannot
@@ -27,6 +27,7 @@ use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::{StoreFigures, OPENMETRICS_CONTENT_TYPE};
 use crate::proxy::{ClientInfo, Proxy, Served};
+use crate::refresh::{self as refresher, RefreshFigures};
 use crate::respond::{self, CacheStatus};
 
 mod status_page;
@@ -61,6 +62,9 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
         "/invalidate" => allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
             .and_then(|()| invalidate(proxy, request.uri().query())),
+        "/refresh" => allow(&request, &[Method::POST], "POST")
+            .and_then(|()| authorize(proxy, request.headers(), client, path))
+            .map(|()| refresher::accept(proxy, query_pattern(request.uri().query()).as_deref())),
         _ => Err(ProxyError::AdminNotFound {
             path: path.to_owned(),
         }),
@@ -103,7 +107,7 @@ fn authorize(
     client: ClientInfo,
     path: &str,
 ) -> Result<(), ProxyError> {
-    match &proxy.config.admin_token {
+    match &proxy.config().admin_token {
         None if client.addr.ip().to_canonical().is_loopback() => Ok(()),
         None => Err(ProxyError::AdminForbidden {
             path: path.to_owned(),
@@ -160,6 +164,14 @@ struct CacheStats {
     /// Upstream time the hits avoided (per hit, the entry's original upstream time).
     upstream_seconds_saved: f64,
     stale: u64,
+    /// Expired entries kept for their stale windows (not counted in `size`).
+    stale_entries: usize,
+    /// `POST /api/cache/refresh` progress.
+    refresh: RefreshFigures,
+    /// 1 at start, one more per applied reload (SIGHUP).
+    config_generation: u64,
+    /// When the running configuration was loaded (RFC 3339, UTC).
+    config_loaded_at: String,
     uptime_seconds: u64,
     routes: BTreeMap<String, RouteStats>,
 }
@@ -200,13 +212,15 @@ struct InvalidateAnswer<'a> {
 }
 
 fn stats(proxy: &Proxy) -> Response<ProxyBody> {
-    let config = &proxy.config.cache;
+    let settings = proxy.config();
+    let config = &settings.cache;
     let store = &proxy.store;
     let snap = proxy.metrics.snapshot();
     let m = &snap.total;
     let ttl = config.ttl.as_secs();
+    let census = store.census(Instant::now());
     let cache = CacheStats {
-        size: store.len(),
+        size: census.fresh,
         maxsize: store.maxsize(),
         ttl,
         ttl_hours: ttl as f64 / 3600.0,
@@ -222,7 +236,7 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
         not_stored: snap.not_stored,
         evictions: store.evictions(),
         expirations: store.expirations(),
-        bytes: store.bytes(),
+        bytes: census.bytes,
         max_bytes: store.max_bytes(),
         inflight: proxy.flights.len(),
         avg_response_ms: m.avg_response_ms(),
@@ -231,6 +245,10 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
         databricks_queries: snap.upstream_requests,
         upstream_seconds_saved: seconds(m.upstream_seconds_saved()),
         stale: snap.stale,
+        stale_entries: census.stale,
+        refresh: proxy.refresher.figures(),
+        config_generation: settings.generation,
+        config_loaded_at: humantime::format_rfc3339_seconds(settings.loaded_at).to_string(),
         uptime_seconds: snap.uptime.as_secs(),
         routes: snap
             .routes
@@ -261,9 +279,11 @@ fn stats(proxy: &Proxy) -> Response<ProxyBody> {
 /// `GET /api/cache/metrics`: OpenMetrics text for Prometheus.
 fn prometheus(proxy: &Proxy) -> Response<ProxyBody> {
     let store = &proxy.store;
+    let census = store.census(Instant::now());
     let text = proxy.metrics.prometheus(StoreFigures {
-        entries: store.len() as u64,
-        bytes: store.bytes(),
+        entries: census.fresh as u64,
+        stale_entries: census.stale as u64,
+        bytes: census.bytes,
         max_entries: store.maxsize(),
         max_bytes: store.max_bytes(),
         evictions: store.evictions(),
@@ -308,7 +328,7 @@ struct CacheHealth {
 /// answer when the upstream is down); the upstream's reachability, from a
 /// TCP connect within [`HEALTH_PROBE_TIMEOUT`], is reported, not fatal.
 async fn health(proxy: &Proxy) -> Response<ProxyBody> {
-    let upstream = &proxy.config.upstream;
+    let upstream = &proxy.config().upstream;
     let started = Instant::now();
     let probe = probe_upstream(
         &upstream.origin,
@@ -331,8 +351,8 @@ async fn health(proxy: &Proxy) -> Response<ProxyBody> {
                 error: probe.err(),
             },
             cache: CacheHealth {
-                enabled: proxy.config.cache.enabled,
-                size: proxy.store.len(),
+                enabled: proxy.config().cache.enabled,
+                size: proxy.store.census(Instant::now()).fresh,
             },
             uptime_seconds: proxy.metrics.snapshot().uptime.as_secs(),
         },
@@ -487,14 +507,18 @@ fn clear(proxy: &Proxy) -> Response<ProxyBody> {
     )
 }
 
-fn invalidate(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyBody>, ProxyError> {
-    let pattern = query
+/// The non-empty `pattern` query parameter, if any.
+fn query_pattern(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+    query
         .into_iter()
         .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
         .find(|(name, _)| name == "pattern")
         .map(|(_, value)| value)
-        .filter(|value| !value.is_empty());
-    let Some(pattern) = pattern else {
+        .filter(|value| !value.is_empty())
+}
+
+fn invalidate(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyBody>, ProxyError> {
+    let Some(pattern) = query_pattern(query) else {
         return Err(ProxyError::AdminParameter(
             "query parameter 'pattern' is required and must not be empty".into(),
         ));

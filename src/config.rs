@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -18,6 +19,7 @@ use http::header::HeaderName;
 use http::{StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::stale::StaleWindows;
 use crate::routes::{Route, RouteTable};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -32,6 +34,20 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_AUTH_TTL: Duration = Duration::from_secs(300);
+/// How long past its TTL an entry still answers for a failing upstream.
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
+/// Serving stale while revalidating is opt-in.
+pub const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::ZERO;
+/// How long a coalesced caller waits for another caller's fill.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refreshes (`POST /api/cache/refresh`) asking the upstream at once.
+pub const DEFAULT_REFRESH_CONCURRENCY: usize = 4;
+/// Requests the upstream may have from this proxy at once.
+pub const DEFAULT_UPSTREAM_CONCURRENCY: usize = 32;
+/// Callers that may wait for one of those; beyond, 503 at once.
+pub const DEFAULT_UPSTREAM_QUEUE: usize = 256;
+/// How long a queued caller waits before its 503.
+pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,7 +89,7 @@ impl ConfigError {
 }
 
 /// Command line flags; each also reads the env var it names.
-#[derive(Debug, Default, Parser)]
+#[derive(Debug, Clone, Default, Parser)]
 #[command(
     name = "dashcache",
     version,
@@ -270,6 +286,12 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_timeout: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_queue: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_queue_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<FileSize>,
@@ -324,9 +346,17 @@ pub struct FileCache {
     pub credential_headers: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_ttl: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_if_error: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_concurrency: Option<usize>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
     pub name: String,
@@ -339,6 +369,10 @@ pub struct FileRoute {
     pub cache: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_if_error: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate: Option<FileDuration>,
 }
 
 /// How log lines are written: `text` for people, `json` (one object per
@@ -352,7 +386,7 @@ pub enum LogFormat {
 }
 
 /// Where and how to reach the backend.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Scheme and authority, e.g. `https://api.internal:8443`.
     pub origin: Uri,
@@ -361,6 +395,12 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// Requests the upstream may have at once (at least 1).
+    pub concurrency: usize,
+    /// Callers that may wait for a free slot; beyond, 503 at once.
+    pub queue: usize,
+    /// How long a caller waits in the queue before its 503.
+    pub queue_timeout: Duration,
 }
 
 impl UpstreamConfig {
@@ -388,6 +428,14 @@ pub struct CacheConfig {
     pub credential_headers: Vec<HeaderName>,
     /// How long an upstream 2xx vouches for a credential on a shared route.
     pub auth_ttl: Duration,
+    /// Default stale windows of every entry (a route or the origin's
+    /// `Cache-Control` may override them; see `cache::stale`).
+    pub stale: StaleWindows,
+    /// How long a caller waits for another caller's fill of the same key
+    /// before it answers stale or 504 (never its own upstream request).
+    pub lock_timeout: Duration,
+    /// Refreshes asking the upstream at once (at least 1).
+    pub refresh_concurrency: usize,
 }
 
 /// The certificate and key files of TLS termination; both or neither.
@@ -401,7 +449,7 @@ pub struct TlsFiles {
 
 /// What one client connection may cost the proxy: the defences against
 /// header floods, slow clients (slowloris) and connection floods.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest request head; HTTP/1 answers 431 beyond, HTTP/2 refuses the stream.
     pub max_header_bytes: u64,
@@ -435,6 +483,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub source: Option<PathBuf>,
+    /// The flags and env this was resolved with, kept so that a reload
+    /// (SIGHUP) re-reads `source` under the same overrides.
+    pub overrides: Arc<Cli>,
 }
 
 impl Config {
@@ -486,6 +537,22 @@ impl Config {
                 "upstream_timeout",
                 cli.upstream_timeout.or(file.upstream_timeout.map(|d| d.0)),
                 DEFAULT_UPSTREAM_TIMEOUT,
+            )?,
+            concurrency: match file.upstream_concurrency {
+                Some(0) => {
+                    return Err(ConfigError::invalid(
+                        "upstream_concurrency",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => DEFAULT_UPSTREAM_CONCURRENCY,
+            },
+            queue: file.upstream_queue.unwrap_or(DEFAULT_UPSTREAM_QUEUE),
+            queue_timeout: positive(
+                "upstream_queue_timeout",
+                file.upstream_queue_timeout.map(|d| d.0),
+                DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
             )?,
         };
 
@@ -568,6 +635,27 @@ impl Config {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             auth_ttl: positive("cache.auth_ttl", fc.auth_ttl.map(|d| d.0), DEFAULT_AUTH_TTL)?,
+            stale: StaleWindows {
+                if_error: fc.stale_if_error.map_or(DEFAULT_STALE_IF_ERROR, |d| d.0),
+                while_revalidate: fc
+                    .stale_while_revalidate
+                    .map_or(DEFAULT_STALE_WHILE_REVALIDATE, |d| d.0),
+            },
+            lock_timeout: positive(
+                "cache.lock_timeout",
+                fc.lock_timeout.map(|d| d.0),
+                DEFAULT_LOCK_TIMEOUT,
+            )?,
+            refresh_concurrency: match fc.refresh_concurrency {
+                Some(0) => {
+                    return Err(ConfigError::invalid(
+                        "cache.refresh_concurrency",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => DEFAULT_REFRESH_CONCURRENCY,
+            },
         };
 
         let routes = file
@@ -661,7 +749,18 @@ impl Config {
             )?,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             source,
+            overrides: Arc::new(cli.clone()),
         })
+    }
+
+    /// The configuration again: `source` re-read under the same flags and
+    /// env. `None` when there is no file to re-read.
+    pub fn reread(&self) -> Option<Result<Self, ConfigError>> {
+        let path = self.source.as_ref()?;
+        Some(
+            FileConfig::read(path)
+                .and_then(|file| Self::resolve(&self.overrides, file, Some(path.clone()))),
+        )
     }
 
     /// The effective configuration in `proxy.toml` form (the token redacted).
@@ -683,6 +782,9 @@ impl Config {
             upstream_ca_file: self.upstream.ca_file.clone(),
             connect_timeout: Some(FileDuration(self.upstream.connect_timeout)),
             upstream_timeout: Some(FileDuration(self.upstream.timeout)),
+            upstream_concurrency: Some(self.upstream.concurrency),
+            upstream_queue: Some(self.upstream.queue),
+            upstream_queue_timeout: Some(FileDuration(self.upstream.queue_timeout)),
             shutdown_timeout: Some(FileDuration(self.shutdown_timeout)),
             max_body_bytes: Some(FileSize(self.max_body_bytes)),
             admin_token: self.admin_token.as_ref().map(|_| "<redacted>".to_owned()),
@@ -709,6 +811,10 @@ impl Config {
                         .collect(),
                 ),
                 auth_ttl: Some(FileDuration(self.cache.auth_ttl)),
+                stale_if_error: Some(FileDuration(self.cache.stale.if_error)),
+                stale_while_revalidate: Some(FileDuration(self.cache.stale.while_revalidate)),
+                lock_timeout: Some(FileDuration(self.cache.lock_timeout)),
+                refresh_concurrency: Some(self.cache.refresh_concurrency),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),
         };

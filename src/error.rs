@@ -34,6 +34,12 @@ pub enum ProxyError {
     #[error("upstream {upstream} did not answer within {timeout:?}")]
     UpstreamTimeout { upstream: String, timeout: Duration },
 
+    #[error("upstream {upstream} is busy: upstream_concurrency requests are running and the queue is full; retry after {retry_after:?}")]
+    UpstreamBusy {
+        upstream: String,
+        retry_after: Duration,
+    },
+
     #[error("upstream {upstream} sent an incomplete or invalid response body")]
     UpstreamBody {
         upstream: String,
@@ -55,6 +61,9 @@ pub enum ProxyError {
 
     #[error("the fill for this key was abandoned before it completed")]
     FillAbandoned,
+
+    #[error("gave up after waiting {timeout:?} for another request's upstream fill of this key (lock_timeout)")]
+    LockTimeout { timeout: Duration },
 
     #[error("{0}")]
     AdminParameter(String),
@@ -85,11 +94,13 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::FramingConflict => StatusCode::BAD_REQUEST,
             Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::FillAbandoned => StatusCode::BAD_GATEWAY,
+            Self::LockTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::AdminParameter(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Self::AdminForbidden { .. } => StatusCode::FORBIDDEN,
@@ -105,11 +116,13 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::UpstreamConnectTimeout { .. } => "upstream-connect-timeout",
             Self::UpstreamTimeout { .. } => "upstream-timeout",
+            Self::UpstreamBusy { .. } => "upstream-busy",
             Self::UpstreamBody { .. } => "upstream-body",
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::FramingConflict => "framing-conflict",
             Self::ClientBody { .. } => "client-body",
             Self::FillAbandoned => "fill-abandoned",
+            Self::LockTimeout { .. } => "lock-timeout",
             Self::AdminParameter(_) => "admin-parameter",
             Self::AdminUnauthorized => "admin-unauthorized",
             Self::AdminForbidden { .. } => "admin-forbidden",

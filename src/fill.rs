@@ -19,6 +19,8 @@ use tracing::{info, warn};
 use crate::body::{collect_limited, Collected, ProxyBody, UpstreamBody, UpstreamStalled};
 use crate::cache::flight::{BufferedAnswer, FillGuard, FillOutcome};
 use crate::cache::policy::{self, NotStorable};
+use crate::cache::replay::Replay;
+use crate::cache::stale::{StaleReason, StaleWindows};
 use crate::cache::store::Refused;
 use crate::cache::vary::{variant_key, vary_names};
 use crate::cache::{CacheKey, Entry};
@@ -40,6 +42,14 @@ pub(crate) struct FillPlan {
     pub request_headers: HeaderMap,
     /// On a shared route, the credential this answer vouches for (or revokes).
     pub vouch_for: Option<[u8; 16]>,
+    /// The route's stale windows (the answer's `Cache-Control` may override them).
+    pub stale: StaleWindows,
+    /// Whether a failure may be answered from a stale entry: not for a solo
+    /// fill, whose caller's credential is not vouched for yet, nor for a
+    /// refresh, which must see the upstream's real answer.
+    pub serve_stale: bool,
+    /// Kept with the entry for refreshes (`None` with credentials).
+    pub replay: Option<Replay>,
 }
 
 /// What the fill hands the leader.
@@ -73,12 +83,21 @@ pub(crate) async fn run(
         Err(err) => {
             Metrics::bump(&proxy.metrics.upstream_errors);
             warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream request failed");
-            let _ = leader.send(LeaderAnswer::Outcome(
-                guard.publish(FillOutcome::Failed(err)),
-            ));
+            let outcome =
+                stale_instead(&proxy, &plan, key, StaleReason::UpstreamError(err.as_str()))
+                    .unwrap_or(FillOutcome::Failed(err));
+            let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
             return;
         }
     };
+    if response.status().is_server_error() {
+        let reason = StaleReason::UpstreamStatus(response.status());
+        if let Some(outcome) = stale_instead(&proxy, &plan, key, reason) {
+            // The error's body is dropped unread: a stale answer replaces it.
+            let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
+            return;
+        }
+    }
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     if let Some(credential) = &plan.vouch_for {
@@ -88,7 +107,7 @@ pub(crate) async fn run(
         parts.status,
         &parts.headers,
         plan.ttl,
-        &proxy.config.cache.cacheable_statuses,
+        &proxy.config().cache.cacheable_statuses,
     );
     let body = UpstreamBody::new(body, proxy.upstream_timeout());
 
@@ -123,7 +142,8 @@ pub(crate) async fn run(
                 ProxyError::UpstreamBody { upstream, source }
             };
             warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream body failed; nothing stored");
-            FillOutcome::Failed(err)
+            stale_instead(&proxy, &plan, key, StaleReason::UpstreamError(err.as_str()))
+                .unwrap_or(FillOutcome::Failed(err))
         }
         Ok(Collected::TooLarge(body)) => {
             not_stored(&proxy, &plan, key, NotStorable::TooLarge, parts.status);
@@ -150,6 +170,22 @@ pub(crate) async fn run(
         },
     };
     let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
+}
+
+/// The stale entry that answers for a failed fill, if the key has one
+/// inside its `stale-if-error` window.
+fn stale_instead(
+    proxy: &Proxy,
+    plan: &FillPlan,
+    key: CacheKey,
+    reason: StaleReason,
+) -> Option<FillOutcome> {
+    if !plan.serve_stale {
+        return None;
+    }
+    let entry = proxy.store.stale_if_error(&key, Instant::now())?;
+    warn!(route = &*plan.route, key = %key.short(), reason = reason.as_str(), fwd_status = reason.upstream_status(), "upstream failed; serving the stale entry");
+    Some(FillOutcome::Stale { entry, reason })
 }
 
 /// On a shared route, the upstream's verdict on the leader's credential.
@@ -197,8 +233,10 @@ fn store(
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok()?.trim().parse().ok())
         .unwrap_or(0);
+    let stale = StaleWindows::for_answer(plan.stale, &parts.headers);
     let entry = Arc::new(Entry {
         key,
+        base: plan.base,
         vary: vary.clone(),
         status: parts.status,
         headers: parts.headers,
@@ -207,9 +245,11 @@ fn store(
         description: plan.description,
         stored_at: now,
         expires_at: now + ttl,
+        stale,
         initial_age,
         upstream_time: now - started,
         hits: std::sync::atomic::AtomicU64::new(0),
+        replay: plan.replay,
     });
     match proxy.store.insert(key, entry.clone(), generation) {
         Ok(()) => {
@@ -232,7 +272,7 @@ fn store(
 }
 
 /// The leader's answer: from its own fill, whatever the outcome.
-pub(crate) fn answer_leader(answer: LeaderAnswer, ask: &Ask) -> Response<ProxyBody> {
+pub(crate) fn answer_leader(answer: LeaderAnswer, ask: &Ask) -> (Response<ProxyBody>, CacheStatus) {
     let outcome = match answer {
         LeaderAnswer::Stream(answer) => {
             let StreamedAnswer {
@@ -245,11 +285,18 @@ pub(crate) fn answer_leader(answer: LeaderAnswer, ask: &Ask) -> Response<ProxyBo
                 ..CacheStatusField::forward("miss")
             }
             .not_stored(reason);
-            return respond::streamed(parts, body, CacheStatus::Miss, field, ask.head);
+            let response = respond::streamed(parts, body, CacheStatus::Miss, field, ask.head);
+            return (response, CacheStatus::Miss);
         }
         LeaderAnswer::Outcome(outcome) => outcome,
     };
-    match &*outcome {
+    if let FillOutcome::Stale { entry, reason } = &*outcome {
+        let now = Instant::now();
+        let field = CacheStatusField::stale(entry, *reason, now);
+        let response = respond::from_entry(entry, CacheStatus::Stale, field, ask, now);
+        return (response, CacheStatus::Stale);
+    }
+    let response = match &*outcome {
         FillOutcome::Stored(entry) => {
             let field = CacheStatusField {
                 fwd_status: Some(entry.status.as_u16()),
@@ -273,8 +320,9 @@ pub(crate) fn answer_leader(answer: LeaderAnswer, ask: &Ask) -> Response<ProxyBo
             respond::from_buffered(answer, field, ask.head)
         }
         FillOutcome::Failed(err) => respond::error(err),
-        FillOutcome::Streamed | FillOutcome::Abandoned => {
+        FillOutcome::Streamed | FillOutcome::Abandoned | FillOutcome::Stale { .. } => {
             respond::error(&ProxyError::FillAbandoned)
         }
-    }
+    };
+    (response, CacheStatus::Miss)
 }

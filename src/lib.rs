@@ -11,6 +11,8 @@
 //!   invalidate, the status page), answered locally
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
 //! - `fill`: the detached upstream request behind a miss, and what it stores
+//! - [`refresh`]: `POST /api/cache/refresh`, re-fetching entries in the background
+//! - [`reload`]: the running configuration, swapped whole on SIGHUP
 //! - [`routes`]: route table (name, TTL, cache on/off per path and method)
 //! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::store`]
 //!   (bounded store on quick_cache), [`cache::policy`] (what may be stored),
@@ -33,6 +35,8 @@ pub mod framing;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
+pub mod refresh;
+pub mod reload;
 pub mod respond;
 pub mod routes;
 pub mod server;

@@ -44,7 +44,7 @@ pub struct Metrics {
     admin: Tally,
     /// Misses that waited for another caller's fill instead of asking the upstream.
     pub coalesced: AtomicU64,
-    /// Answers served stale (stale-if-error / stale-while-revalidate; not yet built).
+    /// Answers served stale (stale-if-error, stale-while-revalidate, lock timeout).
     pub stale: AtomicU64,
     /// Requests sent upstream (the seed's "Databricks query count").
     pub upstream_requests: AtomicU64,
@@ -61,11 +61,13 @@ pub struct RouteMetrics {
     hits: Tally,
     misses: Tally,
     bypassed: Tally,
+    stale: Tally,
     /// Sum over hits of the upstream time each hit's entry originally took.
     saved_micros: AtomicU64,
     hit_seconds: Histogram,
     miss_seconds: Histogram,
     bypass_seconds: Histogram,
+    stale_seconds: Histogram,
 }
 
 impl Default for RouteMetrics {
@@ -74,10 +76,12 @@ impl Default for RouteMetrics {
             hits: Tally::default(),
             misses: Tally::default(),
             bypassed: Tally::default(),
+            stale: Tally::default(),
             saved_micros: AtomicU64::new(0),
             hit_seconds: Histogram::new(BUCKETS),
             miss_seconds: Histogram::new(BUCKETS),
             bypass_seconds: Histogram::new(BUCKETS),
+            stale_seconds: Histogram::new(BUCKETS),
         }
     }
 }
@@ -111,9 +115,12 @@ pub struct RouteSnapshot {
     pub hits: u64,
     pub misses: u64,
     pub bypassed: u64,
+    /// Answers from expired entries (see [`CacheStatus::Stale`]).
+    pub stale: u64,
     hit_micros: u64,
     miss_micros: u64,
     bypass_micros: u64,
+    stale_micros: u64,
     saved_micros: u64,
 }
 
@@ -130,8 +137,8 @@ impl RouteSnapshot {
 
     pub fn avg_response_ms(&self) -> f64 {
         avg_ms(
-            self.hit_micros + self.miss_micros + self.bypass_micros,
-            self.hits + self.misses + self.bypassed,
+            self.hit_micros + self.miss_micros + self.bypass_micros + self.stale_micros,
+            self.hits + self.misses + self.bypassed + self.stale,
         )
     }
 
@@ -155,6 +162,8 @@ impl RouteSnapshot {
         self.hit_micros += other.hit_micros;
         self.miss_micros += other.miss_micros;
         self.bypass_micros += other.bypass_micros;
+        self.stale += other.stale;
+        self.stale_micros += other.stale_micros;
         self.saved_micros += other.saved_micros;
     }
 }
@@ -235,6 +244,11 @@ impl Metrics {
                 route.bypassed.record(elapsed);
                 route.bypass_seconds.observe(seconds);
             }
+            CacheStatus::Stale => {
+                route.stale.record(elapsed);
+                route.stale_seconds.observe(seconds);
+                Self::bump(&self.stale);
+            }
             CacheStatus::Admin => {}
         }
     }
@@ -272,9 +286,11 @@ impl Metrics {
                     hits: route.hits.count(),
                     misses: route.misses.count(),
                     bypassed: route.bypassed.count(),
+                    stale: route.stale.count(),
                     hit_micros: route.hits.micros(),
                     miss_micros: route.misses.micros(),
                     bypass_micros: route.bypassed.micros(),
+                    stale_micros: route.stale.micros(),
                     saved_micros: load(&route.saved_micros),
                 };
                 (name.clone(), snap)
@@ -327,7 +343,10 @@ impl Metrics {
 /// What the store reports about itself at scrape time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreFigures {
+    /// Fresh entries.
     pub entries: u64,
+    /// Expired entries kept for their stale windows.
+    pub stale_entries: u64,
     pub bytes: u64,
     pub max_entries: u64,
     pub max_bytes: u64,
@@ -370,11 +389,16 @@ impl Scrape {
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = &self.snapshot;
-        let statuses = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Bypass];
+        let statuses = [
+            CacheStatus::Hit,
+            CacheStatus::Miss,
+            CacheStatus::Bypass,
+            CacheStatus::Stale,
+        ];
 
         let mut family = encoder.encode_descriptor(
             "requests",
-            "Proxied requests by route and cache status (HIT, MISS, BYPASS).",
+            "Proxied requests by route and cache status (HIT, MISS, BYPASS, STALE).",
             None,
             MetricType::Counter,
         )?;
@@ -383,6 +407,7 @@ impl Collector for Scrape {
                 let value = match status {
                     CacheStatus::Hit => route.hits,
                     CacheStatus::Miss => route.misses,
+                    CacheStatus::Stale => route.stale,
                     _ => route.bypassed,
                 };
                 let labels = [("route", &**name), ("cache", status.as_str())];
@@ -401,6 +426,7 @@ impl Collector for Scrape {
                 (CacheStatus::Hit, &route.hit_seconds),
                 (CacheStatus::Miss, &route.miss_seconds),
                 (CacheStatus::Bypass, &route.bypass_seconds),
+                (CacheStatus::Stale, &route.stale_seconds),
             ] {
                 let labels = [("route", &**name), ("cache", status.as_str())];
                 histogram.encode(family.encode_family(&labels)?)?;
@@ -468,8 +494,14 @@ impl Collector for Scrape {
         Scrape::gauge(
             e,
             "entries",
-            "Entries in the store.",
+            "Fresh entries in the store.",
             gauge(self.store.entries),
+        )?;
+        Scrape::gauge(
+            e,
+            "stale_entries",
+            "Expired entries kept for stale-if-error / stale-while-revalidate.",
+            gauge(self.store.stale_entries),
         )?;
         Scrape::gauge(
             e,
@@ -548,6 +580,26 @@ mod tests {
         assert_eq!(&*snap.routes[0].0, "a");
         assert_eq!(snap.routes[0].1.hits, 2);
         assert_eq!(snap.routes[1].1.upstream_seconds_saved(), 0.0);
+    }
+
+    #[test]
+    fn stale_answers_are_counted_apart_from_hits() {
+        let metrics = Metrics::default();
+        let r = route("get_metrics");
+        metrics.record(&r, CacheStatus::Stale, Duration::from_micros(90), None);
+        let snap = metrics.snapshot();
+        assert_eq!((snap.stale, snap.total.stale, snap.total.hits), (1, 1, 0));
+        let text = metrics.prometheus(StoreFigures::default());
+        for line in [
+            r#"dashcache_requests_total{route="get_metrics",cache="STALE"} 1"#,
+            r#"dashcache_response_duration_seconds_count{route="get_metrics",cache="STALE"} 1"#,
+            "dashcache_stale_answers_total 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 
     #[test]

@@ -4,8 +4,13 @@
 //! Cacheable requests (GET, HEAD, POST on a caching route, cache enabled)
 //! are read whole (bounded by `max_body_bytes`), keyed, and answered from
 //! the store when fresh. A miss joins the key's flight: the first caller
-//! starts a detached fill (`fill.rs`), the rest wait for its outcome. All
-//! other requests stream through untouched (`X-Cache: BYPASS`).
+//! starts a detached fill (`fill.rs`, started in `proxy/filling.rs`), the
+//! rest wait for its outcome, for at most `lock_timeout`
+//! (`proxy/waiting.rs`). An expired entry still inside its stale windows
+//! (`cache::stale`) answers with `X-Cache: STALE` inside
+//! `stale-while-revalidate` (while one background fill refreshes it), or
+//! when the upstream fails. All other requests stream through untouched
+//! (`X-Cache: BYPASS`).
 //!
 //! Keys keep callers apart: a request's credential headers join its key
 //! unless its route is `shared`, and an answer's `Vary` selects a variant
@@ -21,25 +26,28 @@ use http::header::{CONTENT_LENGTH, HOST};
 use http::{request, HeaderMap, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::admin;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::cache::credentials::{credential_digest, Grants};
-use crate::cache::flight::{FillGuard, FillOutcome, Flights, Join};
+use crate::cache::flight::{FillOutcome, Flights, Join};
 use crate::cache::vary::{variant_key, VaryIndex};
-use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, RequestIdentity, Store};
+use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::fill::{self, FillPlan};
 use crate::framing::FRAMING_CONFLICT;
 use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
+use crate::refresh::Refresher;
+use crate::reload::{LiveConfig, Reload, Settings};
 use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
 use crate::routes::{Route, DEFAULT_ROUTE};
 use crate::server::Surface;
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
+
+mod filling;
+mod waiting;
 
 /// Where a request came from, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +61,8 @@ pub struct ClientInfo {
 /// State shared by every connection. Held in an `Arc`; every field is
 /// itself safe to use concurrently, so no lock wraps the whole.
 pub struct Proxy {
-    pub config: Config,
+    /// The running configuration; swapped whole by a reload (`reload.rs`).
+    live: LiveConfig,
     pub store: Store,
     pub flights: Arc<Flights>,
     pub upstream: Upstream,
@@ -62,6 +71,8 @@ pub struct Proxy {
     pub vary: VaryIndex,
     /// Credentials the upstream accepted on shared routes.
     pub grants: Grants,
+    /// `POST /api/cache/refresh`'s background work and its counters.
+    pub refresher: Refresher,
     key_memo: KeyMemo,
     default_route: Arc<str>,
 }
@@ -130,10 +141,21 @@ impl Proxy {
             metrics: Metrics::default(),
             vary: VaryIndex::new(side_capacity),
             grants: Grants::new(side_capacity, cache.auth_ttl),
+            refresher: Refresher::new(cache.refresh_concurrency),
             key_memo: KeyMemo::new(side_capacity),
             default_route: DEFAULT_ROUTE.into(),
-            config,
+            live: LiveConfig::new(config),
         })
+    }
+
+    /// The running configuration (lock-free; hold it for a whole request).
+    pub fn config(&self) -> Arc<Settings> {
+        self.live.load()
+    }
+
+    /// Re-reads proxy.toml (SIGHUP), logging what changed or why not.
+    pub fn reload_config(&self) -> Reload {
+        self.live.reload_and_log()
     }
 
     /// Answers one request and writes its access line.
@@ -195,19 +217,20 @@ impl Proxy {
     }
 
     async fn proxy(self: &Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Served {
-        let route = self
-            .config
-            .routes
-            .lookup(request.method(), request.uri().path());
+        // One snapshot for the whole request: a reload does not change it midway.
+        let config = self.config();
+        let route = config.routes.lookup(request.method(), request.uri().path());
         let route_name = route.map_or_else(|| self.default_route.clone(), |r| r.name.clone());
-        let cacheable = self.config.cache.enabled
+        let cacheable = config.cache.enabled
             && policy::is_cacheable_method(request.method())
             && route.is_none_or(|r| r.cache);
         if cacheable {
-            return self.cached(request, route, route_name, client).await;
+            return self
+                .cached(request, &config, route, route_name, client)
+                .await;
         }
         let started = Instant::now();
-        let response = self.pass_through(request, client).await;
+        let response = self.pass_through(request, &config, client).await;
         let trace = Trace {
             upstream_time: Some(started.elapsed()),
             ..Trace::default()
@@ -219,13 +242,14 @@ impl Proxy {
     async fn pass_through(
         &self,
         request: Request<Incoming>,
+        config: &Config,
         client: ClientInfo,
     ) -> Response<ProxyBody> {
-        if let Err(err) = self.check_declared_length(request.headers()) {
+        if let Err(err) = check_declared_length(request.headers(), config.max_body_bytes) {
             return respond::error(&err);
         }
         let (parts, body) = request.into_parts();
-        let limited = Limited::new(body, self.config.max_body_bytes as usize);
+        let limited = Limited::new(body, config.max_body_bytes as usize);
         let upstream_request = self.upstream_request(parts, None, Either::Right(limited), client);
         Metrics::bump(&self.metrics.upstream_requests);
         let started = Instant::now();
@@ -242,7 +266,7 @@ impl Proxy {
             // request mid-way: that is the client's fault, not the upstream's.
             Err(err) if err.caused_by::<http_body_util::LengthLimitError>() => {
                 let err = ProxyError::BodyTooLarge {
-                    limit: self.config.max_body_bytes as usize,
+                    limit: config.max_body_bytes as usize,
                 };
                 warn!(error = %err.message(), "request body rejected");
                 respond::error(&err)
@@ -254,12 +278,13 @@ impl Proxy {
     async fn cached(
         self: &Arc<Self>,
         request: Request<Incoming>,
+        config: &Config,
         route: Option<&Route>,
         route_name: Arc<str>,
         client: ClientInfo,
     ) -> Served {
         let shared = route.is_some_and(|r| r.shared);
-        let request = match self.key_request(request, shared).await {
+        let request = match self.key_request(request, config, shared).await {
             Ok(request) => request,
             Err(err) => {
                 warn!(route = &*route_name, error = %err.message(), "request body rejected");
@@ -301,29 +326,38 @@ impl Proxy {
                 {
                     info!(route = &*route_name, key = %request.key.short(), "credential not vouched for on shared route; asking the upstream");
                     let guard = self.flights.solo(request.key);
-                    let response = self.lead(guard, request, route, &route_name, client).await;
-                    return upstream(response, CacheStatus::Miss, route_name);
+                    let (response, status) = self
+                        .lead(guard, request, route, &route_name, client, false)
+                        .await;
+                    return upstream(response, status, route_name);
                 }
                 Some(_) => {}
             }
         }
 
-        let wants_fresh = self.config.cache.honor_client_no_cache
+        let wants_fresh = config.cache.honor_client_no_cache
             && policy::client_wants_fresh(&request.parts.headers);
         if !wants_fresh {
-            if let Lookup::Fresh(entry) = self.store.get(&request.key, Instant::now()) {
-                info!(route = &*route_name, key = %request.key.short(), "Cache HIT for {route_name}");
-                return hit(&entry, &request.ask, route_name);
+            let now = Instant::now();
+            match self.store.get(&request.key, now) {
+                Lookup::Fresh(entry) => {
+                    info!(route = &*route_name, key = %request.key.short(), "Cache HIT for {route_name}");
+                    return hit(&entry, &request.ask, route_name);
+                }
+                Lookup::Stale(entry) if entry.serves_while_revalidating(now) => {
+                    return self.revalidate(&entry, request, route, route_name, client);
+                }
+                // Kept for stale-if-error: the fill falls back on it if the
+                // upstream fails.
+                Lookup::Stale(_) | Lookup::Miss => {}
             }
         }
         info!(route = &*route_name, key = %request.key.short(), "Cache MISS for {route_name} - forwarding upstream");
 
         match self.flights.join(request.key) {
             Join::Waiter(waiter) => {
-                Metrics::bump(&self.metrics.coalesced);
-                let outcome = waiter.outcome().await;
-                let response = self.answer_waiter(&outcome, request, shared, client).await;
-                upstream(response, CacheStatus::Miss, route_name)
+                let (response, status) = self.wait_for_fill(waiter, request, shared, client).await;
+                upstream(response, status, route_name)
             }
             Join::Leader(guard) => {
                 // A fill may have stored the key between our lookup and our join.
@@ -333,8 +367,10 @@ impl Proxy {
                         return hit(&entry, &request.ask, route_name);
                     }
                 }
-                let response = self.lead(guard, request, route, &route_name, client).await;
-                upstream(response, CacheStatus::Miss, route_name)
+                let (response, status) = self
+                    .lead(guard, request, route, &route_name, client, true)
+                    .await;
+                upstream(response, status, route_name)
             }
         }
     }
@@ -343,10 +379,11 @@ impl Proxy {
     async fn key_request(
         &self,
         request: Request<Incoming>,
+        config: &Config,
         shared: bool,
     ) -> Result<Keyed, ProxyError> {
         let (parts, body) = request.into_parts();
-        let body = self.read_body(&parts.headers, body).await?;
+        let body = read_body(&parts.headers, body, config.max_body_bytes).await?;
         // HEAD is answered from (and fills) the GET entry, as nginx does.
         let head = parts.method == Method::HEAD;
         let method = if head {
@@ -354,7 +391,7 @@ impl Proxy {
         } else {
             parts.method.clone()
         };
-        let credential = credential_digest(&parts.headers, &self.config.cache.credential_headers);
+        let credential = credential_digest(&parts.headers, &config.cache.credential_headers);
         let mut base = self
             .key_memo
             .key(&method, parts.uri.path(), parts.uri.query(), &body);
@@ -375,93 +412,6 @@ impl Proxy {
             key,
             credential,
         })
-    }
-
-    /// Starts the detached fill for `request` and answers from what it yields.
-    async fn lead(
-        self: &Arc<Self>,
-        guard: FillGuard,
-        request: Keyed,
-        route: Option<&Route>,
-        route_name: &Arc<str>,
-        client: ClientInfo,
-    ) -> Response<ProxyBody> {
-        let shared = route.is_some_and(|r| r.shared);
-        let Keyed {
-            mut parts,
-            body,
-            method,
-            ask,
-            base,
-            credential,
-            ..
-        } = request;
-        let plan = FillPlan {
-            route: route_name.clone(),
-            ttl: route.and_then(|r| r.ttl).unwrap_or(self.config.cache.ttl),
-            description: RequestIdentity::new(&method, parts.uri.path(), parts.uri.query(), &body)
-                .description(route_name),
-            base,
-            request_headers: parts.headers.clone(),
-            vouch_for: credential.filter(|_| shared),
-        };
-        headers::remove_conditionals(&mut parts.headers);
-        let upstream_request =
-            self.upstream_request(parts, Some(method), Either::Left(Full::new(body)), client);
-        let (answer_tx, answer_rx) = oneshot::channel();
-        tokio::spawn(fill::run(
-            self.clone(),
-            guard,
-            upstream_request,
-            plan,
-            answer_tx,
-        ));
-        match answer_rx.await {
-            Ok(answer) => fill::answer_leader(answer, &ask),
-            Err(_) => respond::error(&ProxyError::FillAbandoned),
-        }
-    }
-
-    /// A waiter shares the leader's outcome when it is meant for it too;
-    /// otherwise it forwards on its own, storing nothing.
-    async fn answer_waiter(
-        &self,
-        outcome: &FillOutcome,
-        request: Keyed,
-        shared: bool,
-        client: ClientInfo,
-    ) -> Response<ProxyBody> {
-        let collapsed = CacheStatusField {
-            collapsed: true,
-            ..CacheStatusField::forward("miss")
-        };
-        match outcome {
-            FillOutcome::Stored(entry) | FillOutcome::Discarded(entry)
-                if serves(entry, &request) =>
-            {
-                respond::from_entry(
-                    entry,
-                    CacheStatus::Miss,
-                    collapsed,
-                    &request.ask,
-                    Instant::now(),
-                )
-            }
-            // An unstored answer may belong to the leader's credential
-            // (shared routes); policy says which others may be shared.
-            FillOutcome::Uncacheable(answer) if !shared && answer.shareable() => {
-                respond::from_buffered(answer, collapsed, request.ask.head)
-            }
-            FillOutcome::Failed(err) => respond::error(err),
-            other => {
-                let field = CacheStatusField {
-                    detail: Some(other.as_str()),
-                    ..CacheStatusField::forward("miss")
-                };
-                self.forward_uncached(request, client, CacheStatus::Miss, field)
-                    .await
-            }
-        }
     }
 
     /// Sends a read request upstream on its own and streams the answer back.
@@ -512,35 +462,9 @@ impl Proxy {
         respond::error(err)
     }
 
-    /// Reads a cacheable request's body whole, within `max_body_bytes`.
-    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, ProxyError> {
-        self.check_declared_length(headers)?;
-        let limit = self.config.max_body_bytes as usize;
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(source) if source.is::<http_body_util::LengthLimitError>() => {
-                Err(ProxyError::BodyTooLarge { limit })
-            }
-            Err(source) => Err(ProxyError::ClientBody { source }),
-        }
-    }
-
-    fn check_declared_length(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
-        let limit = self.config.max_body_bytes;
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        match declared {
-            Some(length) if length > limit => Err(ProxyError::BodyTooLarge {
-                limit: limit as usize,
-            }),
-            _ => Ok(()),
-        }
-    }
-
     /// The client's request rewritten for the upstream (`method` overrides
     /// the client's, for HEAD answered by GET).
-    fn upstream_request(
+    pub(crate) fn upstream_request(
         &self,
         parts: request::Parts,
         method: Option<Method>,
@@ -577,6 +501,31 @@ impl Proxy {
     /// How long the upstream may stay silent before a fill gives up.
     pub(crate) fn upstream_timeout(&self) -> Duration {
         self.upstream.timeout()
+    }
+}
+
+/// Reads a cacheable request's body whole, within `limit` (`max_body_bytes`).
+async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+    check_declared_length(headers, limit)?;
+    let limit = limit as usize;
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(source) if source.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(source) => Err(ProxyError::ClientBody { source }),
+    }
+}
+
+fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), ProxyError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit => Err(ProxyError::BodyTooLarge {
+            limit: limit as usize,
+        }),
+        _ => Ok(()),
     }
 }
 

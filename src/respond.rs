@@ -8,12 +8,15 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use http::header::{HeaderName, HeaderValue, AGE, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderName, HeaderValue, AGE, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::body::{self, ProxyBody, UpstreamBody};
 use crate::cache::flight::BufferedAnswer;
 use crate::cache::policy::NotStorable;
+use crate::cache::stale::StaleReason;
 use crate::cache::Entry;
 use crate::error::ProxyError;
 use crate::headers::Validators;
@@ -27,6 +30,9 @@ pub enum CacheStatus {
     Hit,
     Miss,
     Bypass,
+    /// An expired entry, answered for a failing upstream or while a
+    /// background fill refreshes it (`cache::stale`).
+    Stale,
     /// Answered by the admin API, not a proxied request.
     Admin,
 }
@@ -37,6 +43,7 @@ impl CacheStatus {
             Self::Hit => "HIT",
             Self::Miss => "MISS",
             Self::Bypass => "BYPASS",
+            Self::Stale => "STALE",
             Self::Admin => "ADMIN",
         }
     }
@@ -53,7 +60,8 @@ pub struct CacheStatusField {
     /// `fwd=`: why the request went upstream (`miss`, `bypass`, `request`).
     pub fwd: Option<&'static str>,
     pub fwd_status: Option<u16>,
-    pub ttl: Option<u64>,
+    /// Freshness left in seconds; negative for a stale answer.
+    pub ttl: Option<i64>,
     pub stored: bool,
     pub collapsed: bool,
     pub detail: Option<&'static str>,
@@ -63,7 +71,19 @@ impl CacheStatusField {
     pub fn hit(ttl_left: u64) -> Self {
         Self {
             hit: true,
-            ttl: Some(ttl_left),
+            ttl: Some(ttl_left as i64),
+            ..Self::default()
+        }
+    }
+
+    /// A stale entry answered instead of (or while) asking the upstream:
+    /// `fwd=stale`, the upstream's status if it gave one, how stale, and why.
+    pub fn stale(entry: &Entry, reason: StaleReason, now: Instant) -> Self {
+        Self {
+            fwd: Some("stale"),
+            fwd_status: reason.upstream_status(),
+            ttl: Some(entry.ttl_signed(now)),
+            detail: Some(reason.as_str()),
             ..Self::default()
         }
     }
@@ -255,6 +275,12 @@ pub fn error(err: &ProxyError) -> Response<ProxyBody> {
                 HeaderValue::from_static(r#"Bearer realm="dashcache""#),
             );
         }
+        ProxyError::UpstreamBusy { retry_after, .. } => {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
         _ => {}
     }
     response
@@ -280,6 +306,22 @@ mod tests {
             field.render(),
             "dashcache; fwd=miss; fwd-status=200; stored"
         );
+    }
+
+    #[test]
+    fn a_stale_answer_says_why_and_how_stale() {
+        let field = CacheStatusField {
+            fwd: Some("stale"),
+            fwd_status: Some(503),
+            ttl: Some(-42),
+            detail: Some("upstream-status"),
+            ..CacheStatusField::default()
+        };
+        assert_eq!(
+            field.render(),
+            "dashcache; fwd=stale; fwd-status=503; ttl=-42; detail=upstream-status"
+        );
+        assert_eq!(CacheStatus::Stale.as_str(), "STALE");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::cache::stale::StaleWindows;
 use crate::config::{FileDuration, FileRoute};
 
 /// Name given to requests that match no route.
@@ -70,6 +71,10 @@ pub struct Route {
     /// One entry for every caller (credentials checked, not keyed); see
     /// `cache::credentials`.
     pub shared: bool,
+    /// Overrides `[cache] stale_if_error` for this route's entries.
+    pub stale_if_error: Option<Duration>,
+    /// Overrides `[cache] stale_while_revalidate` for this route's entries.
+    pub stale_while_revalidate: Option<Duration>,
 }
 
 impl Route {
@@ -104,6 +109,8 @@ impl Route {
             ttl: raw.ttl.map(|t| t.0),
             cache: raw.cache.unwrap_or(true),
             shared: raw.shared.unwrap_or(false),
+            stale_if_error: raw.stale_if_error.map(|d| d.0),
+            stale_while_revalidate: raw.stale_while_revalidate.map(|d| d.0),
         })
     }
 
@@ -118,6 +125,18 @@ impl Route {
             ttl: self.ttl.map(FileDuration),
             cache: (!self.cache).then_some(false),
             shared: self.shared.then_some(true),
+            stale_if_error: self.stale_if_error.map(FileDuration),
+            stale_while_revalidate: self.stale_while_revalidate.map(FileDuration),
+        }
+    }
+
+    /// This route's stale windows: its own, else `defaults`.
+    pub fn stale_windows(&self, defaults: StaleWindows) -> StaleWindows {
+        StaleWindows {
+            if_error: self.stale_if_error.unwrap_or(defaults.if_error),
+            while_revalidate: self
+                .stale_while_revalidate
+                .unwrap_or(defaults.while_revalidate),
         }
     }
 
@@ -166,9 +185,7 @@ mod tests {
             name: name.into(),
             path: path.into(),
             methods: (!methods.is_empty()).then(|| methods.iter().map(|m| m.to_string()).collect()),
-            ttl: None,
-            cache: None,
-            shared: None,
+            ..FileRoute::default()
         })
         .unwrap()
     }
@@ -228,18 +245,14 @@ mod tests {
             name: "x".into(),
             path: "/x".into(),
             methods: Some(vec!["post".into()]),
-            ttl: None,
-            cache: None,
-            shared: None,
+            ..FileRoute::default()
         })
         .is_ok());
         assert!(Route::from_file(&FileRoute {
             name: "x".into(),
             path: "/x".into(),
             methods: Some(vec!["PO ST".into()]),
-            ttl: None,
-            cache: None,
-            shared: None,
+            ..FileRoute::default()
         })
         .is_err());
     }

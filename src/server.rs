@@ -1,7 +1,7 @@
 //! Listeners and connections: the main listener (plain HTTP or TLS) and the
 //! optional admin listener, HTTP/1.1 and HTTP/2 on each via hyper-util's
 //! auto builder, the per-connection limits, graceful shutdown on
-//! SIGTERM/SIGINT, the TLS reload on SIGHUP, and the background purge of
+//! SIGTERM/SIGINT, the configuration and TLS reload on SIGHUP, and the background purge of
 //! expired entries.
 //!
 //! Limits, all from [`Limits`]: each listener serves at most
@@ -121,11 +121,11 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let tls = config.tls.as_ref().map(Tls::new).transpose()?.map(Arc::new);
         let proxy = Arc::new(Proxy::new(config)?);
-        let addr = proxy.config.listen;
+        let addr = proxy.config().listen;
         let main = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        let admin = match proxy.config.admin_listen {
+        let admin = match proxy.config().admin_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -134,16 +134,12 @@ impl Server {
             None => None,
         };
         #[cfg(unix)]
-        let hangup = match &tls {
-            Some(_) => match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            {
-                Ok(signal) => Some(signal),
-                Err(err) => {
-                    warn!(error = %err, "cannot listen for SIGHUP; TLS certificate reload disabled");
-                    None
-                }
-            },
-            None => None,
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGHUP; configuration and TLS reload disabled");
+                None
+            }
         };
         Ok(Self {
             main,
@@ -188,7 +184,7 @@ impl Server {
             hangup,
             proxy,
         } = self;
-        let config = &proxy.config;
+        let config = proxy.config();
         let limits = &config.limits;
         info!(
             listen = %main.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string()),
@@ -204,10 +200,8 @@ impl Server {
         );
         let purge = tokio::spawn(purge_expired(proxy.clone()));
         #[cfg(unix)]
-        let reload = match (hangup, &tls) {
-            (Some(hangup), Some(tls)) => Some(tokio::spawn(reload_on_hangup(hangup, tls.clone()))),
-            _ => None,
-        };
+        let reload =
+            hangup.map(|hangup| tokio::spawn(reload_on_hangup(hangup, proxy.clone(), tls.clone())));
 
         let builder = connection_builder(limits);
         let graceful = GracefulShutdown::new();
@@ -475,7 +469,7 @@ async fn serve_http<IO>(
 }
 
 async fn purge_expired(proxy: Arc<Proxy>) {
-    let mut interval = tokio::time::interval(proxy.config.cache.purge_interval);
+    let mut interval = tokio::time::interval(proxy.config().cache.purge_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
@@ -486,11 +480,21 @@ async fn purge_expired(proxy: Arc<Proxy>) {
     }
 }
 
+/// The one SIGHUP handler: re-reads proxy.toml (see `reload.rs`), then the
+/// TLS certificate when TLS is on. Neither touches the cache or any open
+/// connection.
 #[cfg(unix)]
-async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, tls: Arc<Tls>) {
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    proxy: Arc<Proxy>,
+    tls: Option<Arc<Tls>>,
+) {
     while hangup.recv().await.is_some() {
-        info!("SIGHUP received: reloading the TLS certificate");
-        tls.reload_and_log();
+        info!("SIGHUP received: reloading the configuration");
+        proxy.reload_config();
+        if let Some(tls) = &tls {
+            tls.reload_and_log();
+        }
     }
 }
 

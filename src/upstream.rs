@@ -5,8 +5,13 @@
 //! connections per host and negotiates HTTP/2 over TLS via ALPN. TLS is
 //! rustls, verifying against the Mozilla roots, the system store and an
 //! optional operator CA file; there is no switch to skip verification.
+//! Every request (fill, pass-through, refresh) first takes a permit of the
+//! `upstream_concurrency` cap, so the warehouse never runs more queries
+//! from this proxy than that; callers beyond it queue (bounded), then get
+//! 503 with `Retry-After`.
 
 use std::error::Error as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
@@ -43,6 +49,8 @@ pub enum UpstreamSetupError {
 
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>,
+    /// The cap on requests the upstream has at once, with its queue.
+    admission: Admission,
     origin: Uri,
     base_path: String,
     timeout: Duration,
@@ -76,9 +84,20 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
+            // A pooled connection found closed before any byte of the
+            // request was written is retried once on a new one (hyper-util's
+            // default, made explicit); one that fails after bytes were sent
+            // is not, since the upstream may have acted on it.
+            .retry_canceled_requests(true)
             .build(connector);
         Ok(Self {
             client,
+            admission: Admission {
+                permits: Semaphore::new(config.concurrency),
+                queued: AtomicUsize::new(0),
+                queue: config.queue,
+                queue_timeout: config.queue_timeout,
+            },
             origin: config.origin.clone(),
             base_path: config.base_path.clone(),
             timeout: config.timeout,
@@ -109,6 +128,11 @@ impl Upstream {
 
     /// Sends `request` and waits for the response head, within the timeout.
     ///
+    /// It first takes one of the `upstream_concurrency` permits, held until
+    /// the head arrives (the warehouse's query time), waiting in the bounded
+    /// queue if need be: past the queue, or its wait, it fails with
+    /// [`ProxyError::UpstreamBusy`] without reaching the upstream.
+    ///
     /// A buffered request is sent a second time, once, when the first try
     /// died on a connection the upstream had already closed (see
     /// [`is_stale_connection`]): keep-alive servers close idle connections
@@ -118,6 +142,14 @@ impl Upstream {
         &self,
         request: Request<UpstreamRequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let _permit =
+            self.admission
+                .admit()
+                .await
+                .map_err(|retry_after| ProxyError::UpstreamBusy {
+                    upstream: self.name.clone(),
+                    retry_after,
+                })?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let replay = replayable(&request);
         let first = tokio::time::timeout_at(deadline, self.client.request(request)).await;
@@ -167,6 +199,47 @@ impl Upstream {
                 upstream: self.name.clone(),
                 source: error.into(),
             }
+        }
+    }
+}
+
+/// The cap on concurrent upstream requests: `permits` (one per request in
+/// flight) and a queue of at most `queue` callers waiting up to
+/// `queue_timeout` for one. A semaphore, so a permit is returned however
+/// the request ends (answer, error, or the caller dropped).
+struct Admission {
+    permits: Semaphore,
+    /// Callers waiting for a permit now (bounded by `queue`).
+    queued: AtomicUsize,
+    queue: usize,
+    queue_timeout: Duration,
+}
+
+/// Counts a caller in the queue for as long as it waits.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Admission {
+    /// A permit, or the `Retry-After` to give a caller that found the queue
+    /// full or waited too long.
+    async fn admit(&self) -> Result<SemaphorePermit<'_>, Duration> {
+        if let Ok(permit) = self.permits.try_acquire() {
+            return Ok(permit);
+        }
+        let retry_after = self.queue_timeout.max(Duration::from_secs(1));
+        let ahead = self.queued.fetch_add(1, Ordering::Relaxed);
+        let _queued = Queued(&self.queued);
+        if ahead >= self.queue {
+            return Err(retry_after);
+        }
+        match tokio::time::timeout(self.queue_timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(retry_after),
         }
     }
 }
@@ -235,4 +308,45 @@ fn root_store(
         }
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(concurrency: usize, queue: usize) -> Admission {
+        Admission {
+            permits: Semaphore::new(concurrency),
+            queued: AtomicUsize::new(0),
+            queue,
+            queue_timeout: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_past_the_cap_and_a_full_queue_are_refused_at_once() {
+        let admission = admission(1, 0);
+        let _held = admission
+            .admit()
+            .await
+            .expect("the first caller gets the slot");
+        assert_eq!(admission.admit().await.err(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            admission.queued.load(Ordering::Relaxed),
+            0,
+            "nobody left queued"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queued_caller_waits_for_a_returned_slot_but_not_forever() {
+        let admission = admission(1, 1);
+        let held = admission.admit().await.unwrap();
+        assert!(
+            admission.admit().await.is_err(),
+            "the queue wait is bounded"
+        );
+        let (waiting, ()) = tokio::join!(admission.admit(), async { drop(held) });
+        assert!(waiting.is_ok(), "a returned slot goes to the queue");
+    }
 }

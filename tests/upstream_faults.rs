@@ -71,12 +71,11 @@ async fn a_slow_upstream_is_a_504_json_error() {
     );
 }
 
-#[tokio::test]
-async fn a_truncated_body_is_never_stored_nor_presented_as_complete() {
-    let origin = RawOrigin::truncated().await;
-    let proxy = spawn_proxy(&origin.url(), "").await;
+/// Asks twice for a cacheable answer the origin cuts short: each time the
+/// client sees a 502 (or a failed read), never a short body presented as
+/// complete, and the origin is asked again (nothing was stored).
+async fn ask_twice_for_a_cut_answer(proxy: &support::ProxyHandle, origin: &RawOrigin) {
     let client = Client::new();
-
     for round in 1..=2 {
         let result = client
             .try_send(
@@ -98,6 +97,14 @@ async fn a_truncated_body_is_never_stored_nor_presented_as_complete() {
         }
         assert_eq!(origin.served(), round, "round {round}: nothing was stored");
     }
+}
+
+#[tokio::test]
+async fn a_truncated_body_is_never_stored_nor_presented_as_complete() {
+    let origin = RawOrigin::truncated().await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+
+    ask_twice_for_a_cut_answer(&proxy, &origin).await;
     assert_eq!(proxy.proxy.store.len(), 0);
 }
 
@@ -313,4 +320,148 @@ async fn a_connection_closed_on_every_try_is_a_502_after_one_retry() {
 
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(origin.served(), 2, "one try and one retry, no more");
+}
+
+// ------------------------------------------------------------ issue 4 faults
+
+/// A listener whose accept queue is full and never drained: a new
+/// connection to it gets no SYN-ACK, as with a host that drops packets.
+async fn unaccepting_listener() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut parked = Vec::new();
+    // Fill the accept queue; connections past it stay pending.
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => parked.push(stream),
+            _ => break,
+        }
+    }
+    (listener, parked)
+}
+
+#[tokio::test]
+async fn a_connect_timeout_is_a_504_json_error() {
+    let (listener, _parked) = unaccepting_listener().await;
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let proxy = spawn_proxy(&url, "connect_timeout = \"300ms\"\n").await;
+
+    let reply = Client::new()
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    let message = reply.error_message();
+    assert!(message.contains("did not accept a connection"), "{message}");
+    assert_eq!(proxy.proxy.store.len(), 0);
+}
+
+#[tokio::test]
+async fn a_reset_mid_body_is_never_stored_nor_presented_as_complete() {
+    let origin = RawOrigin::start(vec![
+        Step::Write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"partial\":".to_vec()),
+        Step::Sleep(std::time::Duration::from_millis(50)),
+        Step::Reset,
+    ])
+    .await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let client = Client::new();
+
+    ask_twice_for_a_cut_answer(&proxy, &origin).await;
+    let streamed = client
+        .try_send(Method::PUT, &proxy.url("/api/things/1"), &[], "{}")
+        .await;
+    if let Ok(reply) = streamed {
+        assert_ne!(
+            reply.status,
+            StatusCode::OK,
+            "a cut stream must not look complete"
+        );
+    }
+    assert_eq!(proxy.proxy.store.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_storm_is_passed_through_and_never_stored() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/api/metrics",
+        Behaviour::new()
+            .status(500)
+            .body(r#"{"detail":"warehouse down"}"#),
+    );
+    let proxy = spawn_proxy(&origin.url(), "").await;
+
+    let mut storm = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let url = proxy.url("/api/metrics");
+        storm.spawn(async move {
+            Client::new()
+                .post(&url, &format!(r#"{{"org":"org-{}"}}"#, i % 10))
+                .await
+        });
+    }
+    while let Some(reply) = storm.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            reply.text(),
+            r#"{"detail":"warehouse down"}"#,
+            "the upstream's own answer"
+        );
+        assert_eq!(reply.x_cache(), "MISS");
+    }
+    assert_eq!(proxy.proxy.store.len(), 0, "no 5xx was stored");
+    assert!(
+        origin.count("/api/metrics") >= 10,
+        "each key asked the upstream"
+    );
+    let again = Client::new()
+        .post(&proxy.url("/api/metrics"), r#"{"org":"org-1"}"#)
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "asked again, not cached"
+    );
+}
+
+#[tokio::test]
+async fn pooled_connections_the_origin_closed_are_not_used() {
+    // Keep-alive answers, then the origin closes each connection after
+    // 50 ms idle (as a server's keep-alive timeout does).
+    let origin = RawOrigin::start(vec![
+        Step::Write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+                .to_vec(),
+        ),
+        Step::Sleep(std::time::Duration::from_millis(50)),
+    ])
+    .await;
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let client = Client::new();
+    for round in 1..=5 {
+        let reply = client
+            .send(Method::PUT, &proxy.url("/api/things/1"), &[], "{}")
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "round {round}: {}",
+            reply.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    assert_eq!(origin.served(), 5, "one fresh connection per request");
 }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::key::CacheKey;
 use super::policy::NotStorable;
+use super::stale::StaleReason;
 use super::store::Entry;
 use crate::error::ProxyError;
 
@@ -49,6 +50,12 @@ pub enum FillOutcome {
     Uncacheable(BufferedAnswer),
     /// The upstream failed: the same error for everyone.
     Failed(ProxyError),
+    /// The upstream failed or answered 5xx, and an expired entry inside
+    /// its `stale-if-error` window answers instead (nothing was stored).
+    Stale {
+        entry: Arc<Entry>,
+        reason: StaleReason,
+    },
     /// Not for sharing (too large to buffer, or personal): the leader got it
     /// as a stream, waiters must forward on their own.
     Streamed,
@@ -63,6 +70,7 @@ impl FillOutcome {
             Self::Discarded(_) => "discarded",
             Self::Uncacheable(_) => "uncacheable",
             Self::Failed(_) => "failed",
+            Self::Stale { .. } => "stale",
             Self::Streamed => "streamed",
             Self::Abandoned => "abandoned",
         }
@@ -120,6 +128,13 @@ impl Flights {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Callers waiting on fills now (a waiter whose client hung up no
+    /// longer counts).
+    pub fn waiting(&self) -> usize {
+        let inflight = self.inflight.lock().expect("flight table poisoned");
+        inflight.values().map(|slot| slot.receiver_count()).sum()
     }
 
     fn remove(&self, key: &CacheKey, slot: &Slot) {
@@ -220,6 +235,23 @@ mod tests {
             assert!(matches!(*w.await.unwrap(), FillOutcome::Streamed));
         }
         assert!(flights.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_leaves_stops_counting() {
+        let flights = Arc::new(Flights::default());
+        let Join::Leader(_guard) = flights.join(key(7)) else {
+            panic!()
+        };
+        let Join::Waiter(first) = flights.join(key(7)) else {
+            panic!()
+        };
+        let Join::Waiter(_second) = flights.join(key(7)) else {
+            panic!()
+        };
+        assert_eq!(flights.waiting(), 2);
+        drop(first);
+        assert_eq!(flights.waiting(), 1);
     }
 
     #[tokio::test]

@@ -5,8 +5,10 @@ pub mod credentials;
 pub mod flight;
 pub mod key;
 pub mod policy;
+pub mod replay;
+pub mod stale;
 pub mod store;
 pub mod vary;
 
 pub use key::{CacheKey, KeyMemo, RequestIdentity};
-pub use store::{Entry, Lookup, Store};
+pub use store::{Census, Entry, Lookup, Store};

@@ -5,9 +5,12 @@
 //! budget is at most `maxsize` units, so neither the entry count nor the
 //! bytes can pass their limit. quick_cache's S3-FIFO policy picks victims
 //! (scan resistant: a burst of one-off keys does not flush the hot set).
-//! TTL is ours: an entry past `expires_at` is never returned, and
-//! [`Store::purge_expired`] (run by a background task) removes such entries
-//! so `len` counts live ones.
+//! TTL is ours: an entry past `expires_at` is never returned as fresh. It is
+//! kept, within the same bounds, for its stale windows (`cache::stale`):
+//! [`Store::get`] reports it as [`Lookup::Stale`] until the longest window
+//! ends, and [`Store::purge_expired`] (run by a background task) removes
+//! entries only past that, so memory is returned without losing the
+//! answers that keep the dashboard up while the upstream is down.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +22,8 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use super::key::CacheKey;
+use super::replay::Replay;
+use super::stale::StaleWindows;
 use super::vary::VaryNames;
 
 /// A complete upstream answer, shared by every hit (the body is never copied).
@@ -27,6 +32,8 @@ pub struct Entry {
     /// The key this entry is stored under (a `Vary` variant of the request's
     /// base key when `vary` is set).
     pub key: CacheKey,
+    /// The request's key before any `Vary` variant (for refills).
+    pub base: CacheKey,
     /// The request headers this answer varies on.
     pub vary: Option<VaryNames>,
     pub status: StatusCode,
@@ -38,12 +45,17 @@ pub struct Entry {
     pub description: String,
     pub stored_at: Instant,
     pub expires_at: Instant,
+    /// How long past `expires_at` it may still be served, and for what.
+    pub stale: StaleWindows,
     /// The upstream's own `Age` when the answer arrived, in seconds.
     pub initial_age: u64,
     /// How long the upstream took to produce this answer.
     pub upstream_time: Duration,
     /// Hits served from this entry (for `/api/cache/keys?sort=hottest`).
     pub hits: AtomicU64,
+    /// The request to send again on `POST /api/cache/refresh`; `None` when
+    /// it carried credentials (see `cache::replay`).
+    pub replay: Option<Replay>,
 }
 
 /// Bookkeeping bytes per entry beyond body, headers and description.
@@ -52,16 +64,39 @@ const ENTRY_OVERHEAD: u64 = 256;
 impl Entry {
     /// Bytes this entry holds in memory, as counted against `max_bytes`.
     pub fn size(&self) -> u64 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum();
-        self.body.len() as u64 + self.description.len() as u64 + headers as u64 + ENTRY_OVERHEAD
+        let headers = headers_size(&self.headers);
+        let replay = self.replay.as_ref().map_or(0, Replay::size);
+        self.body.len() as u64 + self.description.len() as u64 + headers + replay + ENTRY_OVERHEAD
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
         now < self.expires_at
+    }
+
+    /// Until when the store keeps it: expiry plus its longest stale window.
+    pub fn keep_until(&self) -> Instant {
+        self.expires_at + self.stale.longest()
+    }
+
+    /// Expired, but inside `stale-if-error`: answers for a failing upstream.
+    pub fn serves_if_error(&self, now: Instant) -> bool {
+        !self.is_fresh(now) && now < self.expires_at + self.stale.if_error
+    }
+
+    /// Expired, but inside `stale-while-revalidate`: answers at once while
+    /// a background fill refreshes it.
+    pub fn serves_while_revalidating(&self, now: Instant) -> bool {
+        !self.is_fresh(now) && now < self.expires_at + self.stale.while_revalidate
+    }
+
+    /// Seconds of freshness left; once expired, negative (rounded away
+    /// from zero, so a stale answer never reads as fresh) (RFC 9211 `ttl`).
+    pub fn ttl_signed(&self, now: Instant) -> i64 {
+        if self.is_fresh(now) {
+            return self.ttl_left(now).as_secs() as i64;
+        }
+        let past = now.saturating_duration_since(self.expires_at);
+        -(past.as_secs() as i64 + i64::from(past.subsec_nanos() > 0))
     }
 
     /// `Age` in seconds (RFC 9111 §4.2.3: the upstream's age plus our residence).
@@ -72,6 +107,15 @@ impl Entry {
     pub fn ttl_left(&self, now: Instant) -> Duration {
         self.expires_at.saturating_duration_since(now)
     }
+}
+
+/// Bytes a header map is counted for: names, values and 32 bytes each of
+/// bookkeeping.
+pub(crate) fn headers_size(headers: &HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str().len() + value.len() + 32) as u64)
+        .sum()
 }
 
 #[derive(Clone)]
@@ -107,15 +151,29 @@ pub enum Refused {
     Outdated,
 }
 
+/// What the store holds for a key at one instant.
 pub enum Lookup {
     Fresh(Arc<Entry>),
+    /// Expired, inside one of its stale windows.
+    Stale(Arc<Entry>),
     Miss,
+}
+
+/// Entries by state, for stats (one walk of the store).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    pub fresh: usize,
+    /// Expired entries kept for their stale windows.
+    pub stale: usize,
+    /// Bytes held by all of them.
+    pub bytes: u64,
 }
 
 pub struct Store {
     entries: Cache<CacheKey, Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>,
     evictions: Arc<AtomicU64>,
-    /// Entries dropped because their TTL ran out (on lookup or by the purge).
+    /// Entries dropped because their TTL and stale windows ran out (on
+    /// lookup or by the purge).
     expirations: AtomicU64,
     /// Bumped by every clear and invalidate, so a fill that started before
     /// one cannot store its answer after it.
@@ -168,14 +226,39 @@ impl Store {
     pub fn get(&self, key: &CacheKey, now: Instant) -> Lookup {
         match self.entries.get(key) {
             Some(entry) if entry.is_fresh(now) => Lookup::Fresh(entry),
+            Some(entry) if now < entry.keep_until() => Lookup::Stale(entry),
             Some(_) => {
-                if self.entries.remove_if(key, |e| !e.is_fresh(now)).is_some() {
+                if self
+                    .entries
+                    .remove_if(key, |e| now >= e.keep_until())
+                    .is_some()
+                {
                     self.expirations.fetch_add(1, Ordering::Relaxed);
                 }
                 Lookup::Miss
             }
             None => Lookup::Miss,
         }
+    }
+
+    /// The expired entry under `key` that may answer for a failing upstream.
+    pub fn stale_if_error(&self, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
+        self.entries.get(key).filter(|e| e.serves_if_error(now))
+    }
+
+    /// Whether `entry` is still the one stored under its key.
+    pub fn holds(&self, entry: &Arc<Entry>) -> bool {
+        self.entries
+            .peek(&entry.key)
+            .is_some_and(|e| Arc::ptr_eq(&e, entry))
+    }
+
+    /// Removes `entry` if it is still the one stored under its key (a newer
+    /// answer stored meanwhile stays); true when it was removed.
+    pub fn remove_entry(&self, entry: &Arc<Entry>) -> bool {
+        self.entries
+            .remove_if(&entry.key, |e| Arc::ptr_eq(e, entry))
+            .is_some()
     }
 
     /// The current clear/invalidate generation; a fill reads it before asking
@@ -225,15 +308,15 @@ impl Store {
         removed.into_inner()
     }
 
-    /// Removes entries whose TTL has run out; returns how many.
+    /// Removes entries whose TTL and stale windows have run out; returns how many.
     pub fn purge_expired(&self, now: Instant) -> usize {
         let removed = AtomicUsize::new(0);
         self.entries.retain(|_, entry| {
-            let fresh = entry.is_fresh(now);
-            if !fresh {
+            let keep = now < entry.keep_until();
+            if !keep {
                 removed.fetch_add(1, Ordering::Relaxed);
             }
-            fresh
+            keep
         });
         let removed = removed.into_inner();
         self.expirations
@@ -241,8 +324,24 @@ impl Store {
         removed
     }
 
+    /// Entries held, stale ones included (what the bounds count).
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Fresh and stale entries and their bytes (walks the store: for stats,
+    /// not the hot path).
+    pub fn census(&self, now: Instant) -> Census {
+        let mut census = Census::default();
+        for (_, entry) in self.entries.iter() {
+            if entry.is_fresh(now) {
+                census.fresh += 1;
+            } else {
+                census.stale += 1;
+            }
+            census.bytes += entry.size();
+        }
+        census
     }
 
     pub fn is_empty(&self) -> bool {
@@ -289,6 +388,7 @@ mod tests {
         let now = Instant::now();
         Arc::new(Entry {
             key: CacheKey::from_bytes([0; 16]),
+            base: CacheKey::from_bytes([0; 16]),
             vary: None,
             status: StatusCode::OK,
             headers: HeaderMap::new(),
@@ -297,9 +397,11 @@ mod tests {
             description: description.into(),
             stored_at: now,
             expires_at: now + ttl,
+            stale: StaleWindows::default(),
             initial_age: 0,
             upstream_time: Duration::ZERO,
             hits: AtomicU64::new(0),
+            replay: None,
         })
     }
 
@@ -357,6 +459,30 @@ mod tests {
         assert!(matches!(store.get(&key(1), later), Lookup::Miss));
         assert_eq!(store.len(), 0);
         assert_eq!(store.expirations(), 1);
+    }
+
+    #[test]
+    fn an_expired_entry_is_kept_for_its_stale_window() {
+        let store = Store::new(100, 1 << 20, 1 << 10);
+        let mut stale = Arc::into_inner(entry(1, "d", Duration::from_millis(1))).unwrap();
+        stale.stale.if_error = HOUR;
+        store.insert(key(1), Arc::new(stale), 0).unwrap();
+        let later = Instant::now() + Duration::from_secs(1);
+        assert!(matches!(store.get(&key(1), later), Lookup::Stale(_)));
+        assert!(store.stale_if_error(&key(1), later).is_some());
+        assert_eq!(store.purge_expired(later), 0, "kept inside its window");
+        assert_eq!(
+            store.census(later),
+            Census {
+                fresh: 0,
+                stale: 1,
+                bytes: store.bytes()
+            }
+        );
+        let past = later + HOUR;
+        assert!(store.stale_if_error(&key(1), past).is_none());
+        assert_eq!(store.purge_expired(past), 1, "dropped past its window");
+        assert!(store.is_empty());
     }
 
     #[test]

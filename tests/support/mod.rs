@@ -27,6 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+pub mod flaky;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Upper bound for every "wait until" loop in the suite.
@@ -347,6 +349,8 @@ pub enum Step {
     /// Wait for the next request on the same connection (a keep-alive
     /// client reusing it), read it, and go on without answering it.
     ReadRequest,
+    /// Abort the connection with a TCP reset (RST), not a clean close.
+    Reset,
 }
 
 /// A TCP origin that reads one request per connection and answers with a
@@ -434,6 +438,10 @@ async fn raw_answer(mut stream: TcpStream, script: Vec<Step>, served: Arc<Atomic
                     return;
                 }
             }
+            Step::Reset => {
+                let _ = stream.set_zero_linger();
+                return;
+            }
         }
     }
     let _ = stream.shutdown().await;
@@ -502,6 +510,11 @@ pub async fn spawn_proxy(upstream: &str, toml: &str) -> ProxyHandle {
         ..Default::default()
     };
     let config = dashcache::Config::resolve(&cli, file, None).expect("test config is valid");
+    start(config).await
+}
+
+/// Starts dashcache with a ready configuration.
+pub async fn start(config: dashcache::Config) -> ProxyHandle {
     let server = dashcache::Server::bind(config).await.expect("proxy binds");
     let addr = server.local_addr();
     let proxy = server.proxy().clone();

@@ -1,0 +1,242 @@
+//! Zero-miss refresh: `POST /api/cache/refresh` asks the upstream again for
+//! stored entries, in the background, while the old answers keep being
+//! served until each new one is stored.
+//!
+//! This is what the data pipeline calls after its daily refresh instead of
+//! `clear`: dashboards never meet a miss, and the warehouse sees at most
+//! `refresh_concurrency` refresh queries at once. Each refresh is an
+//! ordinary fill joined through the key's flight, so a concurrent miss on
+//! the same key shares it rather than asking a second time. An entry whose
+//! refresh fails (error, 5xx, an answer that may not be stored) is dropped,
+//! so the next request is a miss: it is never served as if it were fresh.
+//! Entries fetched with credentials are never replayed (`cache::replay`);
+//! a refresh drops them instead.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use serde::Serialize;
+use tokio::sync::{oneshot, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::body::ProxyBody;
+use crate::cache::flight::{FillOutcome, Join};
+use crate::cache::Entry;
+use crate::fill::{self, FillPlan, LeaderAnswer};
+use crate::proxy::{ClientInfo, Proxy};
+use crate::respond;
+use crate::server::Surface;
+
+/// What a refresh request looks like to the upstream: from the proxy itself.
+const REFRESH_CLIENT: ClientInfo = ClientInfo {
+    addr: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
+    scheme: "http",
+    surface: Surface::Combined,
+};
+
+/// Refreshes in progress and their counters (shown in stats).
+pub struct Refresher {
+    /// One permit per refresh talking to the upstream: `refresh_concurrency`.
+    permits: Arc<Semaphore>,
+    /// Counters are independent relaxed atomics, read only by stats.
+    scheduled: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+    /// Entries that could not be replayed (fetched with credentials), dropped.
+    dropped: AtomicU64,
+    running: AtomicU64,
+}
+
+/// The refresh counters, as stats shows them.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RefreshFigures {
+    pub scheduled: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub running: u64,
+}
+
+/// How one entry's refresh ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refill {
+    /// The new answer is stored (by this refresh or a fill it joined).
+    Stored,
+    /// The entry was already gone or replaced: nothing to do.
+    Superseded,
+    /// Fetched with credentials: not replayed.
+    Unreplayable,
+    /// The upstream failed or its answer may not be stored.
+    Failed(&'static str),
+}
+
+impl Refresher {
+    pub fn new(concurrency: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(concurrency)),
+            scheduled: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+        }
+    }
+
+    pub fn figures(&self) -> RefreshFigures {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RefreshFigures {
+            scheduled: load(&self.scheduled),
+            done: load(&self.done),
+            failed: load(&self.failed),
+            dropped: load(&self.dropped),
+            running: load(&self.running),
+        }
+    }
+}
+
+/// `POST /api/cache/refresh`'s answer, in the admin API's seed-like shape.
+#[derive(Serialize)]
+struct RefreshAnswer<'a> {
+    status: &'static str,
+    keys_scheduled: usize,
+    /// `null` when every entry is refreshed.
+    pattern: Option<&'a str>,
+    message: String,
+}
+
+/// `POST /api/cache/refresh[?pattern=]` (authorised by the admin API):
+/// schedules the matching entries (all of them without a pattern) and
+/// answers 202 at once.
+pub fn accept(proxy: &Arc<Proxy>, pattern: Option<&str>) -> Response<ProxyBody> {
+    let scheduled = schedule(proxy, pattern.unwrap_or(""));
+    let message = match pattern {
+        Some(p) => {
+            format!("Refreshing {scheduled} cache keys matching pattern '{p}' in the background")
+        }
+        None => format!("Refreshing all {scheduled} cache keys in the background"),
+    };
+    info!(
+        pattern,
+        keys_scheduled = scheduled,
+        "Cache REFRESH: {message}"
+    );
+    respond::json(
+        StatusCode::ACCEPTED,
+        &RefreshAnswer {
+            status: "accepted",
+            keys_scheduled: scheduled,
+            pattern,
+            message,
+        },
+    )
+}
+
+/// Schedules a refresh of every stored entry whose description contains
+/// `pattern` (every entry for ""); returns how many.
+pub fn schedule(proxy: &Arc<Proxy>, pattern: &str) -> usize {
+    let entries: Vec<Arc<Entry>> = proxy
+        .store
+        .entries()
+        .into_iter()
+        .filter(|e| e.description.contains(pattern))
+        .collect();
+    let count = entries.len();
+    proxy
+        .refresher
+        .scheduled
+        .fetch_add(count as u64, Ordering::Relaxed);
+    for entry in entries {
+        tokio::spawn(refresh_one(proxy.clone(), entry));
+    }
+    count
+}
+
+async fn refresh_one(proxy: Arc<Proxy>, entry: Arc<Entry>) {
+    let refresher = &proxy.refresher;
+    let Ok(_permit) = refresher.permits.clone().acquire_owned().await else {
+        return;
+    };
+    refresher.running.fetch_add(1, Ordering::Relaxed);
+    let result = refill(&proxy, &entry).await;
+    refresher.running.fetch_sub(1, Ordering::Relaxed);
+    let key = entry.key.short();
+    match result {
+        Refill::Stored | Refill::Superseded => {
+            refresher.done.fetch_add(1, Ordering::Relaxed);
+            debug!(key = %key, outcome = ?result, "entry refreshed");
+        }
+        Refill::Unreplayable => {
+            refresher.dropped.fetch_add(1, Ordering::Relaxed);
+            proxy.store.remove_entry(&entry);
+            info!(route = &*entry.route, key = %key, "entry fetched with credentials is not replayed; dropped instead of refreshed");
+        }
+        Refill::Failed(reason) => {
+            refresher.failed.fetch_add(1, Ordering::Relaxed);
+            proxy.store.remove_entry(&entry);
+            warn!(route = &*entry.route, key = %key, reason, "refresh failed; entry dropped");
+        }
+    }
+}
+
+/// Asks the upstream for `entry` again, through the key's flight.
+async fn refill(proxy: &Arc<Proxy>, entry: &Arc<Entry>) -> Refill {
+    if !proxy.store.holds(entry) {
+        return Refill::Superseded;
+    }
+    let Some(replay) = &entry.replay else {
+        return Refill::Unreplayable;
+    };
+    let guard = match proxy.flights.join(entry.key) {
+        Join::Leader(guard) => guard,
+        // A miss or another refresh is already asking: its outcome is ours.
+        Join::Waiter(waiter) => return judge(&*waiter.outcome().await),
+    };
+    let uri = replay
+        .path_and_query
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    let mut request = Request::new(());
+    *request.method_mut() = replay.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = replay.headers.clone();
+    let (parts, ()) = request.into_parts();
+    let config = proxy.config();
+    let route = config.routes.lookup(&replay.method, parts.uri.path());
+    let (ttl, stale) = proxy.entry_policy(route);
+    let plan = FillPlan {
+        route: entry.route.clone(),
+        ttl,
+        description: entry.description.clone(),
+        base: entry.base,
+        request_headers: replay.headers.clone(),
+        vouch_for: None,
+        stale,
+        serve_stale: false,
+        replay: Some(replay.clone()),
+    };
+    let body = Either::Left(Full::new(replay.body.clone()));
+    let upstream_request = proxy.upstream_request(parts, None, body, REFRESH_CLIENT);
+    let (answer_tx, answer_rx) = oneshot::channel();
+    tokio::spawn(fill::run(
+        proxy.clone(),
+        guard,
+        upstream_request,
+        plan,
+        answer_tx,
+    ));
+    match answer_rx.await {
+        Ok(LeaderAnswer::Outcome(outcome)) => judge(&outcome),
+        Ok(LeaderAnswer::Stream(_)) => Refill::Failed("not-stored"),
+        Err(_) => Refill::Failed("abandoned"),
+    }
+}
+
+fn judge(outcome: &FillOutcome) -> Refill {
+    match outcome {
+        FillOutcome::Stored(_) => Refill::Stored,
+        other => Refill::Failed(other.as_str()),
+    }
+}
