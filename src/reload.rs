@@ -144,6 +144,8 @@ fn keep_fixed(running: &Config, new: &mut Config) -> Vec<&'static str> {
         "shutdown_timeout",
         running.shutdown_timeout != new.shutdown_timeout,
     );
+    // The subscriber is installed once, before the runtime starts.
+    keep("log_format", running.log_format != new.log_format);
     let (r, n) = (&running.cache, &new.cache);
     keep("cache.maxsize", r.maxsize != n.maxsize);
     keep("cache.max_bytes", r.max_bytes != n.max_bytes);
@@ -163,6 +165,7 @@ fn keep_fixed(running: &Config, new: &mut Config) -> Vec<&'static str> {
     new.limits = running.limits.clone();
     new.upstream = running.upstream.clone();
     new.shutdown_timeout = running.shutdown_timeout;
+    new.log_format = running.log_format;
     new.cache.maxsize = r.maxsize;
     new.cache.max_bytes = r.max_bytes;
     new.cache.max_object_bytes = r.max_object_bytes;
@@ -220,16 +223,17 @@ mod tests {
         let (live, path) = live(&dir, "[cache]\nmaxsize = 10\n");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:1\"\n[cache]\nmaxsize = 20\nttl = 5\n",
+            "listen = \"127.0.0.1:1\"\nlog_format = \"json\"\n[cache]\nmaxsize = 20\nttl = 5\n",
         )
         .unwrap();
         let Reload::Applied { needs_restart, .. } = live.reload() else {
             panic!("applied")
         };
-        assert_eq!(needs_restart, ["listen", "cache.maxsize"]);
+        assert_eq!(needs_restart, ["listen", "log_format", "cache.maxsize"]);
         let settings = live.load();
         assert_eq!(settings.cache.maxsize, 10);
         assert_ne!(settings.listen.port(), 1);
+        assert_eq!(settings.log_format, crate::config::LogFormat::Text);
         assert_eq!(
             settings.cache.ttl,
             Duration::from_secs(5),
