@@ -1,0 +1,237 @@
+//! Configuration: the validated [`Config`] every other module reads, its
+//! defaults and its error, and [`Config::load`] / [`Config::reread`].
+//!
+//! Raw input is kept apart from the result (ripgrep's LowArgs/HiArgs split):
+//! `cli.rs` holds the clap flags and env vars ([`Cli`]), `file.rs` the
+//! `proxy.toml` serde types ([`FileConfig`]), `resolve.rs` merges them over
+//! the defaults with precedence flags > env > file > defaults and validates
+//! everything (errors name the flag or file field at fault), and `print.rs`
+//! writes the effective configuration back as TOML for `--print-config`.
+//! Nothing downstream re-reads the environment or re-checks a value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{StatusCode, Uri};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::stale::StaleWindows;
+use crate::routes::RouteTable;
+
+mod cli;
+mod file;
+mod print;
+mod resolve;
+
+pub use cli::{parse_duration, Cli};
+pub use file::{FileCache, FileConfig, FileDuration, FileRoute, FileSize};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
+pub const DEFAULT_TTL: Duration = Duration::from_secs(4 * 3600);
+pub const DEFAULT_MAXSIZE: u64 = 1000;
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_AUTH_TTL: Duration = Duration::from_secs(300);
+/// How long past its TTL an entry still answers for a failing upstream.
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
+/// Serving stale while revalidating is opt-in.
+pub const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::ZERO;
+/// How long a coalesced caller waits for another caller's fill.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refreshes (`POST /api/cache/refresh`) asking the upstream at once.
+pub const DEFAULT_REFRESH_CONCURRENCY: usize = 4;
+/// Requests the upstream may have from this proxy at once.
+pub const DEFAULT_UPSTREAM_CONCURRENCY: usize = 32;
+/// Callers that may wait for one of those; beyond, 503 at once.
+pub const DEFAULT_UPSTREAM_QUEUE: usize = 256;
+/// How long a queued caller waits before its 503.
+pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// hyper's HTTP/1 read buffer cannot be smaller than this.
+pub const MIN_MAX_HEADER_BYTES: u64 = 8 * 1024;
+/// HTTP/2 carries the header list limit in a 32-bit setting; far below that,
+/// a 16 MiB head is already no legitimate client's.
+pub const MAX_MAX_HEADER_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How log lines are written: `text` for people, `json` (one object per
+/// line) for log shippers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Where and how to reach the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Scheme and authority, e.g. `https://api.internal:8443`.
+    pub origin: Uri,
+    /// Path prefix joined before every request path ("" for none).
+    pub base_path: String,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    /// Requests the upstream may have at once (at least 1).
+    pub concurrency: usize,
+    /// Callers that may wait for a free slot; beyond, 503 at once.
+    pub queue: usize,
+    /// How long a caller waits in the queue before its 503.
+    pub queue_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// The URL as the operator wrote it, for messages.
+    pub fn display(&self) -> String {
+        format!(
+            "{}{}",
+            self.origin.to_string().trim_end_matches('/'),
+            self.base_path
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub maxsize: u64,
+    pub max_bytes: u64,
+    pub max_object_bytes: u64,
+    pub cacheable_statuses: Vec<StatusCode>,
+    pub honor_client_no_cache: bool,
+    pub purge_interval: Duration,
+    /// Request headers that identify a caller; their digest joins the key.
+    pub credential_headers: Vec<HeaderName>,
+    /// How long an upstream 2xx vouches for a credential on a shared route.
+    pub auth_ttl: Duration,
+    /// Default stale windows of every entry (a route or the origin's
+    /// `Cache-Control` may override them; see `cache::stale`).
+    pub stale: StaleWindows,
+    /// How long a caller waits for another caller's fill of the same key
+    /// before it answers stale or 504 (never its own upstream request).
+    pub lock_timeout: Duration,
+    /// Refreshes asking the upstream at once (at least 1).
+    pub refresh_concurrency: usize,
+}
+
+/// The certificate and key files of TLS termination; both or neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// What one client connection may cost the proxy: the defences against
+/// header floods, slow clients (slowloris) and connection floods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head; HTTP/1 answers 431 beyond, HTTP/2 refuses the stream.
+    pub max_header_bytes: u64,
+    /// Deadline for a request head, for the TLS handshake plus first head of
+    /// a new connection, and for an idle HTTP/1 keep-alive connection.
+    pub header_read_timeout: Duration,
+    /// Client connections served at once on each listener.
+    pub max_connections: usize,
+    /// HTTP/2 PING period, to find dead peers.
+    pub http2_keep_alive_interval: Duration,
+    /// How long an HTTP/2 PING may stay unanswered before the connection is closed.
+    pub http2_keep_alive_timeout: Duration,
+    /// Requests one HTTP/2 connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+}
+
+/// The validated configuration every other module reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// When set, the admin API is served here (plain HTTP) and not on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// When set, `listen` serves HTTPS only.
+    pub tls: Option<TlsFiles>,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub routes: RouteTable,
+    pub max_body_bytes: u64,
+    pub limits: Limits,
+    pub admin_token: Option<String>,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub source: Option<PathBuf>,
+    /// The flags and env this was resolved with, kept so that a reload
+    /// (SIGHUP) re-reads `source` under the same overrides.
+    pub overrides: Arc<Cli>,
+}
+
+impl Config {
+    /// Flags and env from `cli`, then the file it names (if any), then defaults.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(cli, file, cli.config.clone())
+    }
+
+    /// The configuration again: `source` re-read under the same flags and
+    /// env. `None` when there is no file to re-read.
+    pub fn reread(&self) -> Option<Result<Self, ConfigError>> {
+        let path = self.source.as_ref()?;
+        Some(
+            FileConfig::read(path)
+                .and_then(|file| Self::resolve(&self.overrides, file, Some(path.clone()))),
+        )
+    }
+}
+
+/// [`Config::resolve`] over a `proxy.toml` text, for the unit tests of every part.
+#[cfg(test)]
+fn resolve_toml(cli: Cli, toml_text: &str) -> Result<Config, ConfigError> {
+    let file = FileConfig::parse(toml_text, std::path::Path::new("test.toml"))?;
+    Config::resolve(&cli, file, None)
+}
