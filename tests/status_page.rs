@@ -1,7 +1,8 @@
 //! The status page at `/api/cache/` in a real browser: headless Chromium
 //! (Debian's `chromium` package) loads it from a running proxy after known
 //! traffic, and the figures it shows must agree with the requests sent; its
-//! clear and invalidate buttons must work with the admin token typed in.
+//! clear, invalidate and refresh buttons must work with the admin token
+//! typed in.
 //!
 //! Chromium prints the DOM once the page's scripts have run
 //! (`--dump-dom` after `--virtual-time-budget`). To read figures and click
@@ -34,8 +35,8 @@ path = "/harness.html"
 cache = false
 "#;
 
-/// Frames the status page, reads what it shows and (with `?actions`)
-/// drives its token field and buttons; writes JSON into `#result`.
+/// Frames the status page, reads what it shows and (with `?actions` or
+/// `?refresh`) drives its token field and buttons; writes JSON into `#result`.
 const HARNESS: &str = include_str!("status_page_harness.html");
 
 /// Chromium's path, `None` when it is missing and the browser tests are
@@ -354,4 +355,46 @@ async fn the_buttons_clear_and_invalidate_with_the_admin_token() {
         4,
         "the page's admin calls never reach the origin"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_button_refreshes_the_matching_entries_with_the_admin_token() {
+    let Some(chromium) = chromium() else { return };
+    let origin = Origin::start().await;
+    let proxy = proxy_with_harness(&origin, "admin_token = \"s3cret\"").await;
+    for org in ["Vale", "Acme", "Globex"] {
+        post_metrics(&proxy, org, "MISS").await;
+    }
+    let reply = Client::new().get(&proxy.url("/api/filter-options")).await;
+    assert_eq!(reply.x_cache(), "MISS");
+
+    let dom = dump_dom(&chromium, &proxy.url("/harness.html?refresh"), 30_000).await;
+    let result = harness_result(&dom);
+
+    assert_eq!(
+        result["progress_hidden_before"], true,
+        "no progress line before anything was scheduled: {result}"
+    );
+    assert_eq!(
+        result["refresh"]["text"],
+        "Refreshing 3 cache keys matching pattern 'org' in the background",
+        "{result}"
+    );
+    assert_eq!(result["refresh"]["class"], "ok");
+    let progress = &result["progress"];
+    assert_eq!(progress["scheduled"], "3", "{result}");
+    assert_eq!(progress["done"], "3", "{result}");
+    assert_eq!(progress["failed"], "0", "{result}");
+    assert_eq!(progress["dropped"], "0", "{result}");
+
+    // What the button did, seen from the proxy and the origin: one new
+    // upstream query per refreshed entry, the unmatched one left alone.
+    let refresh = &proxy.stats().await["refresh"];
+    assert_eq!(refresh["scheduled"], 3, "{refresh}");
+    assert_eq!(refresh["done"], refresh["scheduled"], "{refresh}");
+    assert_eq!(origin.count("/api/metrics"), 3 + 3, "3 misses, 3 refreshes");
+    assert_eq!(origin.count("/api/filter-options"), 1, "not matched");
+    // Zero-miss: the refreshed entries are still served from the cache.
+    post_metrics(&proxy, "Vale", "HIT").await;
+    assert_eq!(proxy.proxy.store.len(), 4);
 }

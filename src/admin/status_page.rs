@@ -1,8 +1,9 @@
 //! The status page at `GET /api/cache/`: one self-contained HTML document
 //! (inline CSS and JS, no CDN) embedded in the binary. It polls `stats`
 //! every 2 s (and `keys` for the hottest entries), computes requests per
-//! second from successive polls, and drives `clear` / `invalidate` with the
-//! bearer token typed into it. It holds no state the API does not.
+//! second from successive polls, and drives `clear` / `invalidate` /
+//! `refresh` with the bearer token typed into it, showing refresh progress
+//! from `stats`. It holds no state the API does not.
 
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::Response;
