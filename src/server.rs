@@ -14,7 +14,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, Limits};
 use crate::error::ProxyError;
-use crate::framing::FramingGuard;
+use crate::client_io::{ClientDeadlines, ClientIo, ConnectionWatch, OnStall, Stall};
+use crate::framing::FRAMING_CONFLICT;
+use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, Proxy, Served};
 use crate::respond::{self, CacheStatus};
 use crate::tls::{Tls, TlsError};
@@ -204,6 +205,7 @@ impl Server {
             hangup.map(|hangup| tokio::spawn(reload_on_hangup(hangup, proxy.clone(), tls.clone())));
 
         let builder = connection_builder(limits);
+        let deadlines = client_deadlines(limits);
         let graceful = GracefulShutdown::new();
         let mut main = Listener::new(
             main,
@@ -249,6 +251,7 @@ impl Server {
                     surface: listener.surface,
                     tls: listener.tls.clone(),
                     deadline: tokio::time::Instant::now() + limits.header_read_timeout,
+                    deadlines,
                     slot,
                 },
                 builder.clone(),
@@ -294,9 +297,47 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(max_header_bytes as u32)
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.http2_max_pending_accept_reset_streams)
         .keep_alive_interval(limits.http2_keep_alive_interval)
         .keep_alive_timeout(limits.http2_keep_alive_timeout);
     builder
+}
+
+/// The deadlines every connection's bytes get (see `client_io.rs`).
+fn client_deadlines(limits: &Limits) -> ClientDeadlines {
+    ClientDeadlines {
+        // Validated in config: at most 16 MiB.
+        max_header_bytes: limits.max_header_bytes as usize,
+        body_read_timeout: limits.body_read_timeout,
+        body_min_rate: limits.body_min_rate,
+        send_timeout: limits.send_timeout,
+    }
+}
+
+/// Counts and logs a client that ran out a body or send deadline.
+fn stall_reporter(proxy: &Arc<Proxy>, client: SocketAddr) -> OnStall {
+    let proxy = proxy.clone();
+    Arc::new(move |stall| {
+        let metrics = &proxy.metrics;
+        match stall {
+            Stall::Body => {
+                Metrics::bump(&metrics.body_timeouts);
+                info!(
+                    client = %client.ip(),
+                    stall = stall.as_str(),
+                    "request body too slow (body_read_timeout, body_min_rate); answering 408 and closing"
+                );
+            }
+            Stall::Send => {
+                Metrics::bump(&metrics.send_timeouts);
+                info!(
+                    client = %client.ip(),
+                    stall = stall.as_str(),
+                    "client left its answer unread (send_timeout); closing"
+                );
+            }
+        }
+    })
 }
 
 /// A listening socket and what its connections get.
@@ -380,6 +421,8 @@ struct Connection {
     tls: Option<Arc<Tls>>,
     /// TLS handshake and first request head must both be done by then.
     deadline: tokio::time::Instant,
+    /// Request body and answer write deadlines.
+    deadlines: ClientDeadlines,
     /// Returned to the listener when the connection ends.
     slot: OwnedSemaphorePermit,
 }
@@ -430,6 +473,7 @@ async fn serve_http<IO>(
         addr,
         surface,
         deadline,
+        deadlines,
         slot: _slot,
         ..
     } = connection;
@@ -438,25 +482,33 @@ async fn serve_http<IO>(
         scheme,
         surface,
     };
-    // Set by the first request; until then the connection has only the
-    // deadline, which also covers what hyper's own head timeout does not:
-    // a client that sends nothing, or stalls inside the HTTP/2 preface.
-    let requested = Arc::new(AtomicBool::new(false));
+    // Until the first request the connection has only the deadline, which
+    // also covers what hyper's own head timeout does not: a client that
+    // sends nothing, or stalls inside the HTTP/2 preface.
+    let watch = Arc::new(ConnectionWatch::default());
+    let on_stall = stall_reporter(&proxy, addr);
     let service = {
-        let requested = requested.clone();
-        service_fn(move |request| {
-            requested.store(true, Ordering::Relaxed);
+        let watch = watch.clone();
+        service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            if watch.next_request_conflicts() {
+                // Its head had Content-Length and Transfer-Encoding (seen by
+                // ClientIo): the pipeline refuses it with 400.
+                request.headers_mut().insert(
+                    FRAMING_CONFLICT,
+                    http::HeaderValue::from_static("1"),
+                );
+            }
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
         })
     };
-    let io = TokioIo::new(FramingGuard::new(io));
+    let io = TokioIo::new(ClientIo::new(io, deadlines, watch.clone(), on_stall));
     let served = watcher.watch(builder.serve_connection(io, service).into_owned());
     tokio::pin!(served);
     let result = tokio::select! {
         result = served.as_mut() => result,
         () = tokio::time::sleep_until(deadline) => {
-            if !requested.load(Ordering::Relaxed) {
+            if watch.requests() == 0 {
                 debug!(client = %addr, "no request within header_read_timeout; closing");
                 return;
             }
