@@ -214,15 +214,14 @@ impl<IO> ClientIo<IO> {
         let clock = self.body.take().expect("set by body_deadline");
         self.read_timer = None;
         (self.on_stall)(Stall::Body);
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            BodyReadTimeout {
-                received: clock.received,
-                waited: clock.started.elapsed(),
-                timeout: self.deadlines.body_read_timeout,
-                rate: self.deadlines.body_min_rate,
-            },
-        )))
+        // Not `TimedOut`: on a streamed request the error surfaces from the
+        // upstream client, which would take that kind for its own timeout.
+        Poll::Ready(Err(io::Error::other(BodyReadTimeout {
+            received: clock.received,
+            waited: clock.started.elapsed(),
+            timeout: self.deadlines.body_read_timeout,
+            rate: self.deadlines.body_min_rate,
+        })))
     }
 
     /// After a write or flush made no progress: fails once `send_timeout`
@@ -243,7 +242,11 @@ impl<IO> ClientIo<IO> {
         )))
     }
 
-    fn wrote<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn wrote<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         match polled {
             Poll::Pending => self.poll_send_deadline(cx),
             ready => {
@@ -413,7 +416,8 @@ mod tests {
             .await
             .unwrap();
         let mut buf = [0u8; 4096];
-        io.read(&mut buf).await.unwrap();
+        let head = io.read(&mut buf).await.unwrap();
+        assert!(head > 0);
         let idle = tokio::time::timeout(Duration::from_secs(600), io.read(&mut buf)).await;
         assert!(idle.is_err(), "still waiting after 10 minutes, no error");
         assert_eq!(stalls.load(Ordering::Relaxed), 0);

@@ -26,9 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::client_io::{ClientDeadlines, ClientIo, ConnectionWatch, OnStall, Stall};
 use crate::config::{Config, Limits};
 use crate::error::ProxyError;
-use crate::client_io::{ClientDeadlines, ClientIo, ConnectionWatch, OnStall, Stall};
 use crate::framing::FRAMING_CONFLICT;
 use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, Proxy, Served};
@@ -493,10 +493,9 @@ async fn serve_http<IO>(
             if watch.next_request_conflicts() {
                 // Its head had Content-Length and Transfer-Encoding (seen by
                 // ClientIo): the pipeline refuses it with 400.
-                request.headers_mut().insert(
-                    FRAMING_CONFLICT,
-                    http::HeaderValue::from_static("1"),
-                );
+                request
+                    .headers_mut()
+                    .insert(FRAMING_CONFLICT, http::HeaderValue::from_static("1"));
             }
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }

@@ -120,7 +120,11 @@ pub struct Cli {
 
     /// HTTP/2 streams a client may open and reset before they are served;
     /// beyond, the connection is closed.
-    #[arg(long, value_name = "N", env = "DASHCACHE_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DASHCACHE_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS"
+    )]
     pub http2_max_pending_accept_reset_streams: Option<usize>,
 
     /// Bearer token required by the admin API's mutations.
