@@ -23,7 +23,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -96,16 +96,37 @@ pub fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// What the connection's service learns from its bytes. Shared by the
-/// connection's I/O and its service, which run on the same task, so
-/// relaxed atomics suffice.
-#[derive(Debug, Default)]
+/// What the connection's service and its I/O learn about each other. Both
+/// run on the connection's task, except a response body that hyper may
+/// finish from the same task too, so relaxed atomics suffice.
+#[derive(Debug)]
 pub struct ConnectionWatch {
+    /// When the connection started; `last_activity` counts from it.
+    epoch: Instant,
     /// Requests handed to the service so far.
     requests: AtomicU64,
     /// 1-based number of the request whose head carried both
     /// `Content-Length` and `Transfer-Encoding`; 0 for none.
     conflict: AtomicU64,
+    /// HTTP/2 requests whose answer is not finished yet.
+    open_streams: AtomicU64,
+    /// Milliseconds from `epoch` to the last HTTP/2 request start or answer end.
+    last_activity: AtomicU64,
+    /// Whether the connection speaks HTTP/2 (known at its first request).
+    http2: AtomicBool,
+}
+
+impl Default for ConnectionWatch {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            requests: AtomicU64::new(0),
+            conflict: AtomicU64::new(0),
+            open_streams: AtomicU64::new(0),
+            last_activity: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
+        }
+    }
 }
 
 impl ConnectionWatch {
@@ -118,6 +139,36 @@ impl ConnectionWatch {
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+
+    /// An HTTP/2 request started; [`ConnectionWatch::stream_done`] ends it.
+    pub fn stream_opened(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    pub fn stream_done(&self) {
+        self.touch();
+        self.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Since when no HTTP/2 request has been open; `None` while one is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.open_streams.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let ms = self.last_activity.load(Ordering::Relaxed);
+        Some(self.epoch + Duration::from_millis(ms))
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_activity.store(ms, Ordering::Relaxed);
     }
 }
 
@@ -442,5 +493,18 @@ mod tests {
         assert!(watch.next_request_conflicts());
         assert!(!watch.next_request_conflicts());
         assert_eq!(watch.requests(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_only_with_no_open_stream() {
+        let watch = ConnectionWatch::default();
+        assert!(!watch.is_http2());
+        watch.stream_opened();
+        assert!(watch.is_http2());
+        assert_eq!(watch.idle_since(), None);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        watch.stream_done();
+        let since = watch.idle_since().expect("idle once the answer ended");
+        assert_eq!(since, watch.epoch + Duration::from_secs(5));
     }
 }

@@ -8,15 +8,22 @@
 //! `max_connections` at once and closes further ones on accept; a new
 //! connection must finish its TLS handshake and send a first request head
 //! within `header_read_timeout`, and every later head (or an idle HTTP/1
-//! keep-alive) gets the same time from hyper; heads over `max_header_bytes`
-//! get 431 (HTTP/1) or a refused stream (HTTP/2).
+//! keep-alive) gets the same time from hyper; an HTTP/2 connection with no
+//! open request is closed after that time too; heads over `max_header_bytes`
+//! get 431 (HTTP/1) or a refused stream (HTTP/2). Request bodies and answer
+//! writes have their own deadlines in `client_io.rs`, and `admission.rs`
+//! refuses conflicting framing and bad `Host` fields.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -26,9 +33,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::body::ProxyBody;
 use crate::client_io::{ClientDeadlines, ClientIo, ConnectionWatch, OnStall, Stall};
 use crate::config::{Config, Limits};
-use crate::error::ProxyError;
+use crate::error::{BoxError, ProxyError};
 use crate::framing::FRAMING_CONFLICT;
 use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, Proxy, Served};
@@ -252,6 +260,7 @@ impl Server {
                     tls: listener.tls.clone(),
                     deadline: tokio::time::Instant::now() + limits.header_read_timeout,
                     deadlines,
+                    idle_timeout: limits.header_read_timeout,
                     slot,
                 },
                 builder.clone(),
@@ -423,6 +432,8 @@ struct Connection {
     deadline: tokio::time::Instant,
     /// Request body and answer write deadlines.
     deadlines: ClientDeadlines,
+    /// How long an HTTP/2 connection may stay without an open request.
+    idle_timeout: Duration,
     /// Returned to the listener when the connection ends.
     slot: OwnedSemaphorePermit,
 }
@@ -474,6 +485,7 @@ async fn serve_http<IO>(
         surface,
         deadline,
         deadlines,
+        idle_timeout,
         slot: _slot,
         ..
     } = connection;
@@ -498,24 +510,86 @@ async fn serve_http<IO>(
                     .insert(FRAMING_CONFLICT, http::HeaderValue::from_static("1"));
             }
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
+            let stream = (request.version() == http::Version::HTTP_2).then(|| {
+                watch.stream_opened();
+                StreamGuard(watch.clone())
+            });
+            async move {
+                let response = proxy.handle(request, client).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _stream: stream,
+                }))
+            }
         })
     };
     let io = TokioIo::new(ClientIo::new(io, deadlines, watch.clone(), on_stall));
     let served = watcher.watch(builder.serve_connection(io, service).into_owned());
     tokio::pin!(served);
-    let result = tokio::select! {
-        result = served.as_mut() => result,
-        () = tokio::time::sleep_until(deadline) => {
-            if watch.requests() == 0 {
-                debug!(client = %addr, "no request within header_read_timeout; closing");
+    let mut check = deadline;
+    let result = loop {
+        tokio::select! {
+            result = served.as_mut() => break result,
+            () = tokio::time::sleep_until(check) => {}
+        }
+        if watch.requests() == 0 {
+            debug!(client = %addr, "no request within header_read_timeout; closing");
+            return;
+        }
+        if !watch.is_http2() {
+            // hyper's own head timer closes an idle HTTP/1 connection.
+            break served.await;
+        }
+        // hyper keeps an HTTP/2 connection whose client answers PINGs
+        // forever: close it once no request has been open for
+        // header_read_timeout, as an idle HTTP/1 connection is.
+        let now = tokio::time::Instant::now();
+        check = match watch.idle_since() {
+            Some(since) if since + idle_timeout <= now => {
+                debug!(client = %addr, "HTTP/2 connection idle for header_read_timeout; closing");
                 return;
             }
-            served.await
-        }
+            Some(since) => since + idle_timeout,
+            None => now + idle_timeout,
+        };
     };
     if let Err(err) = result {
         debug!(client = %addr, error = %err, "connection ended with an error");
+    }
+}
+
+/// An answer body that tells the connection when its HTTP/2 stream ends
+/// (finished or dropped), for the idle close.
+struct Tracked {
+    body: ProxyBody,
+    _stream: Option<StreamGuard>,
+}
+
+struct StreamGuard(Arc<ConnectionWatch>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.stream_done();
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
