@@ -14,9 +14,9 @@
 //! The scanner looks at the bytes where they already are (hyper's read
 //! buffer) and copies nothing, except the start of a head that arrives split
 //! over several reads, and that copy is bounded by `max_header_bytes`, as
-//! hyper's own buffer is. Anything it does not follow (HTTP/2, upgrades,
-//! malformed or oversized input) makes it stop watching for good: hyper's
-//! parser then decides, and refuses what is malformed or too large.
+//! hyper's own buffer is. Anything it does not follow (HTTP/2, malformed or
+//! oversized input) makes it stop watching for good: hyper's parser then
+//! decides, refuses what is malformed or too large, and closes.
 
 /// Marks a request whose head had both `Content-Length` and
 /// `Transfer-Encoding` (added by the server before the pipeline sees it). A
@@ -56,7 +56,7 @@ pub enum Phase {
     Head,
     /// Inside a request body (`body_read_timeout`).
     Body,
-    /// Not following the connection (HTTP/2, an upgrade, malformed input).
+    /// Not following the connection (HTTP/2, malformed input).
     Unknown,
 }
 
@@ -241,8 +241,8 @@ enum Framing {
     Chunked,
     /// Both `Content-Length` and `Transfer-Encoding`.
     Conflict,
-    /// An upgrade, CONNECT, a non-chunked transfer coding or an invalid
-    /// length: hyper refuses or takes over the connection.
+    /// A non-chunked transfer coding or an invalid length: hyper refuses
+    /// the request and closes the connection.
     Opaque,
 }
 
@@ -271,7 +271,11 @@ fn framing(request: &httparse::Request<'_, '_>) -> Framing {
     let mut has_length = false;
     let mut transfer_encoding = false;
     let mut chunked_last = false;
-    let mut opaque = request.method == Some("CONNECT");
+    // `Upgrade` and CONNECT are framed like any request: dashcache serves
+    // no upgrades, so hyper keeps reading requests after them (and ends
+    // the connection if an answer is 101). Not following them would let a
+    // client switch this watch off for the requests after.
+    let mut opaque = false;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
             has_length = true;
@@ -289,8 +293,6 @@ fn framing(request: &httparse::Request<'_, '_>) -> Framing {
                 .ok()
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        } else if header.name.eq_ignore_ascii_case("upgrade") {
-            opaque = true;
         }
     }
     match (transfer_encoding, has_length) {
@@ -445,6 +447,17 @@ mod tests {
         assert_eq!(scanner.phase(), Phase::Body);
         assert_eq!(scanner.observe(b"cGET"), 1);
         assert_eq!(scanner.phase(), Phase::Head);
+    }
+
+    #[test]
+    fn an_upgrade_request_does_not_switch_the_watch_off() {
+        let input = b"GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for scanner in every_split(input) {
+            assert_eq!(scanner.conflict(), Some(2));
+        }
+        let mut scanner = FramingScanner::new(1024);
+        scanner.observe(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(scanner.phase(), Phase::Body);
     }
 
     #[test]

@@ -8,6 +8,7 @@ after they close; then checks that a hit is still served while they are open.
 
     ulimit -n 20000
     python3 docs/bench/idle_connections.py target/release/dashcache 10000
+    python3 docs/bench/idle_connections.py target/release/dashcache 10000 silent
 
 Loopback only; bounded in count and time.
 """
@@ -63,15 +64,17 @@ async def read_answer(reader):
     return head.split(b" ")[1]
 
 
-async def one(port):
+async def one(port, request=True):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if not request:
+        return reader, writer
     writer.write(REQUEST)
     status = await read_answer(reader)
     assert status == b"200", status
     return reader, writer
 
 
-async def main(binary, count):
+async def main(binary, count, request):
     origin = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     port = free_port()
@@ -98,7 +101,9 @@ async def main(binary, count):
         connections = []
         started = time.monotonic()
         for start in range(0, count, 500):
-            batch = await asyncio.gather(*(one(port) for _ in range(start, min(count, start + 500))))
+            batch = await asyncio.gather(
+                *(one(port, request) for _ in range(start, min(count, start + 500)))
+            )
             connections.extend(batch)
         opened = time.monotonic() - started
         await asyncio.sleep(2)
@@ -114,7 +119,8 @@ async def main(binary, count):
         await asyncio.sleep(3)
         closed = rss_kib(proxy.pid)
         per = (held - at_rest) * 1024 / count
-        print(f"connections: {count} (opened in {opened:.1f} s, one hit each)")
+        what = "one hit each" if request else "no request sent"
+        print(f"connections: {count} (opened in {opened:.1f} s, {what})")
         print(f"rss at rest:      {at_rest} KiB")
         print(f"rss {count} idle: {held} KiB  (+{held - at_rest} KiB, {per:.0f} bytes/connection)")
         print(f"rss after close:  {closed} KiB  (+{closed - at_rest} KiB over rest)")
@@ -128,4 +134,6 @@ async def main(binary, count):
 if __name__ == "__main__":
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/dashcache"
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
-    asyncio.run(main(os.path.abspath(binary), count))
+    # "silent": connections that never send a request (the cost before hyper's buffers).
+    request = not (len(sys.argv) > 3 and sys.argv[3] == "silent")
+    asyncio.run(main(os.path.abspath(binary), count, request))
