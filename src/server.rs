@@ -458,15 +458,22 @@ async fn serve_connection(
     let addr = connection.addr;
     match connection.tls.clone() {
         None => serve_http(stream, "http", connection, builder, proxy, watcher).await,
-        Some(tls) => match tokio::time::timeout_at(connection.deadline, tls.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                serve_http(stream, "https", connection, builder, proxy, watcher).await
+        Some(tls) => {
+            match tokio::time::timeout_at(connection.deadline, Box::pin(tls.accept(stream))).await {
+                // Boxed so that the task of every plain connection is not as
+                // large as a TLS session.
+                Ok(Ok(stream)) => {
+                    Box::pin(serve_http(
+                        stream, "https", connection, builder, proxy, watcher,
+                    ))
+                    .await
+                }
+                Ok(Err(err)) => debug!(client = %addr, error = %err, "TLS handshake failed"),
+                Err(_) => {
+                    debug!(client = %addr, "TLS handshake not done within header_read_timeout; closing")
+                }
             }
-            Ok(Err(err)) => debug!(client = %addr, error = %err, "TLS handshake failed"),
-            Err(_) => {
-                debug!(client = %addr, "TLS handshake not done within header_read_timeout; closing")
-            }
-        },
+        }
     }
 }
 
@@ -514,13 +521,17 @@ async fn serve_http<IO>(
                 watch.stream_opened();
                 StreamGuard(watch.clone())
             });
-            async move {
+            // Boxed per request: hyper keeps one slot for the service's
+            // future for the whole life of an HTTP/1 connection, and the
+            // pipeline's future is many KiB. Inline, every idle keep-alive
+            // connection would keep that much memory.
+            Box::pin(async move {
                 let response = proxy.handle(request, client).await;
                 Ok::<_, Infallible>(response.map(|body| Tracked {
                     body,
                     _stream: stream,
                 }))
-            }
+            })
         })
     };
     let io = TokioIo::new(ClientIo::new(io, deadlines, watch.clone(), on_stall));

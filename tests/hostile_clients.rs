@@ -124,6 +124,20 @@ async fn a_silent_body_on_a_streamed_request_is_cut_with_408() {
 }
 
 #[tokio::test]
+async fn an_upgrade_header_earlier_on_the_connection_does_not_lift_the_body_deadline() {
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "body_read_timeout = \"500ms\"").await;
+    let answer = trickle(
+        proxy.addr,
+        b"GET /api/filter-options HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+          POST /api/metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n",
+        Duration::from_millis(100),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [200, 408]);
+}
+
+#[tokio::test]
 async fn a_body_that_arrives_in_time_is_served() {
     let origin = Origin::start().await;
     let proxy = proxy_with(&origin, "body_read_timeout = \"2s\"").await;
