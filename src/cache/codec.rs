@@ -349,16 +349,6 @@ impl Parts {
             .initial_age
             .ok_or(DecodeError::Missing("initial age"))?;
         let now = clock.mono;
-        // Stored "in the future" (another replica's clock runs ahead): age
-        // counts from now. Stored before this host's monotonic clock can
-        // reach: the age it had gathered by now moves into `initial_age`.
-        let stored_at = match clock.offset(stored_ms) {
-            Ok(_) => now,
-            Err(ago) => now.checked_sub(ago).unwrap_or_else(|| {
-                initial_age = initial_age.saturating_add(ago.as_secs());
-                now
-            }),
-        };
         // Expired further back than the monotonic clock reaches: expired
         // now, with the stale windows shortened by the time already spent
         // in them, so they still end when they would have.
@@ -369,6 +359,21 @@ impl Parts {
                 stale.if_error = stale.if_error.saturating_sub(ago);
                 stale.while_revalidate = stale.while_revalidate.saturating_sub(ago);
                 now
+            }),
+        };
+        // Stored "in the future" (another replica's clock runs ahead): age
+        // counts from now. Stored before this host's monotonic clock can
+        // reach: stored at expiry (or now), and the age it had gathered
+        // before that moves into `initial_age`, so `Age` still adds up.
+        let stored_at = match clock.offset(stored_ms) {
+            Ok(_) => now,
+            Err(ago) => now.checked_sub(ago).unwrap_or_else(|| {
+                let base = expires_at.min(now);
+                let before_base = ago.saturating_sub(now - base);
+                initial_age = initial_age
+                    .saturating_add(before_base.as_secs())
+                    .min(MAX_SPAN.as_secs());
+                base
             }),
         };
         Ok(Entry {
