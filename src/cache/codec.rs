@@ -871,6 +871,35 @@ mod tests {
         );
     }
 
+    /// Measurement, not a check (`docs/scaling-codec` figures):
+    /// `cargo test --release --lib codec_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement; run in release with --ignored --nocapture"]
+    fn codec_speed_on_a_20_kb_json_body() {
+        let clock = clock();
+        let mut entry = sample(&clock);
+        entry.body = Bytes::from_static(include_bytes!("../../tests/fixtures/dashboard_20kb.json"));
+        let rounds: u32 = 20_000;
+        let started = Instant::now();
+        let mut bytes = Vec::new();
+        for _ in 0..rounds {
+            bytes = std::hint::black_box(encode(std::hint::black_box(&entry), &clock));
+        }
+        let encode_time = started.elapsed() / rounds;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(decode(std::hint::black_box(&bytes), &clock).unwrap());
+        }
+        let decode_time = started.elapsed() / rounds;
+        println!(
+            "body {} B, encoded {} B, encode {:?}, decode {:?}",
+            entry.body.len(),
+            bytes.len(),
+            encode_time,
+            decode_time
+        );
+    }
+
     fn header_map() -> impl Strategy<Value = HeaderMap> {
         proptest::collection::vec(("[a-z][a-z0-9-]{0,12}", "[ -~]{0,40}"), 0..8).prop_map(|pairs| {
             let mut map = HeaderMap::new();

@@ -8,6 +8,7 @@ pub mod flight;
 pub mod key;
 pub mod policy;
 pub mod replay;
+pub mod snapshot;
 pub mod stale;
 pub mod store;
 pub mod vary;
