@@ -232,11 +232,14 @@ async fn a_corrupt_snapshot_is_logged_and_the_proxy_starts_empty() {
     assert!(written.len() > reply.body.len());
 }
 
+/// A way to set the path: its name, the flags, the environment.
+type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a Path)>);
+
 #[test]
 fn a_snapshot_path_that_cannot_be_written_stops_the_start_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-dir").join("cache.snap");
-    let cases: [(&str, Vec<&str>, Vec<(&str, &Path)>); 3] = [
+    let cases: [Case; 3] = [
         (
             "flag",
             vec!["--snapshot-file", missing.to_str().unwrap()],
