@@ -1,0 +1,641 @@
+//! Suspected volatile fields: for each route, a bounded sample of the
+//! bodies and query strings as keyed, and the fields in them whose value
+//! changes on most requests while the rest of the request repeats (a
+//! request id, a timestamp, a multi-select sent in a new order, a `utm_*`
+//! parameter), with the hit rate the route would have if they were left out
+//! of the key.
+//!
+//! Cost: every keyed request bumps one relaxed counter; the first
+//! [`WARMUP`] requests of a route, then one in [`SAMPLE_EVERY`], are
+//! sampled (a request whose sampler is busy is simply not sampled, so no
+//! request ever waits). A sample re-reads the keyed body once and adds one
+//! 64-bit hash per field to that field's [`Distinct`] sketch.
+//!
+//! Memory per route is bounded whatever the traffic: at most [`MAX_FIELDS`]
+//! fields, each with one sketch (plus a second for arrays of scalars), two
+//! sketches for the whole request, and the last window's report; about
+//! [`MAX_ROUTE_BYTES`] in the worst case. Windows of [`WINDOW`] samples keep
+//! the figures current: a finished window's report is kept while the next
+//! one fills.
+//!
+//! How a field is judged, per window:
+//! - its distinct rate (distinct values / samples holding it) is at least
+//!   [`VOLATILE_RATE`]: suggest `key_ignore_fields` (`key_ignore_query` for
+//!   a query parameter);
+//! - or it is an array of scalars that arrives as the same set in several
+//!   orders (at least [`ORDERS_PER_SET`] orders per set on average):
+//!   suggest `key_unordered`;
+//! - and the rest of the request, without those fields (arrays sorted),
+//!   repeats on at least [`REST_REPEATS`] of the samples. A route whose
+//!   requests are all different anyway is reported as nothing.
+//!
+//! These are estimates from a sample: a filter with thousands of values
+//! that each user picks once looks like a request id. The report says what
+//! to check, the operator decides (docs/operations.md).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use http::Method;
+use jiter::{Jiter, Peek};
+use serde::Serialize;
+use tracing::warn;
+
+use super::key::{KeyBody, RequestIdentity};
+use super::key_rules::KeyRules;
+use super::sketch::{hash_of, Distinct};
+
+/// Every request of a route is sampled until it has seen this many.
+pub const WARMUP: u64 = 256;
+/// After the warm-up, one request in this many is sampled.
+pub const SAMPLE_EVERY: u64 = 32;
+/// Fields tracked per route (the first seen); further fields are not judged.
+pub const MAX_FIELDS: usize = 64;
+/// Samples per window.
+pub const WINDOW: u32 = 4096;
+/// Samples (with the rest measured) before a route is judged at all.
+pub const MIN_SAMPLES: u32 = 24;
+/// How often, in samples, the suspected set is reviewed.
+const REVIEW_EVERY: u32 = 8;
+/// A field with distinct values on at least this share of samples is volatile.
+pub const VOLATILE_RATE: f64 = 0.8;
+/// An array arriving in at least this many orders per set is unordered.
+pub const ORDERS_PER_SET: f64 = 1.5;
+/// The rest of the request must repeat on at least this share of samples.
+pub const REST_REPEATS: f64 = 0.5;
+/// Bodies larger than this are not sampled (they are counted as seen).
+const MAX_SAMPLED_BODY: usize = 64 * 1024;
+/// Nesting followed when listing a body's fields.
+const MAX_DEPTH: usize = 16;
+/// The worst-case memory of one route's sampler.
+pub const MAX_ROUTE_BYTES: usize =
+    MAX_FIELDS * (2 * Distinct::BYTES + 160) + 2 * Distinct::BYTES + MAX_FIELDS * 400;
+
+/// The samplers of every route, by route name.
+///
+/// A route's sampler is created on its first keyed request and then only
+/// read, so an `RwLock` over the map costs hits a shared read; each sampler
+/// has its own `Mutex`, taken with `try_lock` by sampled requests only.
+#[derive(Default)]
+pub struct VolatileDetector {
+    routes: RwLock<HashMap<Arc<str>, Arc<RouteSampler>>>,
+}
+
+#[derive(Default)]
+struct RouteSampler {
+    seen: AtomicU64,
+    state: Mutex<SamplerState>,
+}
+
+/// One suspected field, as stats, keys and the status page show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VolatileField {
+    /// The field's path in the body (`meta.sentAt`, `items[].id`), or the
+    /// query parameter's name.
+    pub field: String,
+    /// `body` or `query`.
+    #[serde(rename = "in")]
+    pub location: &'static str,
+    /// The route setting that would fix it.
+    pub setting: &'static str,
+    /// Share of the sampled requests holding the field whose value was new.
+    pub distinct_rate: f64,
+    /// Sampled requests that held the field.
+    pub samples: u64,
+    /// Share of samples whose rest (without the suspected fields, arrays
+    /// sorted) had been seen before in the window.
+    pub rest_repeats: f64,
+    /// The route's estimated hit rate with its keys as they are…
+    pub hit_rate_now: f64,
+    /// …and with every suspected field fixed.
+    pub hit_rate_if_ignored: f64,
+    /// One line for people and logs.
+    pub summary: String,
+}
+
+/// Where a field was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Location {
+    Body,
+    Query,
+}
+
+impl Location {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Body => "body",
+            Self::Query => "query",
+        }
+    }
+}
+
+/// What a field is suspected of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suspicion {
+    /// Its value is new on most requests.
+    Volatile,
+    /// The same set of values arrives in several orders.
+    Unordered,
+}
+
+impl Suspicion {
+    fn setting(self, location: Location) -> &'static str {
+        match (self, location) {
+            (Self::Volatile, Location::Body) => "key_ignore_fields",
+            (Self::Volatile, Location::Query) => "key_ignore_query",
+            (Self::Unordered, _) => "key_unordered",
+        }
+    }
+}
+
+impl VolatileDetector {
+    /// Counts one keyed request of `route`, sampling it now and then.
+    pub fn observe(
+        &self,
+        route: &Arc<str>,
+        rules: &KeyRules,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+    ) {
+        let sampler = self.sampler(route);
+        let seen = sampler.seen.fetch_add(1, Ordering::Relaxed);
+        if seen >= WARMUP && seen % SAMPLE_EVERY != 0 {
+            return;
+        }
+        if body.len() > MAX_SAMPLED_BODY {
+            return;
+        }
+        let Ok(mut state) = sampler.state.try_lock() else {
+            return;
+        };
+        let identity = RequestIdentity::with_rules(method, path, query, body, rules);
+        let request = Sample::of(&identity);
+        if let Some(found) = state.add(rules.fingerprint(), &request) {
+            let fields: Vec<&str> = found.iter().map(|f| f.field.as_str()).collect();
+            warn!(
+                route = &**route,
+                fields = %fields.join(", "),
+                hit_rate_now = found[0].hit_rate_now,
+                hit_rate_if_ignored = found[0].hit_rate_if_ignored,
+                "suspected volatile fields: {}",
+                found.iter().map(|f| f.summary.as_str()).collect::<Vec<_>>().join("; "),
+            );
+        }
+    }
+
+    /// The suspected fields of `route` (empty when none, or too few samples).
+    pub fn report(&self, route: &str) -> Vec<VolatileField> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        routes.get(route).map_or_else(Vec::new, |sampler| {
+            sampler
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .report()
+        })
+    }
+
+    /// Every route's suspected fields, routes without any left out.
+    pub fn reports(&self) -> BTreeMap<String, Vec<VolatileField>> {
+        let names: Vec<Arc<str>> = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .map(|name| (name.to_string(), self.report(&name)))
+            .filter(|(_, fields)| !fields.is_empty())
+            .collect()
+    }
+
+    fn sampler(&self, route: &Arc<str>) -> Arc<RouteSampler> {
+        if let Some(sampler) = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+        {
+            return sampler.clone();
+        }
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route.clone())
+            .or_default()
+            .clone()
+    }
+}
+
+/// One sampled request as the sampler sees it: a hash of what is not a
+/// field (method, path, a non-JSON body), and one entry per field.
+#[derive(Debug, Default)]
+struct Sample {
+    base: u64,
+    fields: Vec<Leaf>,
+}
+
+/// One field's value in a sample.
+#[derive(Debug)]
+struct Leaf {
+    name: String,
+    location: Location,
+    /// Hash of the path and the value(s) as keyed.
+    hash: u64,
+    /// For an array of scalars: hash of the path and the sorted elements.
+    set: Option<u64>,
+}
+
+impl Sample {
+    fn of(identity: &RequestIdentity) -> Self {
+        let mut sample = Sample {
+            base: hash_of((identity.method.as_str(), identity.path)),
+            fields: Vec::new(),
+        };
+        let mut query: BTreeMap<String, DefaultHasher> = BTreeMap::new();
+        for (name, value) in form_urlencoded::parse(identity.query.as_bytes()) {
+            let hasher = query.entry(name.into_owned()).or_default();
+            hasher.write(value.as_bytes());
+            hasher.write_u8(0xff);
+        }
+        for (name, hasher) in query {
+            sample.fields.push(Leaf {
+                hash: hash_of(("?", &name, hasher.finish())),
+                name,
+                location: Location::Query,
+                set: None,
+            });
+        }
+        match &identity.body {
+            KeyBody::Empty => {}
+            KeyBody::Raw(raw) => sample.base ^= hash_of(raw),
+            KeyBody::Json(text) => {
+                let mut leaves = Leaves::default();
+                let mut jiter = Jiter::new(text.as_bytes());
+                let listed = jiter
+                    .peek()
+                    .ok()
+                    .and_then(|peek| leaves.value(&mut jiter, peek, "", 0).ok());
+                if listed.is_none() {
+                    sample.base ^= hash_of(text);
+                }
+                sample.fields.extend(leaves.finish());
+            }
+        }
+        sample
+    }
+
+    /// The whole request's hash: its key, as far as the sampler is concerned.
+    fn total(&self) -> u64 {
+        self.fields
+            .iter()
+            .fold(self.base, |sum, leaf| sum.wrapping_add(leaf.hash))
+    }
+}
+
+/// A body's fields as they are listed: one accumulator per path, so that
+/// `items[].id` over three elements is one field with three values.
+#[derive(Default)]
+struct Leaves {
+    order: Vec<String>,
+    values: HashMap<String, (DefaultHasher, Option<Vec<u64>>)>,
+}
+
+impl Leaves {
+    fn value(
+        &mut self,
+        jiter: &mut Jiter,
+        peek: Peek,
+        path: &str,
+        depth: usize,
+    ) -> Result<(), jiter::JiterError> {
+        match peek {
+            Peek::Object if depth < MAX_DEPTH => {
+                let mut name = jiter.known_object()?.map(str::to_owned);
+                while let Some(member) = name {
+                    let child = if path.is_empty() {
+                        member
+                    } else {
+                        format!("{path}.{member}")
+                    };
+                    let peek = jiter.peek()?;
+                    self.value(jiter, peek, &child, depth + 1)?;
+                    name = jiter.next_key()?.map(str::to_owned);
+                }
+            }
+            Peek::Array if depth < MAX_DEPTH => {
+                // An array of scalars is one value (and a set); the objects
+                // and arrays inside an array are followed, under `path[]`.
+                let child = format!("{path}[]");
+                let mut scalars = Vec::new();
+                let mut nested = false;
+                let mut next = jiter.known_array()?;
+                while let Some(peek) = next {
+                    if matches!(peek, Peek::Object | Peek::Array) {
+                        nested = true;
+                        self.value(jiter, peek, &child, depth + 1)?;
+                    } else {
+                        let from = jiter.current_index();
+                        jiter.known_skip(peek)?;
+                        scalars.push(hash_of(jiter.slice_to_current(from)));
+                    }
+                    next = jiter.array_step()?;
+                }
+                if nested {
+                    for hash in &scalars {
+                        self.add(&child, &hash.to_le_bytes(), None);
+                    }
+                } else {
+                    let ordered: Vec<u8> = scalars.iter().flat_map(|h| h.to_le_bytes()).collect();
+                    self.add(path, &ordered, Some(scalars));
+                }
+            }
+            _ => {
+                let from = jiter.current_index();
+                jiter.known_skip(peek)?;
+                let text = jiter.slice_to_current(from).to_vec();
+                self.add(path, &text, None);
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, path: &str, value: &[u8], set: Option<Vec<u64>>) {
+        if !self.values.contains_key(path) {
+            if self.order.len() >= MAX_FIELDS * 2 {
+                return;
+            }
+            self.order.push(path.to_owned());
+        }
+        let (hasher, elements) = self.values.entry(path.to_owned()).or_default();
+        hasher.write(value);
+        hasher.write_u8(0xff);
+        match (elements, set) {
+            (Some(elements), Some(set)) => elements.extend(set),
+            (slot @ None, Some(set)) => *slot = Some(set),
+            _ => {}
+        }
+    }
+
+    fn finish(mut self) -> Vec<Leaf> {
+        self.order
+            .into_iter()
+            .filter_map(|name| {
+                let (hasher, elements) = self.values.remove(&name)?;
+                let set = elements.map(|mut elements| {
+                    elements.sort_unstable();
+                    hash_of((&name, elements))
+                });
+                Some(Leaf {
+                    hash: hash_of((&name, hasher.finish())),
+                    name: if name.is_empty() {
+                        "(body)".to_owned()
+                    } else {
+                        name
+                    },
+                    location: Location::Body,
+                    set,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One field's sketches in the current window.
+#[derive(Debug)]
+struct FieldSketch {
+    name: String,
+    location: Location,
+    present: u32,
+    values: Distinct,
+    /// Samples where it was an array of scalars, and its distinct sets.
+    arrays: u32,
+    sets: Option<Distinct>,
+}
+
+/// A route's sampler: the current window, the last finished window's
+/// report, and whether the current detection was logged.
+#[derive(Debug, Default)]
+struct SamplerState {
+    /// The rules the samples were keyed under; new rules start afresh.
+    fingerprint: [u8; 16],
+    window: Window,
+    last: Vec<VolatileField>,
+    logged: bool,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    samples: u32,
+    fields: Vec<FieldSketch>,
+    index: HashMap<(String, bool), usize>,
+    totals: Distinct,
+    /// The suspected fields (indices into `fields`) the rest is measured
+    /// without, and the rest's samples since they last changed.
+    suspects: Vec<(usize, Suspicion)>,
+    rest: Distinct,
+    rest_samples: u32,
+}
+
+impl SamplerState {
+    /// Adds one sample; returns the suspected fields when they are first
+    /// found (to be logged once).
+    fn add(&mut self, fingerprint: [u8; 16], sample: &Sample) -> Option<Vec<VolatileField>> {
+        if fingerprint != self.fingerprint {
+            *self = Self {
+                fingerprint,
+                ..Self::default()
+            };
+        }
+        let window = &mut self.window;
+        window.add(sample);
+        if window.samples % REVIEW_EVERY == 0 {
+            window.review();
+        }
+        if window.samples >= WINDOW {
+            self.last = window.report();
+            self.window = Window::default();
+            return None;
+        }
+        if self.logged {
+            return None;
+        }
+        let found = self.window.report();
+        if found.is_empty() {
+            return None;
+        }
+        self.logged = true;
+        Some(found)
+    }
+
+    fn report(&self) -> Vec<VolatileField> {
+        if self.window.rest_samples >= MIN_SAMPLES {
+            self.window.report()
+        } else {
+            self.last.clone()
+        }
+    }
+}
+
+impl Window {
+    fn add(&mut self, sample: &Sample) {
+        self.samples += 1;
+        self.totals.add(sample.total());
+        let mut rest = sample.base;
+        for leaf in &sample.fields {
+            let index = self.field(leaf);
+            if let Some(index) = index {
+                let field = &mut self.fields[index];
+                field.present += 1;
+                field.values.add(leaf.hash);
+                if let Some(set) = leaf.set {
+                    field.arrays += 1;
+                    field.sets.get_or_insert_with(Distinct::default).add(set);
+                }
+            }
+            let suspicion = index.and_then(|index| {
+                self.suspects
+                    .iter()
+                    .find(|(suspect, _)| *suspect == index)
+                    .map(|(_, s)| *s)
+            });
+            rest = rest.wrapping_add(match (suspicion, leaf.set) {
+                (Some(Suspicion::Volatile), _) => 0,
+                (Some(Suspicion::Unordered), Some(set)) => set,
+                _ => leaf.hash,
+            });
+        }
+        self.rest.add(rest);
+        self.rest_samples += 1;
+    }
+
+    fn field(&mut self, leaf: &Leaf) -> Option<usize> {
+        let key = (leaf.name.clone(), leaf.location == Location::Query);
+        if let Some(&index) = self.index.get(&key) {
+            return Some(index);
+        }
+        if self.fields.len() >= MAX_FIELDS {
+            return None;
+        }
+        self.fields.push(FieldSketch {
+            name: leaf.name.clone(),
+            location: leaf.location,
+            present: 0,
+            values: Distinct::default(),
+            arrays: 0,
+            sets: None,
+        });
+        self.index.insert(key, self.fields.len() - 1);
+        Some(self.fields.len() - 1)
+    }
+
+    /// Re-judges the fields; a changed set of suspects restarts the rest.
+    fn review(&mut self) {
+        let suspects: Vec<(usize, Suspicion)> = self
+            .fields
+            .iter()
+            .enumerate()
+            .filter_map(|(index, field)| Some((index, self.judge(field)?)))
+            .collect();
+        if suspects != self.suspects {
+            self.suspects = suspects;
+            self.rest = Distinct::default();
+            self.rest_samples = 0;
+        }
+    }
+
+    fn judge(&self, field: &FieldSketch) -> Option<Suspicion> {
+        if field.present < REVIEW_EVERY || field.present * 2 < self.samples {
+            return None;
+        }
+        let values = field.values.estimate().min(field.present as f64);
+        if values / field.present as f64 >= VOLATILE_RATE {
+            return Some(Suspicion::Volatile);
+        }
+        let sets = field.sets.as_ref()?.estimate().max(1.0);
+        (field.arrays * 2 >= field.present && values >= 2.0 && values / sets >= ORDERS_PER_SET)
+            .then_some(Suspicion::Unordered)
+    }
+
+    fn report(&self) -> Vec<VolatileField> {
+        if self.rest_samples < MIN_SAMPLES || self.suspects.is_empty() {
+            return Vec::new();
+        }
+        let repeats = |sketch: &Distinct, samples: u32| {
+            let distinct = sketch.estimate().min(samples as f64);
+            round(1.0 - distinct / samples as f64)
+        };
+        let rest_repeats = repeats(&self.rest, self.rest_samples);
+        let hit_rate_now = repeats(&self.totals, self.samples);
+        if rest_repeats < REST_REPEATS || rest_repeats <= hit_rate_now {
+            return Vec::new();
+        }
+        self.suspects
+            .iter()
+            .map(|&(index, suspicion)| {
+                let field = &self.fields[index];
+                let distinct_rate = round(
+                    field.values.estimate().min(field.present as f64) / field.present as f64,
+                );
+                let what = match suspicion {
+                    Suspicion::Volatile => format!(
+                        "distinct on {} of {} sampled requests",
+                        percent(distinct_rate),
+                        thousands(field.present as u64)
+                    ),
+                    Suspicion::Unordered => format!(
+                        "the same values arrive in different orders ({} distinct orderings in {} sampled requests)",
+                        thousands(field.values.estimate().round() as u64),
+                        thousands(field.present as u64)
+                    ),
+                };
+                let setting = suspicion.setting(field.location);
+                VolatileField {
+                    summary: format!(
+                        "{}{}: {what}; the rest of the request repeats {}; estimated hit rate {} now, {} with {setting}",
+                        if field.location == Location::Query { "?" } else { "" },
+                        field.name,
+                        percent(rest_repeats),
+                        percent(hit_rate_now),
+                        percent(rest_repeats),
+                    ),
+                    field: field.name.clone(),
+                    location: field.location.as_str(),
+                    setting,
+                    distinct_rate,
+                    samples: field.present as u64,
+                    rest_repeats,
+                    hit_rate_now,
+                    hit_rate_if_ignored: rest_repeats,
+                }
+            })
+            .collect()
+    }
+}
+
+fn round(value: f64) -> f64 {
+    ((value * 1000.0).round() / 1000.0).clamp(0.0, 1.0)
+}
+
+fn percent(value: f64) -> String {
+    format!("{:.0} %", value * 100.0)
+}
+
+/// `2,000`, as the issue writes counts.
+fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
