@@ -26,7 +26,8 @@
 //!   orders (at least [`ORDERS_PER_SET`] orders per set on average):
 //!   suggest `key_unordered`;
 //! - and the rest of the request, without those fields (arrays sorted),
-//!   repeats on at least [`REST_REPEATS`] of the samples. A route whose
+//!   repeats on at least [`REST_REPEATS`] of the samples, and holds at
+//!   least one regular field unless only one is suspected. A route whose
 //!   requests are all different anyway is reported as nothing.
 //!
 //! These are estimates from a sample: a filter with thousands of values
@@ -576,6 +577,20 @@ impl Window {
         if rest_repeats < REST_REPEATS || rest_repeats <= hit_rate_now {
             return Vec::new();
         }
+        // With every regular field suspected, nothing of the request is
+        // left to repeat: several distinct filters look just like ids.
+        let regular = |field: &FieldSketch| field.present * 2 >= self.samples;
+        let kept = self
+            .fields
+            .iter()
+            .enumerate()
+            .filter(|(index, field)| {
+                regular(field) && !self.suspects.iter().any(|(s, _)| s == index)
+            })
+            .count();
+        if kept == 0 && self.suspects.len() > 1 {
+            return Vec::new();
+        }
         self.suspects
             .iter()
             .map(|&(index, suspicion)| {
@@ -638,4 +653,240 @@ fn thousands(value: u64) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(ignore: &[&str], unordered: &[&str], query: &[&str]) -> KeyRules {
+        let own = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        KeyRules::new(&own(ignore), &own(unordered), &own(query), &[]).unwrap()
+    }
+
+    /// Feeds `count` requests made by `body(i)` (and `query(i)`) to a fresh detector.
+    fn observe(
+        rules: &KeyRules,
+        count: usize,
+        query: impl Fn(usize) -> Option<String>,
+        body: impl Fn(usize) -> String,
+    ) -> Vec<VolatileField> {
+        let detector = VolatileDetector::default();
+        let route: Arc<str> = "get_metrics".into();
+        for i in 0..count {
+            detector.observe(
+                &route,
+                rules,
+                &Method::POST,
+                "/api/metrics",
+                query(i).as_deref(),
+                body(i).as_bytes(),
+            );
+        }
+        detector.report("get_metrics")
+    }
+
+    fn dashboard(i: usize) -> String {
+        let orgs = ["Vale", "Itau", "Ambev"][i % 3];
+        format!(
+            r#"{{"requestId":"req-{i}","sentAt":{},"org":"{orgs}","range":"30d"}}"#,
+            1_700_000_000 + i * 7
+        )
+    }
+
+    #[test]
+    fn a_request_id_and_a_timestamp_are_suspected_with_the_hit_rate_if_ignored() {
+        let found = observe(&KeyRules::default(), 200, |_| None, dashboard);
+        let names: Vec<&str> = found.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(names, ["requestId", "sentAt"], "{found:#?}");
+        for field in &found {
+            assert_eq!(field.setting, "key_ignore_fields");
+            assert!(field.distinct_rate > 0.9, "{field:?}");
+            assert!(field.hit_rate_now < 0.05, "{field:?}");
+            assert!(field.hit_rate_if_ignored > 0.9, "{field:?}");
+            assert!(field
+                .summary
+                .starts_with(&format!("{}: distinct on", field.field)));
+        }
+    }
+
+    #[test]
+    fn ignored_fields_are_no_longer_suspected() {
+        let found = observe(
+            &rules(&["requestId", "sentAt"], &[], &[]),
+            200,
+            |_| None,
+            dashboard,
+        );
+        assert_eq!(found, []);
+    }
+
+    #[test]
+    fn filters_that_repeat_are_not_suspected() {
+        let found = observe(
+            &KeyRules::default(),
+            300,
+            |_| None,
+            |i| format!(r#"{{"org":"{}","range":"{}d"}}"#, i % 7, i % 4),
+        );
+        assert_eq!(found, []);
+    }
+
+    #[test]
+    fn requests_that_never_repeat_are_not_reported() {
+        // Every request differs in two genuine filters: ignoring one would not help.
+        let found = observe(
+            &KeyRules::default(),
+            200,
+            |_| None,
+            |i| format!(r#"{{"a":{i},"b":{}}}"#, i * 31),
+        );
+        assert_eq!(found, []);
+    }
+
+    #[test]
+    fn a_shuffled_multi_select_is_suspected_as_unordered() {
+        let orders = [
+            r#"["Vale","Itau","Ambev"]"#,
+            r#"["Itau","Ambev","Vale"]"#,
+            r#"["Ambev","Vale","Itau"]"#,
+            r#"["Itau","Vale","Ambev"]"#,
+        ];
+        let found = observe(
+            &KeyRules::default(),
+            200,
+            |_| None,
+            |i| {
+                format!(
+                    r#"{{"orgs":{},"range":"{}d"}}"#,
+                    orders[i % 4],
+                    30 * (i % 2 + 1)
+                )
+            },
+        );
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].field, "orgs");
+        assert_eq!(found[0].setting, "key_unordered");
+        assert!(found[0].hit_rate_if_ignored > found[0].hit_rate_now);
+        let fixed = observe(
+            &rules(&[], &["orgs"], &[]),
+            200,
+            |_| None,
+            |i| {
+                format!(
+                    r#"{{"orgs":{},"range":"{}d"}}"#,
+                    orders[i % 4],
+                    30 * (i % 2 + 1)
+                )
+            },
+        );
+        assert_eq!(fixed, []);
+    }
+
+    #[test]
+    fn a_cache_buster_query_parameter_is_suspected() {
+        let found = observe(
+            &KeyRules::default(),
+            100,
+            |i| {
+                Some(format!(
+                    "org={}&_={}",
+                    i % 3,
+                    1_700_000_000_000u64 + i as u64
+                ))
+            },
+            |_| String::new(),
+        );
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!((found[0].field.as_str(), found[0].location), ("_", "query"));
+        assert_eq!(found[0].setting, "key_ignore_query");
+        assert!(found[0].summary.starts_with("?_: "));
+    }
+
+    #[test]
+    fn fields_inside_arrays_of_objects_are_named_with_brackets() {
+        let found = observe(
+            &KeyRules::default(),
+            200,
+            |_| None,
+            |i| {
+                format!(
+                    r#"{{"items":[{{"id":1,"ts":{i}}},{{"id":2,"ts":{}}}],"org":"{}"}}"#,
+                    i + 1,
+                    i % 2
+                )
+            },
+        );
+        let names: Vec<&str> = found.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(names, ["items[].ts"], "{found:#?}");
+    }
+
+    #[test]
+    fn too_few_samples_report_nothing() {
+        assert_eq!(observe(&KeyRules::default(), 10, |_| None, dashboard), []);
+    }
+
+    #[test]
+    fn new_rules_start_the_sample_afresh() {
+        let detector = VolatileDetector::default();
+        let route: Arc<str> = "r".into();
+        for i in 0..100 {
+            let body = dashboard(i);
+            detector.observe(
+                &route,
+                KeyRules::none(),
+                &Method::POST,
+                "/q",
+                None,
+                body.as_bytes(),
+            );
+        }
+        assert!(!detector.report("r").is_empty());
+        let ignoring = rules(&["requestId"], &[], &[]);
+        detector.observe(
+            &route,
+            &ignoring,
+            &Method::POST,
+            "/q",
+            None,
+            dashboard(100).as_bytes(),
+        );
+        assert_eq!(detector.report("r"), []);
+        assert_eq!(detector.reports().len(), 0);
+    }
+
+    #[test]
+    fn memory_stays_within_the_documented_bound() {
+        // Many distinct fields: only MAX_FIELDS are kept.
+        let detector = VolatileDetector::default();
+        let route: Arc<str> = "r".into();
+        for i in 0..300 {
+            let body = format!(r#"{{"f{i}":1,"g{}":2}}"#, i % 5);
+            detector.observe(
+                &route,
+                KeyRules::none(),
+                &Method::POST,
+                "/q",
+                None,
+                body.as_bytes(),
+            );
+        }
+        let routes = detector.routes.read().unwrap();
+        let state = routes["r"].state.lock().unwrap();
+        assert!(state.window.fields.len() <= MAX_FIELDS);
+        let bytes: usize = state
+            .window
+            .fields
+            .iter()
+            .map(|f| Distinct::BYTES * (1 + f.sets.is_some() as usize) + f.name.len() + 160)
+            .sum();
+        assert!(bytes <= MAX_ROUTE_BYTES, "{bytes}");
+    }
+
+    #[test]
+    fn counts_are_written_with_thousands_separators() {
+        assert_eq!(thousands(2000), "2,000");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 }
