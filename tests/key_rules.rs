@@ -337,3 +337,68 @@ async fn a_reload_applies_new_rules_and_keeps_the_old_entries_until_they_expire(
     let keys = client.get(&proxy.url("/api/cache/keys")).await.json();
     assert_eq!(keys["matched"], 3, "{keys}");
 }
+
+/// Runs the real binary with `args` and a clean environment.
+fn dashcache(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dashcache"))
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("the dashcache binary runs")
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+#[test]
+fn check_names_the_route_and_the_setting_of_an_invalid_rule() {
+    for (setting, bad) in [
+        ("key_ignore_fields", r#"["meta..sentAt"]"#),
+        ("key_ignore_fields", r#"["tags[]"]"#),
+        ("key_unordered", r#"["org*"]"#),
+        ("key_ignore_query", r#"["u*m"]"#),
+        ("key_headers", r#"["X Tenant"]"#),
+    ] {
+        let file = config_file(&format!(
+            "[[route]]\nname = \"get_metrics\"\npath = \"/api/metrics\"\n{setting} = {bad}\n"
+        ));
+        let output = dashcache(&["--check", "--config", file.path().to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{setting} = {bad} accepted");
+        assert!(stderr.contains("get_metrics"), "{stderr}");
+        assert!(stderr.contains(setting), "{stderr}");
+    }
+}
+
+#[test]
+fn print_config_shows_the_rules_and_check_accepts_them() {
+    let file = config_file(RULES);
+    let path = file.path().to_str().unwrap();
+    assert!(dashcache(&["--check", "--config", path]).status.success());
+    let output = dashcache(&["--print-config", "--config", path]);
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let config = dashcache::config::FileConfig::parse(&printed, std::path::Path::new("p.toml"))
+        .expect("printed config parses");
+    let route = &config.routes[0];
+    assert_eq!(
+        route.key_ignore_fields.as_deref(),
+        Some(&["requestId".to_owned(), "meta.sentAt".to_owned()][..])
+    );
+    assert_eq!(
+        route.key_unordered.as_deref(),
+        Some(&["orgs".to_owned()][..])
+    );
+    assert_eq!(
+        route.key_ignore_query.as_deref(),
+        Some(&["utm_*".to_owned(), "_".to_owned()][..])
+    );
+    assert_eq!(
+        route.key_headers.as_deref(),
+        Some(&["x-tenant".to_owned()][..])
+    );
+}
