@@ -884,6 +884,23 @@ mod tests {
     }
 
     #[test]
+    fn a_detection_is_announced_once_per_route_and_again_after_new_rules() {
+        let mut state = SamplerState::default();
+        let sample = |i: usize| {
+            let body = dashboard(i);
+            Sample::of(&RequestIdentity::new(&Method::POST, "/q", None, body.as_bytes()))
+        };
+        let announced = (0..500)
+            .filter(|&i| state.add([0; 16], &sample(i)).is_some())
+            .count();
+        assert_eq!(announced, 1);
+        let announced = (0..500)
+            .filter(|&i| state.add([1; 16], &sample(i)).is_some())
+            .count();
+        assert_eq!(announced, 1, "new rules, new announcement");
+    }
+
+    #[test]
     fn counts_are_written_with_thousands_separators() {
         assert_eq!(thousands(2000), "2,000");
         assert_eq!(thousands(999), "999");
