@@ -52,19 +52,23 @@ fn main() {
         let key = memo.keyed(&Method::POST, "/api/metrics", None, body, &rules);
         black_box(key_with_headers(key, &rules, &headers));
     });
-    per_call("canonical key with rules (memo miss: new request id)", n / 10, |i| {
-        let body = BODY.replace("0042", &format!("{:04}", i % 10_000));
-        black_box(
-            dashcache::cache::RequestIdentity::with_rules(
-                &Method::POST,
-                "/api/metrics",
-                None,
-                body.as_bytes(),
-                &rules,
-            )
-            .key(),
-        );
-    });
+    per_call(
+        "canonical key with rules (memo miss: new request id)",
+        n / 10,
+        |i| {
+            let body = BODY.replace("0042", &format!("{:04}", i % 10_000));
+            black_box(
+                dashcache::cache::RequestIdentity::with_rules(
+                    &Method::POST,
+                    "/api/metrics",
+                    None,
+                    body.as_bytes(),
+                    &rules,
+                )
+                .key(),
+            );
+        },
+    );
 
     let route: Arc<str> = "get_metrics".into();
     let mut detector = VolatileDetector::default();
@@ -72,10 +76,28 @@ fn main() {
         if i == 0 {
             detector = VolatileDetector::default();
         }
-        detector.observe(&route, KeyRules::none(), &Method::POST, "/api/metrics", None, body);
+        detector.observe(
+            &route,
+            KeyRules::none(),
+            &Method::POST,
+            "/api/metrics",
+            None,
+            body,
+        );
     });
-    let steady = per_call("sampler, steady state (1 in 32 sampled), average", n, |_| {
-        detector.observe(&route, KeyRules::none(), &Method::POST, "/api/metrics", None, body);
-    });
+    let steady = per_call(
+        "sampler, steady state (1 in 32 sampled), average",
+        n,
+        |_| {
+            detector.observe(
+                &route,
+                KeyRules::none(),
+                &Method::POST,
+                "/api/metrics",
+                None,
+                body,
+            );
+        },
+    );
     println!("one sample costs about {warm:.0} ns; averaged per request {steady:.1} ns");
 }

@@ -54,7 +54,8 @@ impl Distinct {
         let mut sum = 0.0;
         let mut zeros = 0usize;
         for &register in self.registers.iter() {
-            sum += 2f64.powi(-(register as i32));
+            // 2^-register, built from its exponent bits.
+            sum += f64::from_bits((1023 - u64::from(register)) << 52);
             if register == 0 {
                 zeros += 1;
             }

@@ -58,7 +58,8 @@ pub const MAX_FIELDS: usize = 64;
 pub const WINDOW: u32 = 4096;
 /// Samples (with the rest measured) before a route is judged at all.
 pub const MIN_SAMPLES: u32 = 24;
-/// How often, in samples, the suspected set is reviewed.
+/// How often, in samples, the suspected set is reviewed (every 64 after
+/// the first 256 samples).
 const REVIEW_EVERY: u32 = 8;
 /// A field with distinct values on at least this share of samples is volatile.
 pub const VOLATILE_RATE: f64 = 0.8;
@@ -162,11 +163,9 @@ impl VolatileDetector {
         query: Option<&str>,
         body: &[u8],
     ) {
-        let sampler = self.sampler(route);
-        let seen = sampler.seen.fetch_add(1, Ordering::Relaxed);
-        if seen >= WARMUP && seen % SAMPLE_EVERY != 0 {
+        let Some(sampler) = self.due(route) else {
             return;
-        }
+        };
         if body.len() > MAX_SAMPLED_BODY {
             return;
         }
@@ -216,21 +215,28 @@ impl VolatileDetector {
             .collect()
     }
 
-    fn sampler(&self, route: &Arc<str>) -> Arc<RouteSampler> {
+    /// Counts a request of `route`; its sampler when this one is sampled.
+    /// The common case takes the map's read lock and one relaxed add.
+    fn due(&self, route: &Arc<str>) -> Option<Arc<RouteSampler>> {
+        let is_due = |seen: u64| seen < WARMUP || seen % SAMPLE_EVERY == 0;
         if let Some(sampler) = self
             .routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(route)
         {
-            return sampler.clone();
+            let seen = sampler.seen.fetch_add(1, Ordering::Relaxed);
+            return is_due(seen).then(|| sampler.clone());
         }
-        self.routes
+        let sampler = self
+            .routes
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(route.clone())
             .or_default()
-            .clone()
+            .clone();
+        let seen = sampler.seen.fetch_add(1, Ordering::Relaxed);
+        is_due(seen).then_some(sampler)
     }
 }
 
@@ -456,9 +462,13 @@ impl SamplerState {
         }
         let window = &mut self.window;
         window.add(sample);
-        if window.samples % REVIEW_EVERY == 0 {
-            window.review();
+        // Often while the first samples come in, then every few dozen.
+        let samples = window.samples;
+        let due = samples % REVIEW_EVERY == 0 && (samples <= 256 || samples % 64 == 0);
+        if !due {
+            return None;
         }
+        window.review();
         if window.samples >= WINDOW {
             self.last = window.report();
             self.window = Window::default();
@@ -888,7 +898,12 @@ mod tests {
         let mut state = SamplerState::default();
         let sample = |i: usize| {
             let body = dashboard(i);
-            Sample::of(&RequestIdentity::new(&Method::POST, "/q", None, body.as_bytes()))
+            Sample::of(&RequestIdentity::new(
+                &Method::POST,
+                "/q",
+                None,
+                body.as_bytes(),
+            ))
         };
         let announced = (0..500)
             .filter(|&i| state.add([0; 16], &sample(i)).is_some())
