@@ -218,7 +218,7 @@ impl VolatileDetector {
     /// Counts a request of `route`; its sampler when this one is sampled.
     /// The common case takes the map's read lock and one relaxed add.
     fn due(&self, route: &Arc<str>) -> Option<Arc<RouteSampler>> {
-        let is_due = |seen: u64| seen < WARMUP || seen % SAMPLE_EVERY == 0;
+        let is_due = |seen: u64| seen < WARMUP || seen.is_multiple_of(SAMPLE_EVERY);
         if let Some(sampler) = self
             .routes
             .read()
@@ -464,7 +464,8 @@ impl SamplerState {
         window.add(sample);
         // Often while the first samples come in, then every few dozen.
         let samples = window.samples;
-        let due = samples % REVIEW_EVERY == 0 && (samples <= 256 || samples % 64 == 0);
+        let due =
+            samples.is_multiple_of(REVIEW_EVERY) && (samples <= 256 || samples.is_multiple_of(64));
         if !due {
             return None;
         }
@@ -657,7 +658,7 @@ fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
