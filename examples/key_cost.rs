@@ -100,4 +100,44 @@ fn main() {
         },
     );
     println!("one sample costs about {warm:.0} ns; averaged per request {steady:.1} ns");
+
+    // The benchmark harness's POST: a 20 KiB JSON body.
+    let big = format!(
+        r#"{{"org":"Vale","rows":[{}]}}"#,
+        (0..600)
+            .map(|i| format!(r#"{{"id":{i},"v":"x"}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let big = big.as_bytes();
+    println!("large body: {} bytes", big.len());
+    let mut detector = VolatileDetector::default();
+    let warm = per_call(
+        "sampler, warm-up, large body (every request sampled)",
+        WARMUP,
+        |i| {
+            if i == 0 {
+                detector = VolatileDetector::default();
+            }
+            detector.observe(
+                &route,
+                KeyRules::none(),
+                &Method::POST,
+                "/api/metrics",
+                None,
+                big,
+            );
+        },
+    );
+    let steady = per_call("sampler, steady state, large body, average", n, |_| {
+        detector.observe(
+            &route,
+            KeyRules::none(),
+            &Method::POST,
+            "/api/metrics",
+            None,
+            big,
+        );
+    });
+    println!("one large sample costs about {warm:.0} ns; averaged per request {steady:.1} ns");
 }

@@ -546,7 +546,9 @@ impl KeyMemo {
         }
         let mut raw = Md5::new();
         raw.update(b"raw\n");
-        raw.update(rules.fingerprint());
+        if !rules.is_empty() {
+            raw.update(rules.fingerprint());
+        }
         raw.update(method.as_str());
         raw.update(b"\n");
         raw.update(path);

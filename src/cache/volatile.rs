@@ -6,7 +6,9 @@
 //! of the key.
 //!
 //! Cost: every keyed request bumps one relaxed counter; the first
-//! [`WARMUP`] requests of a route, then one in [`SAMPLE_EVERY`], are
+//! [`WARMUP`] requests of a route, then one in [`SAMPLE_EVERY`] (one in
+//! `SAMPLE_EVERY` × (1 + kilobytes of body) for larger bodies, so a sample's
+//! cost, which grows with the body, averages out to a constant), are
 //! sampled (a request whose sampler is busy is simply not sampled, so no
 //! request ever waits). A sample re-reads the keyed body once and adds one
 //! 64-bit hash per field to that field's [`Distinct`] sketch.
@@ -67,6 +69,15 @@ pub const VOLATILE_RATE: f64 = 0.8;
 pub const ORDERS_PER_SET: f64 = 1.5;
 /// The rest of the request must repeat on at least this share of samples.
 pub const REST_REPEATS: f64 = 0.5;
+/// After the warm-up, a body of `len` bytes is sampled one time in
+/// [`SAMPLE_EVERY`] per started [`SAMPLE_BYTES`]: the sample's cost grows
+/// with the body, so the average cost per request does not.
+fn sample_stride(len: usize) -> u64 {
+    SAMPLE_EVERY * (1 + (len / SAMPLE_BYTES) as u64)
+}
+
+/// The body size one [`SAMPLE_EVERY`] stride pays for.
+pub const SAMPLE_BYTES: usize = 1024;
 /// Bodies larger than this are not sampled (they are counted as seen).
 const MAX_SAMPLED_BODY: usize = 64 * 1024;
 /// Nesting followed when listing a body's fields.
@@ -163,7 +174,7 @@ impl VolatileDetector {
         query: Option<&str>,
         body: &[u8],
     ) {
-        let Some(sampler) = self.due(route) else {
+        let Some(sampler) = self.due(route, body.len()) else {
             return;
         };
         if body.len() > MAX_SAMPLED_BODY {
@@ -217,8 +228,9 @@ impl VolatileDetector {
 
     /// Counts a request of `route`; its sampler when this one is sampled.
     /// The common case takes the map's read lock and one relaxed add.
-    fn due(&self, route: &Arc<str>) -> Option<Arc<RouteSampler>> {
-        let is_due = |seen: u64| seen < WARMUP || seen.is_multiple_of(SAMPLE_EVERY);
+    fn due(&self, route: &Arc<str>, body_len: usize) -> Option<Arc<RouteSampler>> {
+        let stride = sample_stride(body_len);
+        let is_due = |seen: u64| seen < WARMUP || seen.is_multiple_of(stride);
         if let Some(sampler) = self
             .routes
             .read()
@@ -914,6 +926,13 @@ mod tests {
             .filter(|&i| state.add([1; 16], &sample(i)).is_some())
             .count();
         assert_eq!(announced, 1, "new rules, new announcement");
+    }
+
+    #[test]
+    fn larger_bodies_are_sampled_more_rarely() {
+        assert_eq!(sample_stride(0), SAMPLE_EVERY);
+        assert_eq!(sample_stride(300), SAMPLE_EVERY);
+        assert_eq!(sample_stride(20 * 1024), 21 * SAMPLE_EVERY);
     }
 
     #[test]
