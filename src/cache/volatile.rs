@@ -64,7 +64,7 @@ pub const MIN_SAMPLES: u32 = 24;
 /// the first 256 samples).
 const REVIEW_EVERY: u32 = 8;
 /// A field with distinct values on at least this share of samples is volatile.
-pub const VOLATILE_RATE: f64 = 0.8;
+pub const VOLATILE_RATE: f64 = 0.6;
 /// An array arriving in at least this many orders per set is unordered.
 pub const ORDERS_PER_SET: f64 = 1.5;
 /// The rest of the request must repeat on at least this share of samples.
