@@ -86,7 +86,7 @@ fn main() {
         );
     });
     let steady = per_call(
-        "sampler, steady state (1 in 32 sampled), average",
+        "sampler, steady state (stride follows sample cost), average",
         n,
         |_| {
             detector.observe(

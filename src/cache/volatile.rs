@@ -6,12 +6,14 @@
 //! of the key.
 //!
 //! Cost: every keyed request bumps one relaxed counter; the first
-//! [`WARMUP`] requests of a route, then one in [`SAMPLE_EVERY`] (one in
-//! `SAMPLE_EVERY` × (1 + kilobytes of body) for larger bodies, so a sample's
-//! cost, which grows with the body, averages out to a constant), are
-//! sampled (a request whose sampler is busy is simply not sampled, so no
-//! request ever waits). A sample re-reads the keyed body once and adds one
-//! 64-bit hash per field to that field's [`Distinct`] sketch.
+//! [`WARMUP`] requests of a route are sampled, then one in a stride of at
+//! least [`SAMPLE_EVERY`] that follows what samples cost: a sample that took
+//! `t` ns sets the stride towards `t /` [`BUDGET_NS`], so the sampler's
+//! average cost per request stays near [`BUDGET_NS`] whatever the bodies
+//! look like and however loaded the machine is. A request whose sampler is
+//! busy is simply not sampled, so no request ever waits. A sample re-reads
+//! the keyed body once and adds one 64-bit hash per field to that field's
+//! [`Distinct`] sketch.
 //!
 //! Memory per route is bounded whatever the traffic: at most [`MAX_FIELDS`]
 //! fields, each with one sketch (plus a second for arrays of scalars), two
@@ -40,6 +42,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use http::Method;
 use jiter::{Jiter, Peek};
@@ -69,15 +72,17 @@ pub const VOLATILE_RATE: f64 = 0.6;
 pub const ORDERS_PER_SET: f64 = 1.5;
 /// The rest of the request must repeat on at least this share of samples.
 pub const REST_REPEATS: f64 = 0.5;
-/// After the warm-up, a body of `len` bytes is sampled one time in
-/// [`SAMPLE_EVERY`] per started [`SAMPLE_BYTES`]: the sample's cost grows
-/// with the body, so the average cost per request does not.
-fn sample_stride(len: usize) -> u64 {
-    SAMPLE_EVERY * (1 + (len / SAMPLE_BYTES) as u64)
-}
+/// What sampling may cost a request on average, in nanoseconds.
+pub const BUDGET_NS: u64 = 50;
+/// The longest stride: even costly bodies are sampled now and then.
+const MAX_STRIDE: u64 = 1 << 16;
 
-/// The body size one [`SAMPLE_EVERY`] stride pays for.
-pub const SAMPLE_BYTES: usize = 1024;
+/// The stride after a sample that took `elapsed_ns`: a quarter of the way
+/// from `stride` to what keeps the average within [`BUDGET_NS`].
+fn next_stride(stride: u64, elapsed_ns: u64) -> u64 {
+    let wanted = (elapsed_ns / BUDGET_NS).clamp(SAMPLE_EVERY, MAX_STRIDE);
+    ((stride * 3 + wanted) / 4).clamp(SAMPLE_EVERY, MAX_STRIDE)
+}
 /// Bodies larger than this are not sampled (they are counted as seen).
 const MAX_SAMPLED_BODY: usize = 64 * 1024;
 /// Nesting followed when listing a body's fields.
@@ -98,10 +103,21 @@ pub struct VolatileDetector {
     routes: RwLock<HashMap<Arc<str>, Arc<RouteSampler>>>,
 }
 
-#[derive(Default)]
 struct RouteSampler {
     seen: AtomicU64,
+    /// Requests per sample after the warm-up (see [`next_stride`]).
+    stride: AtomicU64,
     state: Mutex<SamplerState>,
+}
+
+impl Default for RouteSampler {
+    fn default() -> Self {
+        Self {
+            seen: AtomicU64::new(0),
+            stride: AtomicU64::new(SAMPLE_EVERY),
+            state: Mutex::default(),
+        }
+    }
 }
 
 /// One suspected field, as stats, keys and the status page show it.
@@ -176,7 +192,7 @@ impl VolatileDetector {
         query: Option<&str>,
         body: &[u8],
     ) {
-        let Some(sampler) = self.due(route, body.len()) else {
+        let Some(sampler) = self.due(route) else {
             return;
         };
         if body.len() > MAX_SAMPLED_BODY {
@@ -185,9 +201,16 @@ impl VolatileDetector {
         let Ok(mut state) = sampler.state.try_lock() else {
             return;
         };
+        let started = Instant::now();
         let identity = RequestIdentity::with_rules(method, path, query, body, rules);
         let request = Sample::of(&identity);
-        if let Some(found) = state.add(rules.fingerprint(), &request) {
+        let found = state.add(rules.fingerprint(), &request);
+        let elapsed = started.elapsed().as_nanos() as u64;
+        let stride = sampler.stride.load(Ordering::Relaxed);
+        sampler
+            .stride
+            .store(next_stride(stride, elapsed), Ordering::Relaxed);
+        if let Some(found) = found {
             let fields: Vec<&str> = found.iter().map(|f| f.field.as_str()).collect();
             let summary: Vec<&str> = found.iter().map(|f| f.summary.as_str()).collect();
             warn!(
@@ -231,17 +254,18 @@ impl VolatileDetector {
 
     /// Counts a request of `route`; its sampler when this one is sampled.
     /// The common case takes the map's read lock and one relaxed add.
-    fn due(&self, route: &Arc<str>, body_len: usize) -> Option<Arc<RouteSampler>> {
-        let stride = sample_stride(body_len);
-        let is_due = |seen: u64| seen < WARMUP || seen.is_multiple_of(stride);
+    fn due(&self, route: &Arc<str>) -> Option<Arc<RouteSampler>> {
+        let is_due = |sampler: &RouteSampler| {
+            let seen = sampler.seen.fetch_add(1, Ordering::Relaxed);
+            seen < WARMUP || seen.is_multiple_of(sampler.stride.load(Ordering::Relaxed))
+        };
         if let Some(sampler) = self
             .routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(route)
         {
-            let seen = sampler.seen.fetch_add(1, Ordering::Relaxed);
-            return is_due(seen).then(|| sampler.clone());
+            return is_due(sampler).then(|| sampler.clone());
         }
         let sampler = self
             .routes
@@ -250,8 +274,7 @@ impl VolatileDetector {
             .entry(route.clone())
             .or_default()
             .clone();
-        let seen = sampler.seen.fetch_add(1, Ordering::Relaxed);
-        is_due(seen).then_some(sampler)
+        is_due(&sampler).then_some(sampler)
     }
 }
 
@@ -394,8 +417,11 @@ impl Leaves {
                 return;
             }
             self.order.push(path.to_owned());
+            self.values.insert(path.to_owned(), Default::default());
         }
-        let (hasher, elements) = self.values.entry(path.to_owned()).or_default();
+        let Some((hasher, elements)) = self.values.get_mut(path) else {
+            return;
+        };
         hasher.write(value);
         hasher.write_u8(0xff);
         match (elements, set) {
@@ -944,10 +970,45 @@ mod tests {
     }
 
     #[test]
-    fn larger_bodies_are_sampled_more_rarely() {
-        assert_eq!(sample_stride(0), SAMPLE_EVERY);
-        assert_eq!(sample_stride(300), SAMPLE_EVERY);
-        assert_eq!(sample_stride(20 * 1024), 21 * SAMPLE_EVERY);
+    fn costly_samples_lengthen_the_stride_and_cheap_ones_shorten_it() {
+        assert_eq!(next_stride(SAMPLE_EVERY, 100), SAMPLE_EVERY);
+        let mut stride = SAMPLE_EVERY;
+        for _ in 0..50 {
+            stride = next_stride(stride, 200_000);
+        }
+        assert!((3_900..=4_000).contains(&stride), "{stride}");
+        assert_eq!(next_stride(MAX_STRIDE, u64::MAX), MAX_STRIDE);
+        for _ in 0..50 {
+            stride = next_stride(stride, 0);
+        }
+        assert_eq!(stride, SAMPLE_EVERY);
+    }
+
+    #[test]
+    fn a_route_with_large_bodies_is_sampled_more_rarely() {
+        let detector = VolatileDetector::default();
+        let route: Arc<str> = "r".into();
+        let body = format!(
+            r#"{{"rows":[{}]}}"#,
+            (0..1000)
+                .map(|i| format!(r#"{{"id":{i}}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        for _ in 0..WARMUP + 10 {
+            detector.observe(
+                &route,
+                KeyRules::none(),
+                &Method::POST,
+                "/q",
+                None,
+                body.as_bytes(),
+            );
+        }
+        let stride = detector.routes.read().unwrap()["r"]
+            .stride
+            .load(Ordering::Relaxed);
+        assert!(stride > SAMPLE_EVERY * 4, "{stride}");
     }
 
     #[test]
