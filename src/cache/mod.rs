@@ -1,7 +1,9 @@
-//! The cache proper: keys, the bounded store, the storage policy and
-//! single-flight coalescing of misses, each route's key rules and the
-//! sampler that suspects volatile fields.
+//! The cache proper: keys, each route's key rules and the sampler that
+//! suspects volatile fields, the bounded store, the storage policy,
+//! single-flight coalescing of misses, and the entry encoding that leaves
+//! the process (Redis values, the snapshot file).
 
+pub mod codec;
 pub mod credentials;
 pub mod flight;
 pub mod key;
@@ -9,6 +11,7 @@ pub mod key_rules;
 pub mod policy;
 pub mod replay;
 pub mod sketch;
+pub mod snapshot;
 pub mod stale;
 pub mod store;
 pub mod vary;
