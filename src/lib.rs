@@ -17,7 +17,8 @@
 //! - [`refresh`]: `POST /api/cache/refresh`, re-fetching entries in the background
 //! - [`reload`]: the running configuration, swapped whole on SIGHUP
 //! - [`routes`]: route table (name, TTL, cache on/off per path and method)
-//! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::store`]
+//! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::key_rules`]
+//!   (per-route key rules), [`cache::volatile`] (suspected volatile fields), [`cache::store`]
 //!   (bounded store on quick_cache), [`cache::policy`] (what may be stored),
 //!   [`cache::flight`] (single-flight), [`cache::vary`] (variants),
 //!   [`cache::credentials`] (who may see which entry), [`cache::codec`]

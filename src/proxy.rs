@@ -33,7 +33,10 @@ use crate::admission;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::cache::credentials::{credential_digest, Grants};
 use crate::cache::flight::{FillOutcome, Flights, Join};
+use crate::cache::key::key_with_headers;
+use crate::cache::key_rules::KeyRules;
 use crate::cache::vary::{variant_key, VaryIndex};
+use crate::cache::volatile::VolatileDetector;
 use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
@@ -74,6 +77,8 @@ pub struct Proxy {
     /// `POST /api/cache/refresh`'s background work and its counters.
     pub refresher: Refresher,
     key_memo: KeyMemo,
+    /// Each route's sample of its keyed requests: suspected volatile fields.
+    pub volatile: VolatileDetector,
     default_route: Arc<str>,
 }
 
@@ -143,6 +148,7 @@ impl Proxy {
             grants: Grants::new(side_capacity, cache.auth_ttl),
             refresher: Refresher::new(cache.refresh_concurrency),
             key_memo: KeyMemo::new(side_capacity),
+            volatile: VolatileDetector::default(),
             default_route: DEFAULT_ROUTE.into(),
             live: LiveConfig::new(config),
         })
@@ -289,7 +295,10 @@ impl Proxy {
         client: ClientInfo,
     ) -> Served {
         let shared = route.is_some_and(|r| r.shared);
-        let request = match self.key_request(request, config, shared).await {
+        let request = match self
+            .key_request(request, config, shared, route, &route_name)
+            .await
+        {
             Ok(request) => request,
             Err(err) => {
                 warn!(route = &*route_name, error = %err.message(), "request body rejected");
@@ -380,12 +389,15 @@ impl Proxy {
         }
     }
 
-    /// Reads the body and computes the request's keys.
+    /// Reads the body and computes the request's keys: under the route's
+    /// key rules, then its `key_headers`, then credentials, then `Vary`.
     async fn key_request(
         &self,
         request: Request<Incoming>,
         config: &Config,
         shared: bool,
+        route: Option<&Route>,
+        route_name: &Arc<str>,
     ) -> Result<Keyed, ProxyError> {
         let (parts, body) = request.into_parts();
         let body = read_body(&parts.headers, body, config.max_body_bytes).await?;
@@ -397,9 +409,12 @@ impl Proxy {
             parts.method.clone()
         };
         let credential = credential_digest(&parts.headers, &config.cache.credential_headers);
-        let mut base = self
-            .key_memo
-            .key(&method, parts.uri.path(), parts.uri.query(), &body);
+        let rules = route.map_or(KeyRules::none(), |r| &*r.key_rules);
+        let (path, query) = (parts.uri.path(), parts.uri.query());
+        let keyed = self.key_memo.keyed(&method, path, query, &body, rules);
+        let mut base = key_with_headers(keyed, rules, &parts.headers);
+        self.volatile
+            .observe(route_name, rules, &method, path, query, &body);
         if let (false, Some(credential)) = (shared, &credential) {
             base = base.derive(b"credential", &[credential]);
         }

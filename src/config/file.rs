@@ -185,6 +185,18 @@ pub struct FileRoute {
     pub stale_if_error: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_while_revalidate: Option<FileDuration>,
+    /// JSON body fields left out of the key (`cache::key_rules`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_ignore_fields: Option<Vec<String>>,
+    /// JSON arrays whose element order is not part of the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_unordered: Option<Vec<String>>,
+    /// Query parameters left out of the key (names, or prefixes ending in `*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_ignore_query: Option<Vec<String>>,
+    /// Request headers whose values join the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_headers: Option<Vec<String>>,
 }
 
 impl FileConfig {
