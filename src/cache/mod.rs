@@ -2,7 +2,9 @@
 //! single-flight coalescing of misses.
 
 pub mod credentials;
+pub mod directives;
 pub mod flight;
+pub mod invalidation;
 pub mod key;
 pub mod policy;
 pub mod replay;

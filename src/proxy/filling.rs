@@ -11,12 +11,12 @@ use http_body_util::{Either, Full};
 use tokio::sync::oneshot;
 use tracing::info;
 
-use super::{ClientInfo, Keyed, Proxy, Served, Trace};
+use super::{serves, ClientInfo, Keyed, Proxy, Served, Trace};
 use crate::body::ProxyBody;
 use crate::cache::flight::{FillGuard, Join};
 use crate::cache::replay::Replay;
 use crate::cache::stale::{StaleReason, StaleWindows};
-use crate::cache::{Entry, RequestIdentity};
+use crate::cache::{Entry, Lookup, RequestIdentity};
 use crate::error::ProxyError;
 use crate::fill::{self, FillPlan};
 use crate::headers;
@@ -96,6 +96,19 @@ impl Proxy {
         serve_stale: bool,
     ) -> oneshot::Receiver<fill::LeaderAnswer> {
         let shared = route.is_some_and(|r| r.shared);
+        // A stored answer with a validator is revalidated rather than
+        // fetched again (RFC 9111 §4.3.1); not on a solo fill, whose 304
+        // could not vouch for the caller's credential.
+        let revalidating = match self.lookup(&request.key, Instant::now()) {
+            Lookup::Fresh(entry) | Lookup::Stale(entry)
+                if serve_stale
+                    && serves(&entry, &request)
+                    && headers::has_validator(&entry.headers) =>
+            {
+                Some(entry)
+            }
+            _ => None,
+        };
         let Keyed {
             mut parts,
             body,
@@ -122,8 +135,12 @@ impl Proxy {
                 &parts.headers,
                 &self.config().cache.credential_headers,
             ),
+            revalidating: revalidating.clone(),
         };
         headers::remove_conditionals(&mut parts.headers);
+        if let Some(entry) = &revalidating {
+            headers::add_validators(&mut parts.headers, &entry.headers);
+        }
         let upstream_request =
             self.upstream_request(parts, Some(method), Either::Left(Full::new(body)), client);
         let (answer_tx, answer_rx) = oneshot::channel();
