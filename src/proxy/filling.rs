@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::Response;
+use http::{Method, Response};
 use http_body_util::{Either, Full};
 use tokio::sync::oneshot;
 use tracing::info;
@@ -97,11 +97,14 @@ impl Proxy {
     ) -> oneshot::Receiver<fill::LeaderAnswer> {
         let shared = route.is_some_and(|r| r.shared);
         // A stored answer with a validator is revalidated rather than
-        // fetched again (RFC 9111 §4.3.1); not on a solo fill, whose 304
-        // could not vouch for the caller's credential.
+        // fetched again (RFC 9111 §4.3.1). Only for GET (and HEAD, sent as
+        // GET): a precondition on a POST read would be answered 412 by an
+        // origin that honours it (RFC 9110 §13.1.2). Not on a solo fill
+        // either, whose 304 could not vouch for the caller's credential.
         let revalidating = match self.lookup(&request.key, Instant::now()) {
             Lookup::Fresh(entry) | Lookup::Stale(entry)
                 if serve_stale
+                    && request.method == Method::GET
                     && serves(&entry, &request)
                     && headers::has_validator(&entry.headers) =>
             {
