@@ -4,6 +4,7 @@
 pub mod credentials;
 pub mod directives;
 pub mod flight;
+pub mod freshness;
 pub mod invalidation;
 pub mod key;
 pub mod policy;

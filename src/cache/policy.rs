@@ -14,12 +14,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{
-    HeaderName, AGE, AUTHORIZATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY,
-};
+use http::header::{HeaderName, AUTHORIZATION, DATE, ETAG, LAST_MODIFIED, SET_COOKIE, VARY};
 use http::{HeaderMap, Method, StatusCode};
 
 pub use super::directives::Directives;
+use super::freshness::{expires_lifetime, heuristic, http_date, initial_age};
 
 /// Which rules the cache follows (`[cache] mode`).
 #[derive(
@@ -234,56 +233,6 @@ pub fn assess(
     })
 }
 
-/// `Expires` − `Date` in seconds; an `Expires` that is not a valid date
-/// means already expired (RFC 9111 §5.3).
-fn expires_lifetime(headers: &HeaderMap, date: SystemTime) -> Option<u64> {
-    let mut lines = headers.get_all(EXPIRES).iter();
-    let first = lines.next()?;
-    let expires = first
-        .to_str()
-        .ok()
-        .and_then(|t| httpdate::parse_http_date(t.trim()).ok());
-    Some(match expires {
-        Some(expires) if lines.next().is_none() => {
-            expires.duration_since(date).map_or(0, |d| d.as_secs())
-        }
-        _ => 0,
-    })
-}
-
-/// 10 % of the time since `Last-Modified`, at most `cap` (RFC 9111 §4.2.2).
-fn heuristic(headers: &HeaderMap, date: SystemTime, cap: Duration) -> Option<u64> {
-    let modified = http_date(headers, &LAST_MODIFIED)?;
-    let since = date.duration_since(modified).ok()?.as_secs();
-    Some((since / 10).min(cap.as_secs()))
-}
-
-/// The larger of the `Age` the answer carried and its apparent age from
-/// `Date` (RFC 9111 §4.2.3).
-fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: SystemTime) -> u64 {
-    let apparent = date
-        .and_then(|date| now.duration_since(date).ok())
-        .map_or(0, |d| d.as_secs());
-    age_value(headers).unwrap_or(0).max(apparent)
-}
-
-/// The `Age` field's value: the first member of a list, ignored unless it
-/// is a non-negative integer (RFC 9111 §5.1), capped at 2^31.
-pub fn age_value(headers: &HeaderMap) -> Option<u64> {
-    let line = headers.get(AGE)?.to_str().ok()?;
-    let first = line.split(',').next()?.trim();
-    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(first.parse::<u64>().unwrap_or(1 << 31).min(1 << 31))
-}
-
-fn http_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
-    let mut lines = headers.get_all(name).iter();
-    let value = lines.next()?.to_str().ok()?;
-    httpdate::parse_http_date(value.trim()).ok()
-}
-
 /// True when the request carries `Authorization` (RFC 9111 §3.5).
 pub fn is_authorized(request: &HeaderMap) -> bool {
     request.contains_key(AUTHORIZATION)
@@ -291,8 +240,8 @@ pub fn is_authorized(request: &HeaderMap) -> bool {
 
 /// Whether an answer that was not stored may still be handed to the
 /// callers coalesced behind the one that fetched it. Only answers refused
-/// for their status (a 500, a 404) or for lacking freshness qualify, and
-/// only when nothing marks them personal (`Set-Cookie`, `private`,
+/// for their status (a 500, a 404) qualify, and only when nothing marks
+/// them personal (`Set-Cookie`, `private`,
 /// `no-store`, `no-cache`) or dependent on request headers (`Vary`).
 pub fn shareable(reason: NotStorable, headers: &HeaderMap) -> bool {
     let d = Directives::cache_control(headers);
@@ -514,14 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn an_age_list_counts_its_first_member_and_odd_values_are_ignored() {
-        assert_eq!(age_value(&headers(&[("age", "7200, 0")])), Some(7200));
-        assert_eq!(age_value(&headers(&[("age", "1x")])), None);
-        assert_eq!(age_value(&headers(&[("age", "-5")])), None);
-        assert_eq!(
-            age_value(&headers(&[("age", "99999999999999")])),
-            Some(1 << 31)
-        );
+    fn an_age_list_shortens_the_lifetime_by_its_first_member() {
         assert_eq!(
             ttl_of(&[("cache-control", "max-age=7300"), ("age", "7200, 0")]),
             Ok(SECS(100))
