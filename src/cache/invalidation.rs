@@ -12,6 +12,7 @@
 //! `capacity` newer ones lets older entries of its URI be served again,
 //! which is why the capacity follows the store's (four per entry).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::Uri;
@@ -25,25 +26,32 @@ pub struct Invalidations {
     /// Base key → when it was last invalidated. A bounded cache, as the
     /// other side indexes are; lock-free reads on every lookup.
     tombstones: Cache<CacheKey, Instant>,
+    /// False until the first invalidation: a cache that never sees an
+    /// unsafe request (the dashboard's usual life) skips the map on hits.
+    any: AtomicBool,
 }
 
 impl Invalidations {
     pub fn new(capacity: usize) -> Self {
         Self {
             tombstones: Cache::new(capacity.max(1)),
+            any: AtomicBool::new(false),
         }
     }
 
     /// Marks every entry of `base` stored until `now` as invalidated.
     pub fn record(&self, base: CacheKey, now: Instant) {
         self.tombstones.insert(base, now);
+        self.any.store(true, Ordering::Release);
     }
 
     /// True when `entry` was stored before its base key was invalidated.
     pub fn covers(&self, entry: &Entry) -> bool {
-        self.tombstones
-            .get(&entry.base)
-            .is_some_and(|at| entry.stored_at <= at)
+        self.any.load(Ordering::Acquire)
+            && self
+                .tombstones
+                .get(&entry.base)
+                .is_some_and(|at| entry.stored_at <= at)
     }
 
     pub fn clear(&self) {
