@@ -118,11 +118,9 @@ pub(crate) async fn run(
     }
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(stored) = plan.revalidating.clone() {
-            let outcome = freshen(&proxy, &stored, &parts.headers, plan, started, generation);
-            let _ = leader.send(LeaderAnswer::Outcome(
-                guard.publish(outcome),
-                HeaderMap::new(),
-            ));
+            let (outcome, own) =
+                freshen(&proxy, &stored, &parts.headers, plan, started, generation);
+            let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome), own));
             return;
         }
     }
@@ -325,7 +323,7 @@ fn freshen(
     plan: FillPlan,
     started: Instant,
     generation: u64,
-) -> FillOutcome {
+) -> (FillOutcome, HeaderMap) {
     let mut headers = stored.headers.clone();
     for name in update.keys() {
         if name == CONTENT_LENGTH {
@@ -346,17 +344,25 @@ fn freshen(
             policy::is_authorized(&plan.request_headers),
         )
     };
-    let now = Instant::now();
-    let (ttl, initial_age, stale) = match &verdict {
-        Ok(storable) => {
-            for name in &storable.strip {
-                headers.remove(name);
-            }
-            let stale = StaleWindows::for_answer(plan.stale, &storable.directives, true);
-            (storable.ttl, storable.initial_age, stale)
+    let storable = match verdict {
+        Ok(storable) => storable,
+        Err(reason) => {
+            // The merged answer may no longer be kept (a new `no-store`,
+            // `private`, `Set-Cookie`…): it goes to the leader like any
+            // unstorable answer, and to waiters only if impersonal.
+            proxy.store.remove_entry(stored);
+            not_stored(proxy, &plan.route, stored.key, reason, stored.status);
+            let answer = BufferedAnswer {
+                status: stored.status,
+                headers,
+                body: stored.body.clone(),
+                reason,
+            };
+            return (FillOutcome::Uncacheable(answer), HeaderMap::new());
         }
-        Err(_) => (Duration::ZERO, 0, StaleWindows::default()),
     };
+    let own = leader_only(&mut headers, &storable.strip);
+    let now = Instant::now();
     info!(route = &*plan.route, key = %stored.key.short(), "upstream answered 304; stored entry freshened");
     let entry = Arc::new(Entry {
         key: stored.key,
@@ -368,21 +374,14 @@ fn freshen(
         route: plan.route,
         description: plan.description,
         stored_at: now,
-        expires_at: now + ttl,
-        stale,
-        initial_age,
+        expires_at: now + storable.ttl,
+        stale: StaleWindows::for_answer(plan.stale, &storable.directives, true),
+        initial_age: storable.initial_age,
         upstream_time: now - started,
         hits: std::sync::atomic::AtomicU64::new(0),
         replay: plan.replay,
     });
-    match verdict {
-        Ok(_) => insert(proxy, entry, generation, ttl),
-        Err(reason) => {
-            proxy.store.remove_entry(stored);
-            not_stored(proxy, &entry.route, entry.key, reason, entry.status);
-            FillOutcome::Discarded(entry)
-        }
-    }
+    (insert(proxy, entry, generation, storable.ttl), own)
 }
 
 fn insert(proxy: &Proxy, entry: Arc<Entry>, generation: u64, ttl: Duration) -> FillOutcome {

@@ -602,3 +602,34 @@ async fn the_dashboard_mode_ignores_the_clients_no_cache() {
     .await;
     assert_eq!(refresh.x_cache(), "HIT");
 }
+
+#[tokio::test]
+async fn a_304_that_forbids_storing_drops_the_entry_and_only_its_requester_sees_it() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/api/filter-options",
+        Behaviour::new()
+            .etag("\"o1\"")
+            .header("cache-control", "max-age=60")
+            .header("age", "60"),
+    );
+    let proxy = spawn_proxy(&origin.url(), "").await;
+    let client = Client::new();
+    let first = client.get(&proxy.url("/api/filter-options")).await;
+    origin.on(
+        "/api/filter-options",
+        Behaviour::new()
+            .etag("\"o1\"")
+            .header("set-cookie", "session=bob"),
+    );
+    let second = client.get(&proxy.url("/api/filter-options")).await;
+    assert_eq!(origin.last_headers()["if-none-match"], "\"o1\"");
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.header("set-cookie"), "session=bob", "its requester");
+    assert!(second.header("cache-status").contains("detail=set-cookie"));
+    client.get(&proxy.url("/api/filter-options")).await;
+    assert!(
+        !origin.last_headers().contains_key("if-none-match"),
+        "the entry is gone: a whole new request"
+    );
+}
