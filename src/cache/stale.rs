@@ -22,6 +22,16 @@ use super::directives::Directives;
 /// store's bounds still evict it earlier when space is needed.
 pub const REVALIDATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// The revalidation window of an entry with (`validated`) or without a
+/// validator. Derived, never stored: `cache::codec` recomputes it on decode.
+pub fn revalidate_window(validated: bool) -> Duration {
+    if validated {
+        REVALIDATE_WINDOW
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// How long past its expiry an entry may still be served, and for what.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StaleWindows {
@@ -50,11 +60,7 @@ impl StaleWindows {
         directives: &Directives,
         validated: bool,
     ) -> StaleWindows {
-        let revalidate = if validated {
-            REVALIDATE_WINDOW
-        } else {
-            Duration::ZERO
-        };
+        let revalidate = revalidate_window(validated);
         let no_cache = matches!(&directives.no_cache, Some(fields) if fields.is_empty());
         if directives.forbids_stale() || no_cache {
             return StaleWindows {

@@ -130,6 +130,10 @@ pub struct Cli {
     )]
     pub targeted_cache_control: Option<Vec<String>>,
 
+    /// Write the cache to this file on shutdown and load it at start.
+    #[arg(long, value_name = "FILE", env = "DASHCACHE_SNAPSHOT_FILE")]
+    pub snapshot_file: Option<PathBuf>,
+
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check: bool,

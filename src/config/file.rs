@@ -162,6 +162,8 @@ pub struct FileCache {
     pub heuristic_freshness: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub targeted_cache_control: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

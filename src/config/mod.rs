@@ -172,6 +172,9 @@ pub struct CacheConfig {
     /// Targeted `Cache-Control` fields this cache obeys before
     /// `Cache-Control`, first present wins (RFC 9213).
     pub targeted_cache_control: Vec<HeaderName>,
+    /// Where the store is written at shutdown and read at start
+    /// (`cache::snapshot`); `None`: a restart starts cold.
+    pub snapshot_file: Option<PathBuf>,
 }
 
 /// The certificate and key files of TLS termination; both or neither.

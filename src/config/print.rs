@@ -66,6 +66,7 @@ impl Config {
                         .map(|n| n.as_str().to_owned())
                         .collect(),
                 ),
+                snapshot_file: self.cache.snapshot_file.clone(),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),
         };
