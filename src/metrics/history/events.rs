@@ -15,6 +15,8 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use super::clock::Clock;
+use crate::error::ProxyError;
+use crate::reload::Reload;
 
 /// How many events are kept (the oldest go first); enough for an hour of
 /// any sane admin activity, small enough to never matter for memory.
@@ -94,9 +96,23 @@ impl Events {
         list.push_back(event);
     }
 
+    /// One backend query's outcome: an answer, or an error. Only an
+    /// unreachable backend (refused, reset, no connection in time) counts
+    /// as down; a slow or busy one is not.
+    pub fn backend_answered(&self, error: Option<&ProxyError>) {
+        match error {
+            None => self.backend_reachable(true, || "answered again".to_owned()),
+            Some(
+                err @ (ProxyError::UpstreamUnreachable { .. }
+                | ProxyError::UpstreamConnectTimeout { .. }),
+            ) => self.backend_reachable(false, || err.message()),
+            Some(_) => {}
+        }
+    }
+
     /// Whether the backend answered (`false`: it could not be reached).
     /// Records `backend_down` / `backend_up` when that changes.
-    pub fn backend_reachable(&self, reachable: bool, detail: &str) {
+    pub fn backend_reachable(&self, reachable: bool, detail: impl FnOnce() -> String) {
         Self::transition(
             self,
             &self.backend_down,
@@ -107,7 +123,7 @@ impl Events {
     }
 
     /// Whether Redis answered. Records `redis_down` / `redis_up` when that changes.
-    pub fn redis_reachable(&self, reachable: bool, detail: &str) {
+    pub fn redis_reachable(&self, reachable: bool, detail: impl FnOnce() -> String) {
         Self::transition(
             self,
             &self.redis_down,
@@ -122,7 +138,7 @@ impl Events {
         down: &AtomicBool,
         reachable: bool,
         (went_down, came_back): (EventKind, EventKind),
-        detail: &str,
+        detail: impl FnOnce() -> String,
     ) {
         if down.load(Ordering::Relaxed) != reachable {
             return;
@@ -130,8 +146,28 @@ impl Events {
         // Two threads may see the change at once: only the one that flips it records it.
         if down.swap(!reachable, Ordering::Relaxed) == reachable {
             let kind = if reachable { came_back } else { went_down };
-            self.record(kind, detail);
+            self.record(kind, detail());
         }
+    }
+
+    /// A configuration reload (SIGHUP): applied, or refused with the reason.
+    pub fn record_reload(&self, reload: &Reload) {
+        let detail = match reload {
+            Reload::Applied {
+                generation,
+                needs_restart,
+            } if needs_restart.is_empty() => format!("generation {generation} applied"),
+            Reload::Applied {
+                generation,
+                needs_restart,
+            } => format!(
+                "generation {generation} applied; needs a restart: {}",
+                needs_restart.join(", ")
+            ),
+            Reload::Invalid(_) => "invalid file; running configuration kept".to_owned(),
+            Reload::NoFile => return,
+        };
+        self.record(EventKind::ConfigReload, detail);
     }
 
     /// The events at or after `since_ms`, oldest first.
@@ -148,10 +184,10 @@ mod tests {
     #[test]
     fn only_a_change_of_backend_state_is_recorded() {
         let events = Events::new(Clock::fixed(1_000));
-        events.backend_reachable(true, "ok");
-        events.backend_reachable(false, "connection refused");
-        events.backend_reachable(false, "connection refused");
-        events.backend_reachable(true, "answered");
+        events.backend_reachable(true, || "ok".into());
+        events.backend_reachable(false, || "connection refused".into());
+        events.backend_reachable(false, || "connection refused".into());
+        events.backend_reachable(true, || "answered".into());
         let kinds: Vec<_> = events.since(0).into_iter().map(|e| e.kind).collect();
         assert_eq!(kinds, [EventKind::BackendDown, EventKind::BackendUp]);
     }

@@ -166,3 +166,68 @@ impl Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::respond::CacheStatus;
+
+    /// A minute boundary, so both windows' steps line up with it.
+    const T0: u64 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
+
+    #[tokio::test(start_paused = true)]
+    async fn intervals_follow_the_clock_and_the_last_point_is_in_progress() {
+        let metrics = Metrics::with_clock(Clock::starting_at(T0));
+        let route: Arc<str> = Arc::from("get_metrics");
+        let hit = Duration::from_micros(90);
+        for _ in 0..4 {
+            metrics.record(&route, CacheStatus::Miss, Duration::from_secs(2), None);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(metrics.history().next_boundary(), T0 + 10_000);
+        metrics.close_interval(
+            T0 + 10_000,
+            Gauges {
+                entries: 4,
+                bytes: 4_000,
+            },
+        );
+        for _ in 0..6 {
+            metrics.record(&route, CacheStatus::Hit, hit, Some(Duration::from_secs(2)));
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+
+        let view = metrics.history_view(Window::TenMinutes);
+        let shape: Vec<_> = view
+            .points
+            .iter()
+            .map(|p| (p.t, p.hits, p.misses, p.partial))
+            .collect();
+        assert_eq!(shape, [(T0, 0, 4, false), (T0 + 10_000, 6, 0, true)]);
+        let now = &view.points[1];
+        assert_eq!((now.seconds, now.requests_per_second), (5.0, 1.2));
+        assert_eq!((now.saved_seconds, now.entries), (12.0, 4));
+        let p99 = now.hit_p99_ms.unwrap();
+        assert!((p99 - 0.09).abs() < 0.006, "{p99}");
+        assert_eq!(view.routes["get_metrics"].misses, [4, 0]);
+
+        let hour = metrics.history_view(Window::Hour);
+        assert_eq!(hour.points.len(), 1);
+        assert_eq!((hour.points[0].hits, hour.points[0].misses), (6, 4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_carry_the_time_they_happened() {
+        let metrics = Metrics::with_clock(Clock::starting_at(T0));
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        metrics
+            .history()
+            .events
+            .record(EventKind::Clear, "3 keys deleted");
+        let view = metrics.history_view(Window::TenMinutes);
+        assert_eq!(view.events.len(), 1);
+        assert_eq!(view.events[0].t, T0 + 1_500);
+    }
+}
