@@ -398,3 +398,137 @@ async fn the_refresh_button_refreshes_the_matching_entries_with_the_admin_token(
     post_metrics(&proxy, "Vale", "HIT").await;
     assert_eq!(proxy.proxy.store.len(), 4);
 }
+
+/// The start (unix ms) of the history interval in progress.
+async fn current_interval(proxy: &ProxyHandle) -> u64 {
+    let json = Client::new()
+        .get(&proxy.url("/api/cache/history?window=10m"))
+        .await
+        .json();
+    let last = json["points"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["partial"], true);
+    last["t"].as_u64().unwrap()
+}
+
+/// Values of one plotted series.
+fn plotted(chart: &Value, series: &str) -> Vec<Option<f64>> {
+    chart["series"][series]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {series} in {chart}"))
+        .iter()
+        .map(Value::as_f64)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_plots_show_the_shape_of_the_traffic_sent() {
+    let Some(chromium) = chromium() else { return };
+    let origin = Origin::start().await;
+    let proxy = proxy_with_harness(&origin, "").await;
+
+    // A burst of 12 misses inside one 10 s interval (wait for a fresh one
+    // if fewer than 3 s are left in this one)…
+    let mut burst = current_interval(&proxy).await;
+    let boundary = |t: u64| std::time::UNIX_EPOCH + Duration::from_millis(t + 10_000);
+    if boundary(burst)
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+        < Duration::from_secs(3)
+    {
+        while current_interval(&proxy).await == burst {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        burst = current_interval(&proxy).await;
+    }
+    for i in 0..12 {
+        post_metrics(&proxy, &format!("org-{i}"), "MISS").await;
+    }
+    assert_eq!(
+        current_interval(&proxy).await,
+        burst,
+        "the burst fit in one interval"
+    );
+    // …then, in a later interval, 30 hits on the same filters, and a clear.
+    while current_interval(&proxy).await == burst {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hits_at = current_interval(&proxy).await;
+    for i in 0..30 {
+        post_metrics(&proxy, &format!("org-{}", i % 12), "HIT").await;
+    }
+    let reply = Client::new().post(&proxy.url("/api/cache/clear"), "").await;
+    assert_eq!(reply.status, http::StatusCode::OK);
+
+    let dom = dump_dom(&chromium, &proxy.url("/harness.html?history"), 20_000).await;
+    let result = harness_result(&dom);
+    let charts = &result["charts"];
+    let times: Vec<u64> = charts["chart-requests"]["times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    let at = |t: u64| {
+        times
+            .iter()
+            .position(|&x| x == t)
+            .unwrap_or_else(|| panic!("no point at {t} in {times:?}"))
+    };
+    let (b, h) = (at(burst), at(hits_at));
+    assert!(b < h, "{times:?}");
+    // Every plotted point, in the page's own units, against the traffic:
+    // requests per second over the seconds each point covers…
+    let seconds = &charts["chart-requests"]["seconds"];
+    let counted = |series: &str, i: usize| {
+        let rate = plotted(&charts["chart-requests"], series)[i].unwrap();
+        (rate * seconds[i].as_f64().unwrap()).round() as u64
+    };
+    assert_eq!((counted("misses", b), counted("hits", b)), (12, 0));
+    assert_eq!((counted("misses", h), counted("hits", h)), (0, 30));
+    let misses: u64 = (0..times.len()).map(|i| counted("misses", i)).sum();
+    let hits: u64 = (0..times.len()).map(|i| counted("hits", i)).sum();
+    assert_eq!((misses, hits), (12, 30), "nothing else was plotted");
+    // …the hit rate, the backend queries (the misses; the harness's own
+    // page is a bypass that reached the origin after the hits)…
+    let rate = plotted(&charts["chart-hit-rate"], "hit_rate");
+    assert_eq!((rate[b], rate[h]), (Some(0.0), Some(1.0)));
+    let queries = plotted(&charts["chart-backend"], "backend_queries");
+    assert_eq!(queries[b], Some(12.0));
+    let all: f64 = queries.iter().flatten().sum();
+    assert_eq!(all, 13.0, "12 misses and the harness page: {queries:?}");
+    // …the backend latency (each query waited QUERY_TIME), and the time
+    // the 30 hits saved.
+    let p50 = plotted(&charts["chart-backend-latency"], "backend_p50_ms")[b].unwrap();
+    assert!(p50 >= QUERY_TIME.as_millis() as f64 * 0.9, "{p50}");
+    let saved = plotted(&charts["chart-saved"], "saved_seconds")[h].unwrap();
+    assert!(saved >= 30.0 * QUERY_TIME.as_secs_f64() * 0.99, "{saved}");
+    // The route's sparkline, and the clear as a marker.
+    let spark = &result["sparks"]["get_metrics"];
+    let sum = |s: &Value| {
+        s.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (sum(&spark["hits"]), sum(&spark["misses"])),
+        (30, 12),
+        "{spark}"
+    );
+    assert_eq!(result["events"], serde_json::json!(["clear"]));
+    assert_eq!(result["event_marks"], 1);
+    // Hovering shows the latest point's figures.
+    assert_eq!(result["tip"]["hidden"], false, "{result}");
+    assert!(
+        result["tip"]["text"].as_str().unwrap().contains("hits:"),
+        "{result}"
+    );
+    // A phone-wide page scrolls nothing sideways.
+    let phone = &result["phone"];
+    assert!(
+        phone["scroll"].as_u64() <= phone["client"].as_u64(),
+        "{phone}"
+    );
+    assert!(phone["chart"].as_u64().unwrap() <= 390, "{phone}");
+}
