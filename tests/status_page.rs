@@ -532,3 +532,163 @@ async fn the_history_plots_show_the_shape_of_the_traffic_sent() {
     );
     assert!(phone["chart"].as_u64().unwrap() <= 390, "{phone}");
 }
+
+/// Takes docs/status-page.png (light) and docs/status-page-dark.png: the
+/// page after an hour-like day. The hour before the proxy started is fed
+/// to the history directly (`History::restore`: a quiet start, the 6 AM
+/// refresh, the morning burst, an invalidate, a slow backend, a reload),
+/// and the interval in progress is real traffic. Run it on purpose:
+/// `cargo test --test status_page -- --ignored screenshot`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/status-page*.png; run on purpose"]
+async fn screenshot_of_an_hour_for_the_docs() {
+    use dashcache::metrics::history::{IntervalRecord, LiveSketch, Sketch, INTERVAL_MS};
+    use dashcache::metrics::EventKind;
+
+    let Some(chromium) = chromium() else { return };
+    let origin = Origin::start().await;
+    origin.on("/api/actions", Behaviour::new().delay(QUERY_TIME));
+    let proxy = proxy_with_harness(&origin, "").await;
+    for (org, expected) in [
+        ("Vale", "MISS"),
+        ("Acme", "MISS"),
+        ("Vale", "HIT"),
+        ("Vale", "HIT"),
+        ("Acme", "HIT"),
+    ] {
+        post_metrics(&proxy, org, expected).await;
+    }
+    let client = Client::new();
+    for _ in 0..4 {
+        client.get(&proxy.url("/api/filter-options")).await;
+        client
+            .post(&proxy.url("/api/actions"), r#"{"org":"Vale"}"#)
+            .await;
+    }
+
+    let history = proxy.proxy.metrics.history();
+    let now = history.clock().now_ms();
+    let first = now / INTERVAL_MS * INTERVAL_MS - 354 * INTERVAL_MS;
+    let mut seed = 7u64;
+    let mut noise = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) % 1000) as f64 / 1000.0
+    };
+    let sketch = |values: &[Duration]| {
+        let live = LiveSketch::default();
+        for v in values {
+            live.record(*v);
+        }
+        Sketch::between(&[], &live.read())
+    };
+    let mut entries = 620.0f64;
+    let mut records = Vec::new();
+    for k in 0..354u64 {
+        let minute = k as f64 / 6.0;
+        let (rps, hit_rate, slow) = match minute as u64 {
+            0..=7 => (0.3, 0.9, 1.0),
+            8..=13 => (1.5, 0.97, 1.0),
+            14..=35 => (8.0 + 30.0 * ((minute - 14.0) / 6.0).min(1.0), 0.95, 1.0),
+            36..=40 => (34.0, if minute < 37.5 { 0.72 } else { 0.93 }, 1.0),
+            41..=47 => (30.0, 0.94, 2.6),
+            _ => (22.0, 0.96, 1.0),
+        };
+        let requests = (rps * 10.0 * (0.85 + 0.3 * noise())).round() as u64;
+        let misses = (requests as f64 * (1.0 - hit_rate)).round() as u64;
+        let hits = requests - misses;
+        let refreshing = (8.0..10.5).contains(&minute);
+        let queries = misses + if refreshing { 40 } else { 0 };
+        let backend: Vec<Duration> = (0..queries)
+            .map(|_| Duration::from_millis(((1800.0 + 2600.0 * noise()) * slow) as u64))
+            .collect();
+        let hit_times: Vec<Duration> = (0..hits)
+            .map(|_| Duration::from_micros(45 + (120.0 * noise() * noise()) as u64))
+            .collect();
+        entries = if (36.0..36.2).contains(&minute) {
+            entries - 37.0
+        } else {
+            (entries + misses as f64 * 0.8).min(1000.0)
+        };
+        let split = |n: u64| [n * 6 / 10, n / 4, n - n * 6 / 10 - n / 4];
+        let (h, m) = (split(hits), split(misses));
+        records.push(IntervalRecord {
+            t: first + k * INTERVAL_MS,
+            ms: INTERVAL_MS,
+            hits,
+            misses,
+            stale: u64::from(minute as u64 == 44) * 3,
+            bypass: (requests as f64 * 0.02).round() as u64,
+            backend_queries: queries,
+            saved_micros: backend.iter().map(|d| d.as_micros() as u64).sum::<u64>() * hits
+                / queries.max(1),
+            entries: entries as u64,
+            bytes: entries as u64 * 14_300,
+            hit_latency: sketch(&hit_times),
+            backend_latency: sketch(&backend),
+            routes: [
+                ("get_metrics".to_owned(), [h[0], m[0]]),
+                ("get_actions".to_owned(), [h[1], m[1]]),
+                ("get_filter_options".to_owned(), [h[2], m[2]]),
+            ]
+            .into(),
+        });
+    }
+    assert!(history.restore(records) > 340);
+    let at = |minute: f64| first + (minute * 60_000.0) as u64;
+    let events = &history.events;
+    events.record_at(
+        at(8.0),
+        EventKind::RefreshStart,
+        "Refreshing all 412 cache keys in the background",
+    );
+    events.record_at(
+        at(10.4),
+        EventKind::RefreshEnd,
+        "412 keys finished; since start 412 done, 0 failed, 0 dropped",
+    );
+    events.record_at(
+        at(36.0),
+        EventKind::Invalidate,
+        "pattern 'Vale': 37 keys deleted",
+    );
+    events.record_at(at(52.3), EventKind::ConfigReload, "generation 2 applied");
+
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
+    for (file, dark) in [("status-page.png", false), ("status-page-dark.png", true)] {
+        let profile = tempfile::tempdir().unwrap();
+        let mut command = tokio::process::Command::new(&chromium);
+        command.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--window-size=1280,1450",
+            "--virtual-time-budget=6000",
+        ]);
+        if dark {
+            command
+                .arg("--force-dark-mode")
+                .arg("--blink-settings=preferredColorScheme=0");
+        }
+        let output = command
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("--screenshot={}", docs.join(file).display()))
+            .arg(proxy.url("/api/cache/"))
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(BROWSER_PATIENCE, output)
+            .await
+            .expect("chromium finishes in time")
+            .expect("chromium runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

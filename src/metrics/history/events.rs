@@ -84,16 +84,24 @@ impl Events {
 
     /// Adds a marker at the current time.
     pub fn record(&self, kind: EventKind, detail: impl Into<String>) {
+        self.record_at(self.clock.now_ms(), kind, detail);
+    }
+
+    /// Adds a marker at `t` (unix ms), in time order among those kept: for
+    /// markers restored with earlier intervals (`History::restore`).
+    pub fn record_at(&self, t: u64, kind: EventKind, detail: impl Into<String>) {
         let event = Event {
-            t: self.clock.now_ms(),
+            t,
             kind,
             detail: detail.into(),
         };
         let mut list = self.list.lock().expect("events lock");
-        if list.len() == KEEP {
+        // Nearly always at the end; restored markers go in time order.
+        let at = list.partition_point(|e| e.t <= t);
+        list.insert(at, event);
+        if list.len() > KEEP {
             list.pop_front();
         }
-        list.push_back(event);
     }
 
     /// One backend query's outcome: an answer, or an error. Only an

@@ -81,6 +81,14 @@ impl History {
         self.cluster.set(ClusterLink { source, replica }).is_ok()
     }
 
+    /// Adds intervals from before this process started (oldest first), as
+    /// if they had been sampled here: for a demo or a screenshot of an
+    /// hour-long day without waiting an hour. Records that do not start
+    /// before the ones already held are ignored. Returns how many were kept.
+    pub fn restore(&self, records: Vec<IntervalRecord>) -> usize {
+        self.ring.lock().expect("history lock").restore(records)
+    }
+
     /// The cluster source and this replica's name in it, once joined.
     pub fn cluster(&self) -> Option<(&Arc<dyn ClusterFigures>, &str)> {
         self.cluster

@@ -308,6 +308,28 @@ impl Ring {
         }
     }
 
+    /// Puts earlier records (oldest first) in front of those held, within
+    /// the hour kept; see [`History::restore`](super::History::restore).
+    pub fn restore(&mut self, records: Vec<IntervalRecord>) -> usize {
+        let first = self
+            .records
+            .front()
+            .map_or(self.last_end_ms, |r| r.t)
+            .min(self.last_end_ms);
+        let mut kept: Vec<IntervalRecord> = records
+            .into_iter()
+            .filter(|r| r.t + INTERVAL_MS <= first)
+            .collect();
+        kept.dedup_by_key(|r| r.t);
+        let room = KEEP - self.records.len();
+        let skip = kept.len().saturating_sub(room);
+        let count = kept.len() - skip;
+        for record in kept.into_iter().skip(skip).rev() {
+            self.records.push_front(record);
+        }
+        count
+    }
+
     /// The closed records that start at or after `since_ms`, oldest first.
     pub fn records_since(&self, since_ms: u64) -> impl Iterator<Item = &IntervalRecord> {
         self.records.iter().filter(move |r| r.t >= since_ms)
@@ -440,6 +462,26 @@ mod tests {
         assert_eq!(tens.len(), 12);
         let series = route_series(&minutes);
         assert_eq!(series["get_metrics"].hits, [12, 12]);
+    }
+
+    #[test]
+    fn restored_records_go_before_the_live_ones_and_within_the_hour() {
+        let mut ring = Ring::new(T0 + 3_000);
+        ring.close(T0 + 10_000, reading(1, 0), Gauges::default());
+        let old = |i: u64| IntervalRecord {
+            t: T0 - i * INTERVAL_MS,
+            ms: INTERVAL_MS,
+            misses: i,
+            ..IntervalRecord::default()
+        };
+        let mut earlier: Vec<_> = (1..=KEEP as u64 + 10).rev().map(old).collect();
+        earlier.push(IntervalRecord { t: T0, ..old(0) });
+        assert_eq!(ring.restore(earlier), KEEP - 1);
+        assert_eq!(ring.records.len(), KEEP);
+        let starts: Vec<_> = ring.records.iter().map(|r| r.t).collect();
+        assert!(starts.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(*starts.last().unwrap(), T0);
+        assert_eq!(ring.records.back().unwrap().hits, 1, "the live one is kept");
     }
 
     #[test]
