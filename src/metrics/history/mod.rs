@@ -182,8 +182,8 @@ mod tests {
     use super::*;
     use crate::respond::CacheStatus;
 
-    /// A minute boundary, so both windows' steps line up with it.
-    const T0: u64 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
+    /// A minute boundary (1.8e12 ms is a whole number of minutes), so both windows' steps line up with it.
+    const T0: u64 = 1_800_000_000_000;
 
     #[tokio::test(start_paused = true)]
     async fn intervals_follow_the_clock_and_the_last_point_is_in_progress() {
