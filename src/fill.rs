@@ -85,6 +85,11 @@ pub(crate) async fn run(
     Metrics::bump(&proxy.metrics.upstream_requests);
     let sent = proxy.upstream.send(request).await;
     proxy.metrics.upstream_answered(started.elapsed());
+    proxy
+        .metrics
+        .history()
+        .events
+        .backend_answered(sent.as_ref().err());
     let response = match sent {
         Ok(response) => response,
         Err(err) => {

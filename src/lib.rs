@@ -10,8 +10,8 @@
 //!   request body and answer write deadlines
 //! - [`framing`]: HTTP/1 request framing (refuses Content-Length with Transfer-Encoding)
 //! - [`admission`]: Host rules and the framing refusal, before the pipeline
-//! - [`admin`]: `/api/cache/*` (stats, metrics, health, keys, clear,
-//!   invalidate, the status page), answered locally
+//! - [`admin`]: `/api/cache/*` (stats, metrics, health, history, keys, clear,
+//!   invalidate, the status page), answered locally; the history sampler
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
 //! - `fill`: the detached upstream request behind a miss, and what it stores
 //! - [`refresh`]: `POST /api/cache/refresh`, re-fetching entries in the background
@@ -28,7 +28,8 @@
 //! - [`headers`]: hop-by-hop and forwarding header rules
 //! - [`body`]: response body types, bounded upstream reads
 //! - [`respond`]: `X-Cache`/`Age`/`Cache-Status`, JSON answers
-//! - [`metrics`]: counters behind stats and the Prometheus exposition
+//! - [`metrics`]: counters behind stats and the Prometheus exposition, and
+//!   the last hour of them with event markers (`metrics::history`)
 //! - [`error`]: the request path's error enum and its HTTP mapping
 
 pub mod admin;

@@ -167,7 +167,9 @@ impl Proxy {
 
     /// Re-reads proxy.toml (SIGHUP), logging what changed or why not.
     pub fn reload_config(&self) -> Reload {
-        self.live.reload_and_log()
+        let reload = self.live.reload_and_log();
+        self.metrics.history().events.record_reload(&reload);
+        reload
     }
 
     /// Answers one request and writes its access line.

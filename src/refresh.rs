@@ -26,6 +26,7 @@ use crate::body::ProxyBody;
 use crate::cache::flight::{FillOutcome, Join};
 use crate::cache::Entry;
 use crate::fill::{self, FillPlan, LeaderAnswer};
+use crate::metrics::EventKind;
 use crate::proxy::{ClientInfo, Proxy};
 use crate::respond;
 use crate::server::Surface;
@@ -48,6 +49,8 @@ pub struct Refresher {
     /// Entries that could not be replayed (fetched with credentials), dropped.
     dropped: AtomicU64,
     running: AtomicU64,
+    /// `scheduled` when the last `refresh_end` event was recorded.
+    ended_at: AtomicU64,
 }
 
 /// The refresh counters, as stats shows them.
@@ -82,6 +85,31 @@ impl Refresher {
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             running: AtomicU64::new(0),
+            ended_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks the end of the refreshes on the history once every scheduled
+    /// one has finished (once per batch: the caller whose swap moves the
+    /// mark records it).
+    fn note_if_finished(&self, proxy: &Proxy) {
+        let f = self.figures();
+        let finished = f.done + f.failed + f.dropped;
+        if f.running != 0 || finished != f.scheduled {
+            return;
+        }
+        let before = self.ended_at.swap(finished, Ordering::Relaxed);
+        if before < finished {
+            proxy.metrics.history().events.record(
+                EventKind::RefreshEnd,
+                format!(
+                    "{} keys finished; since start {} done, {} failed, {} dropped",
+                    finished - before,
+                    f.done,
+                    f.failed,
+                    f.dropped
+                ),
+            );
         }
     }
 
@@ -123,6 +151,11 @@ pub fn accept(proxy: &Arc<Proxy>, pattern: Option<&str>) -> Response<ProxyBody> 
         keys_scheduled = scheduled,
         "Cache REFRESH: {message}"
     );
+    proxy
+        .metrics
+        .history()
+        .events
+        .record(EventKind::RefreshStart, message.clone());
     respond::json(
         StatusCode::ACCEPTED,
         &RefreshAnswer {
@@ -179,6 +212,7 @@ async fn refresh_one(proxy: Arc<Proxy>, entry: Arc<Entry>) {
             warn!(route = &*entry.route, key = %key, reason, "refresh failed; entry dropped");
         }
     }
+    refresher.note_if_finished(&proxy);
 }
 
 /// Asks the upstream for `entry` again, through the key's flight.

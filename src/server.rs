@@ -216,6 +216,7 @@ impl Server {
             "dashcache listening"
         );
         let purge = tokio::spawn(purge_expired(proxy.clone()));
+        let history = tokio::spawn(crate::admin::history::sample(proxy.clone()));
         #[cfg(unix)]
         let reload =
             hangup.map(|hangup| tokio::spawn(reload_on_hangup(hangup, proxy.clone(), tls.clone())));
@@ -279,6 +280,7 @@ impl Server {
 
         drop((main, admin));
         purge.abort();
+        history.abort();
         #[cfg(unix)]
         if let Some(reload) = reload {
             reload.abort();

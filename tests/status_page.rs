@@ -398,3 +398,297 @@ async fn the_refresh_button_refreshes_the_matching_entries_with_the_admin_token(
     post_metrics(&proxy, "Vale", "HIT").await;
     assert_eq!(proxy.proxy.store.len(), 4);
 }
+
+/// The start (unix ms) of the history interval in progress.
+async fn current_interval(proxy: &ProxyHandle) -> u64 {
+    let json = Client::new()
+        .get(&proxy.url("/api/cache/history?window=10m"))
+        .await
+        .json();
+    let last = json["points"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["partial"], true);
+    last["t"].as_u64().unwrap()
+}
+
+/// Values of one plotted series.
+fn plotted(chart: &Value, series: &str) -> Vec<Option<f64>> {
+    chart["series"][series]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {series} in {chart}"))
+        .iter()
+        .map(Value::as_f64)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_plots_show_the_shape_of_the_traffic_sent() {
+    let Some(chromium) = chromium() else { return };
+    let origin = Origin::start().await;
+    let proxy = proxy_with_harness(&origin, "").await;
+
+    // A burst of 12 misses inside one 10 s interval (wait for a fresh one
+    // if fewer than 3 s are left in this one)…
+    let mut burst = current_interval(&proxy).await;
+    let boundary = |t: u64| std::time::UNIX_EPOCH + Duration::from_millis(t + 10_000);
+    if boundary(burst)
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+        < Duration::from_secs(3)
+    {
+        while current_interval(&proxy).await == burst {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        burst = current_interval(&proxy).await;
+    }
+    for i in 0..12 {
+        post_metrics(&proxy, &format!("org-{i}"), "MISS").await;
+    }
+    assert_eq!(
+        current_interval(&proxy).await,
+        burst,
+        "the burst fit in one interval"
+    );
+    // …then, in a later interval, 30 hits on the same filters, and a clear.
+    while current_interval(&proxy).await == burst {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hits_at = current_interval(&proxy).await;
+    for i in 0..30 {
+        post_metrics(&proxy, &format!("org-{}", i % 12), "HIT").await;
+    }
+    let reply = Client::new().post(&proxy.url("/api/cache/clear"), "").await;
+    assert_eq!(reply.status, http::StatusCode::OK);
+
+    let dom = dump_dom(&chromium, &proxy.url("/harness.html?history"), 20_000).await;
+    let result = harness_result(&dom);
+    let charts = &result["charts"];
+    let times: Vec<u64> = charts["chart-requests"]["times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    let at = |t: u64| {
+        times
+            .iter()
+            .position(|&x| x == t)
+            .unwrap_or_else(|| panic!("no point at {t} in {times:?}"))
+    };
+    let (b, h) = (at(burst), at(hits_at));
+    assert!(b < h, "{times:?}");
+    // Every plotted point, in the page's own units, against the traffic:
+    // requests per second over the seconds each point covers…
+    let seconds = &charts["chart-requests"]["seconds"];
+    let counted = |series: &str, i: usize| {
+        let rate = plotted(&charts["chart-requests"], series)[i].unwrap();
+        (rate * seconds[i].as_f64().unwrap()).round() as u64
+    };
+    assert_eq!((counted("misses", b), counted("hits", b)), (12, 0));
+    assert_eq!((counted("misses", h), counted("hits", h)), (0, 30));
+    let misses: u64 = (0..times.len()).map(|i| counted("misses", i)).sum();
+    let hits: u64 = (0..times.len()).map(|i| counted("hits", i)).sum();
+    assert_eq!((misses, hits), (12, 30), "nothing else was plotted");
+    // …the hit rate, the backend queries (the misses; the harness's own
+    // page is a bypass that reached the origin after the hits)…
+    let rate = plotted(&charts["chart-hit-rate"], "hit_rate");
+    assert_eq!((rate[b], rate[h]), (Some(0.0), Some(1.0)));
+    let queries = plotted(&charts["chart-backend"], "backend_queries");
+    assert_eq!(queries[b], Some(12.0));
+    let all: f64 = queries.iter().flatten().sum();
+    assert_eq!(all, 13.0, "12 misses and the harness page: {queries:?}");
+    // …the backend latency (each query waited QUERY_TIME), and the time
+    // the 30 hits saved.
+    let p50 = plotted(&charts["chart-backend-latency"], "backend_p50_ms")[b].unwrap();
+    assert!(p50 >= QUERY_TIME.as_millis() as f64 * 0.9, "{p50}");
+    let saved = plotted(&charts["chart-saved"], "saved_seconds")[h].unwrap();
+    assert!(saved >= 30.0 * QUERY_TIME.as_secs_f64() * 0.99, "{saved}");
+    // The route's sparkline, and the clear as a marker.
+    let spark = &result["sparks"]["get_metrics"];
+    let sum = |s: &Value| {
+        s.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (sum(&spark["hits"]), sum(&spark["misses"])),
+        (30, 12),
+        "{spark}"
+    );
+    assert_eq!(result["events"], serde_json::json!(["clear"]));
+    assert_eq!(result["event_marks"], 1);
+    // Hovering shows the latest point's figures.
+    assert_eq!(result["tip"]["hidden"], false, "{result}");
+    assert!(
+        result["tip"]["text"].as_str().unwrap().contains("hits:"),
+        "{result}"
+    );
+    // A phone-wide page scrolls nothing sideways.
+    let phone = &result["phone"];
+    assert!(
+        phone["scroll"].as_u64() <= phone["client"].as_u64(),
+        "{phone}"
+    );
+    assert!(phone["chart"].as_u64().unwrap() <= 390, "{phone}");
+}
+
+/// Takes docs/status-page.png (light) and docs/status-page-dark.png: the
+/// page after an hour-like day. The hour before the proxy started is fed
+/// to the history directly (`History::restore`: a quiet start, the 6 AM
+/// refresh, the morning burst, an invalidate, a slow backend, a reload),
+/// and the interval in progress is real traffic. Run it on purpose:
+/// `cargo test --test status_page -- --ignored screenshot`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/status-page*.png; run on purpose"]
+async fn screenshot_of_an_hour_for_the_docs() {
+    use dashcache::metrics::history::{IntervalRecord, LiveSketch, Sketch, INTERVAL_MS};
+    use dashcache::metrics::EventKind;
+
+    let Some(chromium) = chromium() else { return };
+    let origin = Origin::start().await;
+    origin.on("/api/actions", Behaviour::new().delay(QUERY_TIME));
+    let proxy = proxy_with_harness(&origin, "").await;
+    for (org, expected) in [
+        ("Vale", "MISS"),
+        ("Acme", "MISS"),
+        ("Vale", "HIT"),
+        ("Vale", "HIT"),
+        ("Acme", "HIT"),
+    ] {
+        post_metrics(&proxy, org, expected).await;
+    }
+    let client = Client::new();
+    for _ in 0..4 {
+        client.get(&proxy.url("/api/filter-options")).await;
+        client
+            .post(&proxy.url("/api/actions"), r#"{"org":"Vale"}"#)
+            .await;
+    }
+
+    let history = proxy.proxy.metrics.history();
+    let now = history.clock().now_ms();
+    let first = now / INTERVAL_MS * INTERVAL_MS - 354 * INTERVAL_MS;
+    let mut seed = 7u64;
+    let mut noise = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) % 1000) as f64 / 1000.0
+    };
+    let sketch = |values: &[Duration]| {
+        let live = LiveSketch::default();
+        for v in values {
+            live.record(*v);
+        }
+        Sketch::between(&[], &live.read())
+    };
+    let mut entries = 620.0f64;
+    let mut records = Vec::new();
+    for k in 0..354u64 {
+        let minute = k as f64 / 6.0;
+        let (rps, hit_rate, slow) = match minute as u64 {
+            0..=7 => (0.3, 0.9, 1.0),
+            8..=13 => (1.5, 0.97, 1.0),
+            14..=35 => (8.0 + 30.0 * ((minute - 14.0) / 6.0).min(1.0), 0.95, 1.0),
+            36..=40 => (34.0, if minute < 37.5 { 0.72 } else { 0.93 }, 1.0),
+            41..=47 => (30.0, 0.94, 2.6),
+            _ => (22.0, 0.96, 1.0),
+        };
+        let requests = (rps * 10.0 * (0.85 + 0.3 * noise())).round() as u64;
+        let misses = (requests as f64 * (1.0 - hit_rate)).round() as u64;
+        let hits = requests - misses;
+        let refreshing = (8.0..10.5).contains(&minute);
+        let queries = misses + if refreshing { 40 } else { 0 };
+        let backend: Vec<Duration> = (0..queries)
+            .map(|_| Duration::from_millis(((1800.0 + 2600.0 * noise()) * slow) as u64))
+            .collect();
+        let hit_times: Vec<Duration> = (0..hits)
+            .map(|_| Duration::from_micros(45 + (120.0 * noise() * noise()) as u64))
+            .collect();
+        entries = if (36.0..36.2).contains(&minute) {
+            entries - 37.0
+        } else {
+            (entries + misses as f64 * 0.8).min(1000.0)
+        };
+        let split = |n: u64| [n * 6 / 10, n / 4, n - n * 6 / 10 - n / 4];
+        let (h, m) = (split(hits), split(misses));
+        records.push(IntervalRecord {
+            t: first + k * INTERVAL_MS,
+            ms: INTERVAL_MS,
+            hits,
+            misses,
+            stale: u64::from(minute as u64 == 44) * 3,
+            bypass: (requests as f64 * 0.02).round() as u64,
+            backend_queries: queries,
+            saved_micros: backend.iter().map(|d| d.as_micros() as u64).sum::<u64>() * hits
+                / queries.max(1),
+            entries: entries as u64,
+            bytes: entries as u64 * 14_300,
+            hit_latency: sketch(&hit_times),
+            backend_latency: sketch(&backend),
+            routes: [
+                ("get_metrics".to_owned(), [h[0], m[0]]),
+                ("get_actions".to_owned(), [h[1], m[1]]),
+                ("get_filter_options".to_owned(), [h[2], m[2]]),
+            ]
+            .into(),
+        });
+    }
+    assert!(history.restore(records) > 340);
+    let at = |minute: f64| first + (minute * 60_000.0) as u64;
+    let events = &history.events;
+    events.record_at(
+        at(8.0),
+        EventKind::RefreshStart,
+        "Refreshing all 412 cache keys in the background",
+    );
+    events.record_at(
+        at(10.4),
+        EventKind::RefreshEnd,
+        "412 keys finished; since start 412 done, 0 failed, 0 dropped",
+    );
+    events.record_at(
+        at(36.0),
+        EventKind::Invalidate,
+        "pattern 'Vale': 37 keys deleted",
+    );
+    events.record_at(at(52.3), EventKind::ConfigReload, "generation 2 applied");
+
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
+    for (file, dark) in [("status-page.png", false), ("status-page-dark.png", true)] {
+        let profile = tempfile::tempdir().unwrap();
+        let mut command = tokio::process::Command::new(&chromium);
+        command.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--window-size=1280,1450",
+            "--virtual-time-budget=6000",
+        ]);
+        if dark {
+            command
+                .arg("--force-dark-mode")
+                .arg("--blink-settings=preferredColorScheme=0");
+        }
+        let output = command
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("--screenshot={}", docs.join(file).display()))
+            .arg(proxy.url("/api/cache/"))
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(BROWSER_PATIENCE, output)
+            .await
+            .expect("chromium finishes in time")
+            .expect("chromium runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -1,9 +1,9 @@
 //! The admin API under `/api/cache/`, answered by the proxy itself: the
 //! seed's `stats`, `clear`, `invalidate?pattern=` with its exact JSON shapes,
-//! plus `metrics` (Prometheus), `health`, `keys`, `refresh` (answered by
-//! `refresh.rs`) and the status page at `/api/cache/`.
+//! plus `metrics` (Prometheus), `health`, `history`, `keys`, `refresh`
+//! (answered by `refresh.rs`) and the status page at `/api/cache/`.
 //!
-//! `stats`, `metrics`, `health` and the page are readable by anyone who can
+//! `stats`, `metrics`, `health`, `history` and the page are readable by anyone who can
 //! reach the proxy. The mutations (`clear`, `invalidate`, `refresh`) and the `keys`
 //! listing (descriptions carry the dashboard's filters) require the bearer
 //! token when one is configured, compared in constant time; with no token
@@ -12,7 +12,7 @@
 //!
 //! This file dispatches each path to its endpoint family and holds what they
 //! share (method checks, authorisation, the `pattern` parameter): `stats`
-//! (stats + Prometheus), `health`, `keys`, `purge` (clear + invalidate),
+//! (stats + Prometheus), `health`, `history` (and its sampler), `keys`, `purge` (clear + invalidate),
 //! `status_page`; `refresh` lives in `crate::refresh`.
 
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use crate::refresh as refresher;
 use crate::respond::{self, CacheStatus};
 
 mod health;
+pub mod history;
 mod keys;
 mod purge;
 mod stats;
@@ -56,6 +57,10 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
         "" => readable.map(|()| status_page::page()),
         "/stats" => readable.map(|()| stats(proxy)),
         "/metrics" => readable.map(|()| prometheus(proxy)),
+        "/history" => match readable {
+            Ok(()) => history::history(proxy, request.uri().query()).await,
+            Err(err) => Err(err),
+        },
         "/health" => match readable {
             Ok(()) => Ok(health(proxy).await),
             Err(err) => Err(err),

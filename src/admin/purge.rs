@@ -9,6 +9,7 @@ use tracing::info;
 use super::query_pattern;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::metrics::EventKind;
 use crate::proxy::Proxy;
 use crate::respond;
 
@@ -31,6 +32,11 @@ pub(super) fn clear(proxy: &Proxy) -> Response<ProxyBody> {
     let removed = proxy.store.clear();
     proxy.vary.clear();
     info!(keys_deleted = removed, "Cache CLEARED");
+    proxy
+        .metrics
+        .history()
+        .events
+        .record(EventKind::Clear, format!("{removed} keys deleted"));
     respond::json(
         StatusCode::OK,
         &ClearAnswer {
@@ -52,6 +58,10 @@ pub(super) fn invalidate(
     };
     let removed = proxy.store.invalidate(&pattern);
     info!(pattern = %pattern, keys_deleted = removed, "Cache INVALIDATED: {removed} keys matching '{pattern}'");
+    proxy.metrics.history().events.record(
+        EventKind::Invalidate,
+        format!("pattern '{pattern}': {removed} keys deleted"),
+    );
     Ok(respond::json(
         StatusCode::OK,
         &InvalidateAnswer {

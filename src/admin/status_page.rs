@@ -3,7 +3,9 @@
 //! every 2 s (and `keys` for the hottest entries), computes requests per
 //! second from successive polls, and drives `clear` / `invalidate` /
 //! `refresh` with the bearer token typed into it, showing refresh progress
-//! from `stats`. It holds no state the API does not.
+//! from `stats`. Every 10 s it reads `history` and draws it as inline SVG
+//! plots (its own code, no chart library) with event markers, tooltips and
+//! per-route sparklines. It holds no state the API does not.
 
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::Response;

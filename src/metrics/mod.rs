@@ -1,42 +1,47 @@
 //! Counters behind `/api/cache/stats` and `/api/cache/metrics`: what the
 //! cache serves, per route, and what it costs (or saves) the upstream — the
-//! seed's hit rate, average response time and Databricks query count.
+//! seed's hit rate, average response time and Databricks query count — and
+//! the last hour of them (`history/`).
 //!
-//! The hot path touches only relaxed atomics and one histogram per answer:
-//! each counter is independent and read rarely (stats, scrapes), so no
-//! ordering is needed. Per-route figures live in a map behind an `RwLock`
-//! that is written once per route name (the first request on it) and only
-//! read afterwards. Prometheus text is produced at scrape time by a
-//! `Collector` (`prometheus.rs`) over these same counters, so stats and Prometheus can
-//! never disagree and a hit pays for one set of counters, not two.
+//! Recording an answer touches only relaxed atomics: each counter is
+//! independent and read rarely (stats, scrapes, the history sampler), so no
+//! ordering is needed, and latency histograms are atomic buckets
+//! (`tally.rs`), not a mutex. Per-route figures live in a map that is
+//! replaced whole (copy on write, `ArcSwap`) the first time a route name is
+//! seen; afterwards every request reads it without a lock and without
+//! touching a shared reference count. Prometheus text is produced at scrape
+//! time by a `Collector` (`prometheus.rs`) over these same counters, so stats
+//! and Prometheus can never disagree and a hit pays for one set of counters,
+//! not two.
 //!
 //! This file owns the counters themselves, what records into them, and the
 //! snapshots the stats answer reads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::histogram::Histogram;
+use arc_swap::ArcSwap;
 
 use crate::respond::CacheStatus;
 
+pub mod history;
 mod prometheus;
+mod tally;
 
+pub use history::{Clock, EventKind, History};
 pub use prometheus::{StoreFigures, OPENMETRICS_CONTENT_TYPE};
+use tally::Tally;
 
-/// Latency buckets in seconds: hits take microseconds, warehouse queries seconds.
-const BUCKETS: [f64; 17] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
-];
+/// Route name → its figures; replaced whole when a name is first seen.
+type RouteMap = HashMap<Arc<str>, Arc<RouteMetrics>>;
 
 #[derive(Debug)]
 pub struct Metrics {
     started: Instant,
     /// Per route name; a name's figures are created on its first request.
-    routes: RwLock<HashMap<Arc<str>, Arc<RouteMetrics>>>,
+    routes: ArcSwap<RouteMap>,
     /// Admin API calls: neither hits nor misses.
     admin: Tally,
     /// Misses that waited for another caller's fill instead of asking the upstream.
@@ -47,17 +52,20 @@ pub struct Metrics {
     pub upstream_requests: AtomicU64,
     pub upstream_errors: AtomicU64,
     /// Time to the upstream's answer head (or its failure), for every upstream request.
-    upstream_seconds: Histogram,
+    upstream_seconds: Tally,
     pub stored: AtomicU64,
     pub not_stored: AtomicU64,
     /// Request bodies cut for arriving too slowly (`body_read_timeout`).
     pub body_timeouts: AtomicU64,
     /// Connections closed because the client left its answer unread (`send_timeout`).
     pub send_timeouts: AtomicU64,
+    /// The last hour, per interval, and the event markers.
+    history: History,
 }
 
-/// One route's figures.
-#[derive(Debug)]
+/// One route's figures: per cache status a count, a total time and a
+/// latency histogram ([`Tally`]).
+#[derive(Debug, Default)]
 pub struct RouteMetrics {
     hits: Tally,
     misses: Tally,
@@ -65,49 +73,6 @@ pub struct RouteMetrics {
     stale: Tally,
     /// Sum over hits of the upstream time each hit's entry originally took.
     saved_micros: AtomicU64,
-    hit_seconds: Histogram,
-    miss_seconds: Histogram,
-    bypass_seconds: Histogram,
-    stale_seconds: Histogram,
-}
-
-impl Default for RouteMetrics {
-    fn default() -> Self {
-        Self {
-            hits: Tally::default(),
-            misses: Tally::default(),
-            bypassed: Tally::default(),
-            stale: Tally::default(),
-            saved_micros: AtomicU64::new(0),
-            hit_seconds: Histogram::new(BUCKETS),
-            miss_seconds: Histogram::new(BUCKETS),
-            bypass_seconds: Histogram::new(BUCKETS),
-            stale_seconds: Histogram::new(BUCKETS),
-        }
-    }
-}
-
-/// A count and the total time the counted requests took.
-#[derive(Debug, Default)]
-struct Tally {
-    count: AtomicU64,
-    micros: AtomicU64,
-}
-
-impl Tally {
-    fn record(&self, elapsed: Duration) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn micros(&self) -> u64 {
-        self.micros.load(Ordering::Relaxed)
-    }
 }
 
 /// One route's figures, copied for one answer.
@@ -198,24 +163,30 @@ fn avg_ms(micros: u64, count: u64) -> f64 {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::with_clock(Clock::system())
+    }
+}
+
+impl Metrics {
+    /// Counters whose history reads time from `clock`.
+    pub fn with_clock(clock: Clock) -> Self {
         Self {
             started: Instant::now(),
-            routes: RwLock::default(),
+            routes: ArcSwap::default(),
             admin: Tally::default(),
             coalesced: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             upstream_requests: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
-            upstream_seconds: Histogram::new(BUCKETS),
+            upstream_seconds: Tally::default(),
             stored: AtomicU64::new(0),
             not_stored: AtomicU64::new(0),
             body_timeouts: AtomicU64::new(0),
             send_timeouts: AtomicU64::new(0),
+            history: History::new(clock),
         }
     }
-}
 
-impl Metrics {
     /// Counts one answered request; `saved` is, on a hit, the upstream time
     /// the entry's original request took.
     pub fn record(
@@ -229,29 +200,25 @@ impl Metrics {
             self.admin.record(elapsed);
             return;
         }
-        let route = self.route(route);
-        let seconds = elapsed.as_secs_f64();
+        let routes = self.routes.load();
+        let route = match routes.get(&**route) {
+            Some(figures) => figures,
+            None => &self.add_route(route),
+        };
         match status {
             CacheStatus::Hit => {
                 route.hits.record(elapsed);
-                route.hit_seconds.observe(seconds);
+                self.history.hit_latency.record(elapsed);
                 if let Some(saved) = saved {
                     route
                         .saved_micros
                         .fetch_add(saved.as_micros() as u64, Ordering::Relaxed);
                 }
             }
-            CacheStatus::Miss => {
-                route.misses.record(elapsed);
-                route.miss_seconds.observe(seconds);
-            }
-            CacheStatus::Bypass => {
-                route.bypassed.record(elapsed);
-                route.bypass_seconds.observe(seconds);
-            }
+            CacheStatus::Miss => route.misses.record(elapsed),
+            CacheStatus::Bypass => route.bypassed.record(elapsed),
             CacheStatus::Stale => {
                 route.stale.record(elapsed);
-                route.stale_seconds.observe(seconds);
                 Self::bump(&self.stale);
             }
             CacheStatus::Admin => {}
@@ -260,19 +227,22 @@ impl Metrics {
 
     /// One upstream request answered (or failed) after `elapsed`.
     pub fn upstream_answered(&self, elapsed: Duration) {
-        self.upstream_seconds.observe(elapsed.as_secs_f64());
+        self.upstream_seconds.record(elapsed);
+        self.history.backend_latency.record(elapsed);
     }
 
-    fn route(&self, name: &Arc<str>) -> Arc<RouteMetrics> {
-        if let Some(route) = self.routes.read().expect("metrics lock").get(&**name) {
-            return route.clone();
-        }
-        self.routes
-            .write()
-            .expect("metrics lock")
-            .entry(name.clone())
-            .or_default()
-            .clone()
+    /// A route name's first request: a new map with the name added. Rare
+    /// (once per name), so copying the small map is cheaper than making
+    /// every request take a lock.
+    #[cold]
+    fn add_route(&self, name: &Arc<str>) -> Arc<RouteMetrics> {
+        let mut added = None;
+        self.routes.rcu(|routes| {
+            let mut routes = RouteMap::clone(routes);
+            added = Some(routes.entry(name.clone()).or_default().clone());
+            routes
+        });
+        added.expect("rcu ran at least once")
     }
 
     pub fn bump(counter: &AtomicU64) {
@@ -283,8 +253,7 @@ impl Metrics {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut routes: Vec<(Arc<str>, RouteSnapshot)> = self
             .routes
-            .read()
-            .expect("metrics lock")
+            .load()
             .iter()
             .map(|(name, route)| {
                 let snap = RouteSnapshot {

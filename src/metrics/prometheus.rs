@@ -9,11 +9,10 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{Metrics, RouteMetrics, Snapshot};
+use super::{Metrics, RouteMetrics, Snapshot, Tally};
 use crate::respond::CacheStatus;
 
 /// `Content-Type` of [`Metrics::prometheus`]'s answer.
@@ -26,8 +25,7 @@ impl Metrics {
     pub fn prometheus(&self, store: StoreFigures) -> String {
         let mut routes: Vec<_> = self
             .routes
-            .read()
-            .expect("metrics lock")
+            .load()
             .iter()
             .map(|(name, route)| (name.clone(), route.clone()))
             .collect();
@@ -37,7 +35,7 @@ impl Metrics {
         registry.register_collector(Box::new(Scrape {
             snapshot: self.snapshot(),
             routes,
-            upstream_seconds: self.upstream_seconds.clone(),
+            upstream_seconds: self.upstream_seconds.copy(),
             store,
         }));
         let mut text = String::new();
@@ -62,12 +60,12 @@ pub struct StoreFigures {
     pub inflight: u64,
 }
 
-/// One scrape's view: copied counters plus the live histograms.
+/// One scrape's view: copied counters plus the live route histograms.
 #[derive(Debug)]
 struct Scrape {
     snapshot: Snapshot,
     routes: Vec<(Arc<str>, Arc<RouteMetrics>)>,
-    upstream_seconds: Histogram,
+    upstream_seconds: Tally,
     store: StoreFigures,
 }
 
@@ -130,10 +128,10 @@ impl Collector for Scrape {
         )?;
         for (name, route) in &self.routes {
             for (status, histogram) in [
-                (CacheStatus::Hit, &route.hit_seconds),
-                (CacheStatus::Miss, &route.miss_seconds),
-                (CacheStatus::Bypass, &route.bypass_seconds),
-                (CacheStatus::Stale, &route.stale_seconds),
+                (CacheStatus::Hit, &route.hits),
+                (CacheStatus::Miss, &route.misses),
+                (CacheStatus::Bypass, &route.bypassed),
+                (CacheStatus::Stale, &route.stale),
             ] {
                 let labels = [("route", &**name), ("cache", status.as_str())];
                 histogram.encode(family.encode_family(&labels)?)?;
