@@ -7,9 +7,11 @@
 //!   graceful shutdown, expiry purge
 //! - [`tls`]: TLS termination (rustls, ALPN h2/http1.1), certificate reload
 //! - [`framing`]: refuses HTTP/1 requests with both Content-Length and Transfer-Encoding
+//! - [`request_id`]: the `X-Request-Id` every answer and access line carries
 //! - [`admin`]: `/api/cache/*` (stats, metrics, health, keys, clear,
 //!   invalidate, the status page), answered locally
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
+//! - `access`: the one access line per request, in the seed's wording
 //! - `fill`: the detached upstream request behind a miss, and what it stores
 //! - [`refresh`]: `POST /api/cache/refresh`, re-fetching entries in the background
 //! - [`reload`]: the running configuration, swapped whole on SIGHUP
@@ -25,6 +27,7 @@
 //! - [`metrics`]: counters behind stats and the Prometheus exposition
 //! - [`error`]: the request path's error enum and its HTTP mapping
 
+mod access;
 pub mod admin;
 pub mod body;
 pub mod cache;
@@ -37,6 +40,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;
+pub mod request_id;
 pub mod respond;
 pub mod routes;
 pub mod server;

@@ -11,16 +11,17 @@ use http::header::HeaderName;
 use http::{StatusCode, Uri};
 
 use super::{
-    CacheConfig, Cli, Config, ConfigError, FileConfig, Limits, TlsFiles, UpstreamConfig,
-    DEFAULT_AUTH_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CREDENTIAL_HEADERS,
+    CacheConfig, Cli, Config, ConfigError, FileConfig, Limits, TlsFiles, TrustedProxies,
+    UpstreamConfig, DEFAULT_AUTH_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CREDENTIAL_HEADERS,
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
     DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_LISTEN,
     DEFAULT_LOCK_TIMEOUT, DEFAULT_MAXSIZE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_OBJECT_BYTES,
     DEFAULT_PURGE_INTERVAL, DEFAULT_REFRESH_CONCURRENCY, DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL, DEFAULT_UPSTREAM,
-    DEFAULT_UPSTREAM_CONCURRENCY, DEFAULT_UPSTREAM_QUEUE, DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
-    DEFAULT_UPSTREAM_TIMEOUT, MAX_MAX_HEADER_BYTES, MIN_MAX_HEADER_BYTES,
+    DEFAULT_UPSTREAM_CONCURRENCY, DEFAULT_UPSTREAM_IDLE_TIMEOUT, DEFAULT_UPSTREAM_QUEUE,
+    DEFAULT_UPSTREAM_QUEUE_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT, MAX_MAX_HEADER_BYTES,
+    MIN_MAX_HEADER_BYTES,
 };
 use crate::cache::stale::StaleWindows;
 use crate::routes::{Route, RouteTable};
@@ -81,6 +82,12 @@ impl Config {
                 "upstream_queue_timeout",
                 file.upstream_queue_timeout.map(|d| d.0),
                 DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
+            )?,
+            idle_timeout: positive(
+                "upstream_idle_timeout (DASHCACHE_UPSTREAM_IDLE_TIMEOUT, --upstream-idle-timeout)",
+                cli.upstream_idle_timeout
+                    .or(file.upstream_idle_timeout.map(|d| d.0)),
+                DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             )?,
         };
 
@@ -256,6 +263,19 @@ impl Config {
             },
         };
 
+        let trusted_proxies = TrustedProxies::parse(
+            cli.trusted_proxies
+                .as_deref()
+                .or(file.trusted_proxies.as_deref())
+                .unwrap_or_default(),
+        )
+        .map_err(|reason| {
+            ConfigError::invalid(
+                "trusted_proxies (DASHCACHE_TRUSTED_PROXIES, --trusted-proxies)",
+                reason,
+            )
+        })?;
+
         Ok(Self {
             listen,
             admin_listen,
@@ -278,6 +298,7 @@ impl Config {
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             source,
             overrides: Arc::new(cli.clone()),
+            trusted_proxies,
         })
     }
 }
