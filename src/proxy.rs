@@ -204,7 +204,10 @@ impl Proxy {
             saved: trace.saved,
             elapsed,
             request_id: &request_id,
-            error: failure.as_deref(),
+            // Only when the answer is that error (not a fallback after it).
+            error: failure
+                .as_deref()
+                .filter(|_| served.response.status().as_u16() >= 400),
         }
         .write();
         served.response

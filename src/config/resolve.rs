@@ -571,4 +571,55 @@ mod tests {
             "{chain}"
         );
     }
+
+    #[test]
+    fn pooled_upstream_connections_idle_less_than_uvicorns_keep_alive() {
+        let config = resolve_toml(Cli::default(), "").unwrap();
+        assert!(config.upstream.idle_timeout < Duration::from_secs(5));
+        let text = "upstream_idle_timeout = \"1500ms\"\n";
+        let config = resolve_toml(Cli::default(), text).unwrap();
+        assert_eq!(config.upstream.idle_timeout, Duration::from_millis(1500));
+        let cli = Cli {
+            upstream_idle_timeout: Some(Duration::from_secs(2)),
+            ..Cli::default()
+        };
+        assert_eq!(
+            resolve_toml(cli, text).unwrap().upstream.idle_timeout,
+            Duration::from_secs(2)
+        );
+        let err = resolve_toml(Cli::default(), "upstream_idle_timeout = 0\n").unwrap_err();
+        assert!(err.to_string().contains("upstream_idle_timeout"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_the_file_or_the_flag_and_bad_ones_are_named() {
+        let config = resolve_toml(Cli::default(), "").unwrap();
+        assert!(config.trusted_proxies.is_empty());
+        let text = "trusted_proxies = [\"10.0.0.0/8\"]\n";
+        let config = resolve_toml(Cli::default(), text).unwrap();
+        assert!(config.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
+        let cli = Cli {
+            trusted_proxies: Some(vec!["192.168.0.0/16".into()]),
+            ..Cli::default()
+        };
+        let config = resolve_toml(cli, text).unwrap();
+        assert!(!config.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
+        let err = resolve_toml(Cli::default(), "trusted_proxies = [\"lb\"]\n").unwrap_err();
+        assert!(err.to_string().contains("trusted_proxies"), "{err}");
+        assert!(err.to_string().contains("\"lb\""), "{err}");
+    }
+
+    #[test]
+    fn the_upstream_password_is_never_displayed() {
+        let cli = Cli {
+            upstream: Some("http://svc:hunter2@api.internal:8000/backend".into()),
+            ..Cli::default()
+        };
+        let config = resolve_toml(cli, "").unwrap();
+        assert_eq!(
+            config.upstream.display(),
+            "http://svc:<redacted>@api.internal:8000/backend"
+        );
+        assert!(!config.to_toml().contains("hunter2"));
+    }
 }
