@@ -26,7 +26,10 @@ pub fn entry(key: CacheKey, body_len: usize) -> Arc<Entry> {
     let now = Instant::now();
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(DATE, HeaderValue::from_static("Sun, 06 Dec 2026 21:00:00 GMT"));
+    headers.insert(
+        DATE,
+        HeaderValue::from_static("Sun, 06 Dec 2026 21:00:00 GMT"),
+    );
     headers.insert(SERVER, HeaderValue::from_static("uvicorn"));
     let mut body = vec![b' '; body_len.max(2)];
     body[0] = b'{';
