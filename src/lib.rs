@@ -6,7 +6,10 @@
 //! - [`server`]: listeners (main, admin), connection limits, HTTP/1 + HTTP/2,
 //!   graceful shutdown, expiry purge
 //! - [`tls`]: TLS termination (rustls, ALPN h2/http1.1), certificate reload
-//! - [`framing`]: refuses HTTP/1 requests with both Content-Length and Transfer-Encoding
+//! - [`client_io`]: a client connection's bytes: framing followed in place,
+//!   request body and answer write deadlines
+//! - [`framing`]: HTTP/1 request framing (refuses Content-Length with Transfer-Encoding)
+//! - [`admission`]: Host rules and the framing refusal, before the pipeline
 //! - [`request_id`]: the `X-Request-Id` every answer and access line carries
 //! - [`admin`]: `/api/cache/*` (stats, metrics, health, keys, clear,
 //!   invalidate, the status page), answered locally
@@ -16,10 +19,13 @@
 //! - [`refresh`]: `POST /api/cache/refresh`, re-fetching entries in the background
 //! - [`reload`]: the running configuration, swapped whole on SIGHUP
 //! - [`routes`]: route table (name, TTL, cache on/off per path and method)
-//! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::store`]
+//! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::key_rules`]
+//!   (per-route key rules), [`cache::volatile`] (suspected volatile fields), [`cache::store`]
 //!   (bounded store on quick_cache), [`cache::policy`] (what may be stored),
 //!   [`cache::flight`] (single-flight), [`cache::vary`] (variants),
-//!   [`cache::credentials`] (who may see which entry)
+//!   [`cache::credentials`] (who may see which entry), [`cache::codec`]
+//!   (the entry encoding that leaves the process), [`cache::snapshot`]
+//!   (the store across a restart)
 //! - [`upstream`]: pooled http/https client with timeouts
 //! - [`headers`]: hop-by-hop and forwarding header rules
 //! - [`body`]: response body types, bounded upstream reads
@@ -29,8 +35,10 @@
 
 mod access;
 pub mod admin;
+pub mod admission;
 pub mod body;
 pub mod cache;
+pub mod client_io;
 pub mod config;
 pub mod error;
 mod fill;

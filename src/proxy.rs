@@ -30,14 +30,17 @@ use tracing::info;
 
 use crate::access;
 use crate::admin;
+use crate::admission;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::cache::credentials::{credential_digest, Grants};
 use crate::cache::flight::{FillOutcome, Flights, Join};
+use crate::cache::key::key_with_headers;
+use crate::cache::key_rules::KeyRules;
 use crate::cache::vary::{variant_key, VaryIndex};
+use crate::cache::volatile::VolatileDetector;
 use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::framing::FRAMING_CONFLICT;
 use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
@@ -76,6 +79,8 @@ pub struct Proxy {
     /// `POST /api/cache/refresh`'s background work and its counters.
     pub refresher: Refresher,
     key_memo: KeyMemo,
+    /// Each route's sample of its keyed requests: suspected volatile fields.
+    pub volatile: VolatileDetector,
     default_route: Arc<str>,
 }
 
@@ -146,6 +151,7 @@ impl Proxy {
             grants: Grants::new(side_capacity, cache.auth_ttl),
             refresher: Refresher::new(cache.refresh_concurrency),
             key_memo: KeyMemo::new(side_capacity),
+            volatile: VolatileDetector::default(),
             default_route: DEFAULT_ROUTE.into(),
             live: LiveConfig::new(config),
         })
@@ -221,9 +227,9 @@ impl Proxy {
         client: ClientInfo,
         uri: &http::Uri,
     ) -> Served {
-        if request.headers().contains_key(FRAMING_CONFLICT) {
+        if let Some(err) = admission::refusal(&request) {
             Served::traced(
-                respond::error(&ProxyError::FramingConflict),
+                respond::error(&err),
                 CacheStatus::Bypass,
                 self.default_route.clone(),
                 Trace::default(),
@@ -300,6 +306,10 @@ impl Proxy {
                     limit: config.max_body_bytes as usize,
                 })
             }
+            // So does a client too slow to send it (body_read_timeout).
+            Err(err) if crate::client_io::is_body_timeout(&err) => {
+                respond::error(&ProxyError::client_body(Box::new(err)))
+            }
             Err(err) => self.upstream_failed(&err),
         }
     }
@@ -313,7 +323,10 @@ impl Proxy {
         client: ClientInfo,
     ) -> Served {
         let shared = route.is_some_and(|r| r.shared);
-        let request = match self.key_request(request, config, shared).await {
+        let request = match self
+            .key_request(request, config, shared, route, &route_name)
+            .await
+        {
             Ok(request) => request,
             Err(err) => {
                 // Rejected before any lookup: neither a hit nor a miss.
@@ -401,12 +414,15 @@ impl Proxy {
         }
     }
 
-    /// Reads the body and computes the request's keys.
+    /// Reads the body and computes the request's keys: under the route's
+    /// key rules, then its `key_headers`, then credentials, then `Vary`.
     async fn key_request(
         &self,
         request: Request<Incoming>,
         config: &Config,
         shared: bool,
+        route: Option<&Route>,
+        route_name: &Arc<str>,
     ) -> Result<Keyed, ProxyError> {
         let (parts, body) = request.into_parts();
         let body = read_body(&parts.headers, body, config.max_body_bytes).await?;
@@ -418,9 +434,12 @@ impl Proxy {
             parts.method.clone()
         };
         let credential = credential_digest(&parts.headers, &config.cache.credential_headers);
-        let mut base = self
-            .key_memo
-            .key(&method, parts.uri.path(), parts.uri.query(), &body);
+        let rules = route.map_or(KeyRules::none(), |r| &*r.key_rules);
+        let (path, query) = (parts.uri.path(), parts.uri.query());
+        let keyed = self.key_memo.keyed(&method, path, query, &body, rules);
+        let mut base = key_with_headers(keyed, rules, &parts.headers);
+        self.volatile
+            .observe(route_name, rules, &method, path, query, &body);
         if let (false, Some(credential)) = (shared, &credential) {
             base = base.derive(b"credential", &[credential]);
         }
@@ -540,7 +559,7 @@ async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<By
         Err(source) if source.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge { limit })
         }
-        Err(source) => Err(ProxyError::ClientBody { source }),
+        Err(source) => Err(ProxyError::client_body(source)),
     }
 }
 

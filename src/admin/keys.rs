@@ -2,6 +2,7 @@
 //! newest or hottest first, and bounded by `limit`.
 
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -9,6 +10,7 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::body::ProxyBody;
+use crate::cache::volatile::VolatileField;
 use crate::error::ProxyError;
 use crate::proxy::Proxy;
 use crate::respond;
@@ -34,6 +36,8 @@ struct KeysAnswer {
     count: usize,
     sort: KeyOrder,
     keys: Vec<KeyInfo>,
+    /// Per route, the fields suspected of changing on every request.
+    volatile_fields: BTreeMap<String, Vec<VolatileField>>,
 }
 
 #[derive(Serialize)]
@@ -121,6 +125,12 @@ pub(super) fn keys(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyB
             count: keys.len(),
             sort: order,
             keys,
+            volatile_fields: volatile_fields(proxy),
         },
     ))
+}
+
+/// Every route's suspected volatile fields (routes without any left out).
+fn volatile_fields(proxy: &Proxy) -> BTreeMap<String, Vec<VolatileField>> {
+    proxy.volatile.reports()
 }

@@ -122,6 +122,14 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http2_max_concurrent_streams: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_read_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_min_rate: Option<FileSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_max_pending_accept_reset_streams: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     #[serde(default)]
     pub cache: FileCache,
@@ -160,6 +168,8 @@ pub struct FileCache {
     pub lock_timeout: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -179,6 +189,18 @@ pub struct FileRoute {
     pub stale_if_error: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_while_revalidate: Option<FileDuration>,
+    /// JSON body fields left out of the key (`cache::key_rules`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_ignore_fields: Option<Vec<String>>,
+    /// JSON arrays whose element order is not part of the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_unordered: Option<Vec<String>>,
+    /// Query parameters left out of the key (names, or prefixes ending in `*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_ignore_query: Option<Vec<String>>,
+    /// Request headers whose values join the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_headers: Option<Vec<String>>,
 }
 
 impl FileConfig {

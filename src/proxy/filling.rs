@@ -14,6 +14,7 @@ use tracing::info;
 use super::{ClientInfo, Keyed, Proxy, Served, Trace};
 use crate::body::ProxyBody;
 use crate::cache::flight::{FillGuard, Join};
+use crate::cache::key_rules::KeyRules;
 use crate::cache::replay::Replay;
 use crate::cache::stale::{StaleReason, StaleWindows};
 use crate::cache::{Entry, RequestIdentity};
@@ -108,8 +109,18 @@ impl Proxy {
         let plan = FillPlan {
             route: route_name.clone(),
             ttl,
-            description: RequestIdentity::new(&method, parts.uri.path(), parts.uri.query(), &body)
-                .description(route_name),
+            description: RequestIdentity::with_rules(
+                &method,
+                parts.uri.path(),
+                parts.uri.query(),
+                &body,
+                route.map_or(KeyRules::none(), |r| &*r.key_rules),
+            )
+            .description_with(
+                route_name,
+                route.map_or(KeyRules::none(), |r| &*r.key_rules),
+                &parts.headers,
+            ),
             base,
             request_headers: parts.headers.clone(),
             vouch_for: credential.filter(|_| shared),
