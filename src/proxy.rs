@@ -34,11 +34,13 @@ use crate::admission;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::cache::credentials::{credential_digest, Grants};
 use crate::cache::flight::{FillOutcome, Flights, Join};
+use crate::cache::invalidation::Invalidations;
 use crate::cache::key::key_with_headers;
 use crate::cache::key_rules::KeyRules;
+use crate::cache::policy::{self, Directives};
 use crate::cache::vary::{variant_key, VaryIndex};
 use crate::cache::volatile::VolatileDetector;
-use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, Store};
+use crate::cache::{CacheKey, Entry, KeyMemo, Lookup, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, Validators};
@@ -52,6 +54,7 @@ use crate::server::Surface;
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
 
 mod filling;
+mod invalidating;
 mod waiting;
 
 /// Where a request came from, as the listener saw it.
@@ -82,6 +85,8 @@ pub struct Proxy {
     /// Each route's sample of its keyed requests: suspected volatile fields.
     pub volatile: VolatileDetector,
     default_route: Arc<str>,
+    /// Base keys invalidated by unsafe requests (RFC 9111 §4.4).
+    pub invalidations: Invalidations,
 }
 
 /// What one request became, for the access log and the counters.
@@ -153,6 +158,7 @@ impl Proxy {
             key_memo: KeyMemo::new(side_capacity),
             volatile: VolatileDetector::default(),
             default_route: DEFAULT_ROUTE.into(),
+            invalidations: Invalidations::new(side_capacity),
             live: LiveConfig::new(config),
         })
     }
@@ -249,7 +255,7 @@ impl Proxy {
         let route = config.routes.lookup(request.method(), request.uri().path());
         let route_name = route.map_or_else(|| self.default_route.clone(), |r| r.name.clone());
         let cacheable = config.cache.enabled
-            && policy::is_cacheable_method(request.method())
+            && policy::is_cacheable_method(request.method(), config.cache.mode)
             && route.is_none_or(|r| r.cache);
         if cacheable {
             return self
@@ -257,7 +263,11 @@ impl Proxy {
                 .await;
         }
         let started = Instant::now();
+        let unsafe_request = invalidating::UnsafeRequest::of(&request);
         let response = self.pass_through(request, &config, client).await;
+        if let Some(unsafe_request) = &unsafe_request {
+            self.invalidate_after(unsafe_request, &response, &config);
+        }
         let trace = Trace {
             upstream_time: Some(started.elapsed()),
             ..Trace::default()
@@ -377,20 +387,32 @@ impl Proxy {
             }
         }
 
-        let wants_fresh = config.cache.honor_client_no_cache
-            && policy::client_wants_fresh(&request.parts.headers);
+        // The client's own Cache-Control, when the configuration honours it
+        // (RFC 9111 §5.2.1): no-cache, no-store and max-age=0 skip stored
+        // answers; max-age and min-fresh narrow which fresh ones will do.
+        let client_cc = config
+            .cache
+            .honor_client_no_cache
+            .then(|| Directives::cache_control(&request.parts.headers));
+        let wants_fresh = client_cc.is_some() && policy::client_wants_fresh(&request.parts.headers);
+        let acceptable = |entry: &Entry, now: Instant| {
+            client_cc.as_ref().is_none_or(|d| {
+                policy::client_accepts_fresh(d, entry.age(now), entry.ttl_left(now))
+            })
+        };
         if !wants_fresh {
             let now = Instant::now();
-            match self.store.get(&request.key, now) {
-                Lookup::Fresh(entry) => {
+            match self.lookup(&request.key, now) {
+                Lookup::Fresh(entry) if acceptable(&entry, now) => {
                     return hit(&entry, &request.ask, route_name);
                 }
                 Lookup::Stale(entry) if entry.serves_while_revalidating(now) => {
                     return self.revalidate(&entry, request, route, route_name, client);
                 }
-                // Kept for stale-if-error: the fill falls back on it if the
-                // upstream fails.
-                Lookup::Stale(_) | Lookup::Miss => {}
+                // Kept for stale-if-error or for revalidation: the fill
+                // falls back on it if the upstream fails, or asks the
+                // upstream whether it changed.
+                Lookup::Fresh(_) | Lookup::Stale(_) | Lookup::Miss => {}
             }
         }
         match self.flights.join(request.key) {
@@ -401,9 +423,12 @@ impl Proxy {
             Join::Leader(guard) => {
                 // A fill may have stored the key between our lookup and our join.
                 if !wants_fresh {
-                    if let Lookup::Fresh(entry) = self.store.get(&request.key, Instant::now()) {
-                        guard.publish(FillOutcome::Stored(entry.clone()));
-                        return hit(&entry, &request.ask, route_name);
+                    let now = Instant::now();
+                    if let Lookup::Fresh(entry) = self.lookup(&request.key, now) {
+                        if acceptable(&entry, now) {
+                            guard.publish(FillOutcome::Stored(entry.clone()));
+                            return hit(&entry, &request.ask, route_name);
+                        }
                     }
                 }
                 let (response, status) = self

@@ -154,6 +154,7 @@ impl Route {
             while_revalidate: self
                 .stale_while_revalidate
                 .unwrap_or(defaults.while_revalidate),
+            ..defaults
         }
     }
 

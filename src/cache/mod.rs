@@ -5,7 +5,10 @@
 
 pub mod codec;
 pub mod credentials;
+pub mod directives;
 pub mod flight;
+pub mod freshness;
+pub mod invalidation;
 pub mod key;
 pub mod key_rules;
 pub mod policy;

@@ -10,7 +10,7 @@ use bytesize::ByteSize;
 use clap::builder::BoolishValueParser;
 use clap::Parser;
 
-use super::LogFormat;
+use super::{CacheMode, LogFormat};
 
 /// Command line flags; each also reads the env var it names.
 #[derive(Debug, Clone, Default, Parser)]
@@ -157,6 +157,26 @@ pub struct Cli {
     /// Log line format: "text" (readable) or "json" (one object per line).
     #[arg(long, value_name = "FORMAT", env = "DASHCACHE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// Cache rules: "dashboard" (the default: cache header-less answers for
+    /// the TTL) or "standard" (a shared HTTP cache per RFC 9111/9213).
+    #[arg(long, value_name = "MODE", env = "DASHCACHE_CACHE_MODE")]
+    pub cache_mode: Option<CacheMode>,
+
+    /// Give answers without explicit freshness a heuristic lifetime from
+    /// Last-Modified instead of the TTL (default: on in standard mode).
+    #[arg(long, value_name = "BOOL", env = "DASHCACHE_HEURISTIC_FRESHNESS", value_parser = BoolishValueParser::new())]
+    pub heuristic_freshness: Option<bool>,
+
+    /// Targeted cache-control fields obeyed before Cache-Control, comma
+    /// separated, first present wins (default: CDN-Cache-Control).
+    #[arg(
+        long,
+        value_name = "FIELDS",
+        env = "DASHCACHE_TARGETED_CACHE_CONTROL",
+        value_delimiter = ','
+    )]
+    pub targeted_cache_control: Option<Vec<String>>,
 
     /// Write the cache to this file on shutdown and load it at start.
     #[arg(long, value_name = "FILE", env = "DASHCACHE_SNAPSHOT_FILE")]

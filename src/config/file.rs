@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
-use super::{parse_duration, ConfigError, LogFormat};
+use super::{parse_duration, CacheMode, ConfigError, LogFormat};
 
 /// A duration in the file: an integer of seconds or a string such as "4h".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +168,12 @@ pub struct FileCache {
     pub lock_timeout: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<CacheMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heuristic_freshness: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targeted_cache_control: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_file: Option<PathBuf>,
 }

@@ -18,6 +18,7 @@ use http::header::HeaderName;
 use http::{StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
+pub use crate::cache::policy::CacheMode;
 use crate::cache::stale::StaleWindows;
 pub use crate::request_id::TrustedProxies;
 use crate::routes::RouteTable;
@@ -56,6 +57,12 @@ pub const DEFAULT_UPSTREAM_CONCURRENCY: usize = 32;
 pub const DEFAULT_UPSTREAM_QUEUE: usize = 256;
 /// How long a queued caller waits before its 503.
 pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Targeted cache-control fields obeyed by default (RFC 9213).
+pub const DEFAULT_TARGETED_CACHE_CONTROL: [&str; 1] = ["cdn-cache-control"];
+/// Statuses RFC 9110 §15.1 makes heuristically cacheable (206 left out:
+/// ranges are not stored); the standard mode's default list.
+pub const STANDARD_CACHEABLE_STATUSES: [u16; 11] =
+    [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 /// Request headers that identify a caller: the browser's, and the common
 /// API-key and proxy credential fields.
 pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 5] = [
@@ -193,6 +200,15 @@ pub struct CacheConfig {
     pub lock_timeout: Duration,
     /// Refreshes asking the upstream at once (at least 1).
     pub refresh_concurrency: usize,
+    /// Which rules the cache follows; sets the defaults of the fields above.
+    pub mode: CacheMode,
+    /// Answers without explicit freshness get 10 % of their
+    /// `Last-Modified` age (at most `ttl`) instead of `ttl`, or are not
+    /// stored without `Last-Modified` (RFC 9111 §4.2.2).
+    pub heuristic_freshness: bool,
+    /// Targeted `Cache-Control` fields this cache obeys before
+    /// `Cache-Control`, first present wins (RFC 9213).
+    pub targeted_cache_control: Vec<HeaderName>,
     /// Where the store is written at shutdown and read at start
     /// (`cache::snapshot`); `None`: a restart starts cold.
     pub snapshot_file: Option<PathBuf>,

@@ -65,6 +65,15 @@ impl Config {
                 stale_while_revalidate: Some(FileDuration(self.cache.stale.while_revalidate)),
                 lock_timeout: Some(FileDuration(self.cache.lock_timeout)),
                 refresh_concurrency: Some(self.cache.refresh_concurrency),
+                mode: Some(self.cache.mode),
+                heuristic_freshness: Some(self.cache.heuristic_freshness),
+                targeted_cache_control: Some(
+                    self.cache
+                        .targeted_cache_control
+                        .iter()
+                        .map(|n| n.as_str().to_owned())
+                        .collect(),
+                ),
                 snapshot_file: self.cache.snapshot_file.clone(),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),

@@ -11,7 +11,7 @@ use http::header::HeaderName;
 use http::{StatusCode, Uri};
 
 use super::{
-    CacheConfig, Cli, Config, ConfigError, FileConfig, Limits, TlsFiles, TrustedProxies,
+    CacheConfig, CacheMode, Cli, Config, ConfigError, FileConfig, Limits, TlsFiles, TrustedProxies,
     UpstreamConfig, DEFAULT_AUTH_TTL, DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_READ_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_CREDENTIAL_HEADERS, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL, DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
@@ -19,10 +19,11 @@ use super::{
     DEFAULT_LISTEN, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAXSIZE, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_OBJECT_BYTES,
     DEFAULT_PURGE_INTERVAL, DEFAULT_REFRESH_CONCURRENCY, DEFAULT_SEND_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
-    DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_CONCURRENCY, DEFAULT_UPSTREAM_IDLE_TIMEOUT,
-    DEFAULT_UPSTREAM_QUEUE, DEFAULT_UPSTREAM_QUEUE_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT,
-    MAX_MAX_HEADER_BYTES, MIN_MAX_HEADER_BYTES,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE,
+    DEFAULT_TARGETED_CACHE_CONTROL, DEFAULT_TTL, DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_CONCURRENCY,
+    DEFAULT_UPSTREAM_IDLE_TIMEOUT, DEFAULT_UPSTREAM_QUEUE, DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
+    DEFAULT_UPSTREAM_TIMEOUT, MAX_MAX_HEADER_BYTES, MIN_MAX_HEADER_BYTES,
+    STANDARD_CACHEABLE_STATUSES,
 };
 use crate::cache::stale::StaleWindows;
 use crate::routes::{Route, RouteTable};
@@ -124,9 +125,17 @@ impl Config {
                 ),
             ));
         }
+        let mode = cli.cache_mode.or(fc.mode).unwrap_or_default();
+        let standard = mode == CacheMode::Standard;
         let cacheable_statuses = fc
             .cacheable_statuses
-            .unwrap_or_else(|| vec![200])
+            .unwrap_or_else(|| {
+                if standard {
+                    STANDARD_CACHEABLE_STATUSES.to_vec()
+                } else {
+                    vec![200]
+                }
+            })
             .into_iter()
             .map(|code| {
                 StatusCode::from_u16(code)
@@ -151,7 +160,7 @@ impl Config {
             max_bytes,
             max_object_bytes,
             cacheable_statuses,
-            honor_client_no_cache: fc.honor_client_no_cache.unwrap_or(false),
+            honor_client_no_cache: fc.honor_client_no_cache.unwrap_or(standard),
             purge_interval: positive(
                 "cache.purge_interval",
                 fc.purge_interval.map(|d| d.0),
@@ -172,10 +181,19 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()?,
             auth_ttl: positive("cache.auth_ttl", fc.auth_ttl.map(|d| d.0), DEFAULT_AUTH_TTL)?,
             stale: StaleWindows {
-                if_error: fc.stale_if_error.map_or(DEFAULT_STALE_IF_ERROR, |d| d.0),
+                // Standard: only what the origin's stale-if-error allows.
+                if_error: fc.stale_if_error.map_or(
+                    if standard {
+                        Duration::ZERO
+                    } else {
+                        DEFAULT_STALE_IF_ERROR
+                    },
+                    |d| d.0,
+                ),
                 while_revalidate: fc
                     .stale_while_revalidate
                     .map_or(DEFAULT_STALE_WHILE_REVALIDATE, |d| d.0),
+                revalidate: Duration::ZERO,
             },
             lock_timeout: positive(
                 "cache.lock_timeout",
@@ -192,6 +210,27 @@ impl Config {
                 Some(n) => n,
                 None => DEFAULT_REFRESH_CONCURRENCY,
             },
+            mode,
+            heuristic_freshness: cli
+                .heuristic_freshness
+                .or(fc.heuristic_freshness)
+                .unwrap_or(standard),
+            targeted_cache_control: cli
+                .targeted_cache_control
+                .clone()
+                .or(fc.targeted_cache_control)
+                .unwrap_or_else(|| DEFAULT_TARGETED_CACHE_CONTROL.map(String::from).to_vec())
+                .iter()
+                .filter(|name| !name.trim().is_empty())
+                .map(|name| {
+                    HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                        ConfigError::invalid(
+                            "cache.targeted_cache_control (DASHCACHE_TARGETED_CACHE_CONTROL, --targeted-cache-control)",
+                            format!("{name:?} is not a header name"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
             snapshot_file: snapshot_file(cli, fc.snapshot_file)?,
         };
 
