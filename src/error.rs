@@ -3,7 +3,11 @@
 //! Every failure a client can see is a [`ProxyError`]; [`ProxyError::status`]
 //! is an exhaustive match, so adding a variant forces a decision about its
 //! status code. The JSON body is the seed's error shape,
-//! `{"status":"error","message":"…"}`. Errors are never cached.
+//! `{"status":"error","message":"…"}`, with a short, stable message from
+//! [`ProxyError::client_message`] that never names the upstream or repeats
+//! an OS or TLS error; the whole chain ([`ProxyError::message`]) goes to the
+//! request's access line instead, next to the `X-Request-Id` the answer
+//! carries. Errors are never cached.
 
 use std::time::Duration;
 
@@ -190,7 +194,36 @@ impl ProxyError {
         false
     }
 
-    /// The message shown to the client: this error and its sources, joined.
+    /// The message shown to the client: short and stable (scripts may match
+    /// it), naming no host, address, OS error or TLS detail. Errors about
+    /// the client's own request or an admin call say what was wrong with it.
+    pub fn client_message(&self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow;
+        match self {
+            Self::UpstreamUnreachable { .. } => Cow::Borrowed("upstream unreachable"),
+            Self::UpstreamFailed { .. } => Cow::Borrowed("upstream request failed"),
+            Self::UpstreamConnectTimeout { .. } => Cow::Borrowed("upstream connect timed out"),
+            Self::UpstreamTimeout { .. } => Cow::Borrowed("upstream timed out"),
+            Self::UpstreamBusy { .. } => Cow::Borrowed("upstream busy; retry later"),
+            Self::UpstreamBody { .. } => Cow::Borrowed("upstream sent an incomplete answer"),
+            Self::FillAbandoned => Cow::Borrowed("upstream request abandoned"),
+            Self::LockTimeout { .. } => {
+                Cow::Borrowed("timed out waiting for the upstream answer (lock_timeout)")
+            }
+            Self::ClientBody { .. } => Cow::Borrowed("request body could not be read"),
+            Self::BodyTooLarge { .. }
+            | Self::ClientBodyTimeout { .. }
+            | Self::InvalidHost { .. }
+            | Self::FramingConflict
+            | Self::AdminParameter(_)
+            | Self::AdminUnauthorized
+            | Self::AdminForbidden { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::AdminNotFound { .. } => Cow::Owned(self.to_string()),
+        }
+    }
+
+    /// The message for the log: this error and its sources, joined.
     pub fn message(&self) -> String {
         let mut message = self.to_string();
         let mut source = std::error::Error::source(self);
@@ -200,5 +233,78 @@ impl ProxyError {
             source = cause.source();
         }
         message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn refused() -> BoxError {
+        Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "tcp connect error: Connection refused (os error 111)",
+        ))
+    }
+
+    #[test]
+    fn clients_are_told_what_failed_but_not_where() {
+        let upstream = "http://admin:secret@10.1.2.3:8000".to_owned();
+        let errors = [
+            ProxyError::UpstreamUnreachable {
+                upstream: upstream.clone(),
+                source: refused(),
+            },
+            ProxyError::UpstreamFailed {
+                upstream: upstream.clone(),
+                source: refused(),
+            },
+            ProxyError::UpstreamBody {
+                upstream: upstream.clone(),
+                source: refused(),
+            },
+            ProxyError::UpstreamTimeout {
+                upstream: upstream.clone(),
+                timeout: Duration::from_secs(60),
+            },
+            ProxyError::UpstreamConnectTimeout {
+                upstream: upstream.clone(),
+                timeout: Duration::from_secs(5),
+            },
+            ProxyError::UpstreamBusy {
+                upstream,
+                retry_after: Duration::from_secs(1),
+            },
+        ];
+        for err in &errors {
+            let shown = err.client_message();
+            assert!(shown.starts_with("upstream "), "{shown}");
+            for secret in ["10.1.2.3", "secret", "os error", "8000"] {
+                assert!(!shown.contains(secret), "{shown} reveals {secret}");
+            }
+        }
+        assert_eq!(errors[0].client_message(), "upstream unreachable");
+        assert_eq!(errors[3].client_message(), "upstream timed out");
+    }
+
+    #[test]
+    fn the_log_gets_the_whole_chain() {
+        let err = ProxyError::UpstreamUnreachable {
+            upstream: "http://10.1.2.3:8000".to_owned(),
+            source: refused(),
+        };
+        let chain = err.message();
+        assert!(chain.contains("10.1.2.3:8000"), "{chain}");
+        assert!(chain.contains("os error 111"), "{chain}");
+    }
+
+    #[test]
+    fn errors_about_the_request_itself_say_what_was_wrong() {
+        let err = ProxyError::BodyTooLarge { limit: 1024 };
+        assert!(err.client_message().contains("1024"));
+        let err = ProxyError::AdminParameter("pattern is required".to_owned());
+        assert_eq!(err.client_message(), "pattern is required");
     }
 }

@@ -10,9 +10,11 @@
 //!   request body and answer write deadlines
 //! - [`framing`]: HTTP/1 request framing (refuses Content-Length with Transfer-Encoding)
 //! - [`admission`]: Host rules and the framing refusal, before the pipeline
+//! - [`request_id`]: the `X-Request-Id` every answer and access line carries
 //! - [`admin`]: `/api/cache/*` (stats, metrics, health, history, keys, clear,
 //!   invalidate, the status page), answered locally; the history sampler
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
+//! - `access`: the one access line per request, in the seed's wording
 //! - `fill`: the detached upstream request behind a miss, and what it stores
 //! - [`refresh`]: `POST /api/cache/refresh`, re-fetching entries in the background
 //! - [`reload`]: the running configuration, swapped whole on SIGHUP
@@ -32,6 +34,7 @@
 //!   the last hour of them with event markers (`metrics::history`)
 //! - [`error`]: the request path's error enum and its HTTP mapping
 
+mod access;
 pub mod admin;
 pub mod admission;
 pub mod body;
@@ -46,6 +49,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;
+pub mod request_id;
 pub mod respond;
 pub mod routes;
 pub mod server;

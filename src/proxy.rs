@@ -26,8 +26,9 @@ use http::header::{CONTENT_LENGTH, HOST};
 use http::{request, HeaderMap, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use tracing::{info, warn};
+use tracing::info;
 
+use crate::access;
 use crate::admin;
 use crate::admission;
 use crate::body::{ProxyBody, UpstreamBody};
@@ -46,6 +47,7 @@ use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
 use crate::reload::{LiveConfig, Reload, Settings};
+use crate::request_id;
 use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
 use crate::routes::{Route, DEFAULT_ROUTE};
 use crate::server::Surface;
@@ -92,11 +94,12 @@ pub struct Served {
     pub response: Response<ProxyBody>,
     pub cache: CacheStatus,
     pub route: Arc<str>,
+    /// Key and times, for a proxied request (default for the rest).
+    pub trace: Trace,
 }
 
 /// What the access line and the counters learn about a proxied request
-/// beyond its cache status. It rides in the response's extensions (removed
-/// before the answer leaves), so answers made elsewhere need not carry it.
+/// beyond its cache status.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Trace {
     /// The request's cache key, when it got one.
@@ -110,16 +113,16 @@ pub struct Trace {
 
 impl Served {
     fn traced(
-        mut response: Response<ProxyBody>,
+        response: Response<ProxyBody>,
         cache: CacheStatus,
         route: Arc<str>,
         trace: Trace,
     ) -> Self {
-        response.extensions_mut().insert(trace);
         Self {
             response,
             cache,
             route,
+            trace,
         }
     }
 }
@@ -172,61 +175,80 @@ impl Proxy {
         reload
     }
 
-    /// Answers one request and writes its access line.
+    /// Answers one request, gives it its `X-Request-Id` (sent upstream and
+    /// back to the client) and writes its access line.
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         client: ClientInfo,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let served = if let Some(err) = admission::refusal(&request) {
-            warn!(client = %client.addr.ip(), path = uri.path(), error = %err.message(), "request refused");
-            Served {
-                response: respond::error(&err),
-                cache: CacheStatus::Bypass,
-                route: self.default_route.clone(),
-            }
+        let request_id = request_id::for_request(
+            request.headers(),
+            client.addr.ip(),
+            &self.config().trusted_proxies,
+        );
+        request
+            .headers_mut()
+            .insert(&request_id::X_REQUEST_ID, request_id.clone());
+        let (mut served, failure) =
+            access::noting_errors(self.dispatch(request, client, &uri)).await;
+        let headers = served.response.headers_mut();
+        if served.cache != CacheStatus::Admin && !headers.contains_key(&respond::X_CACHE) {
+            // dashcache's own error answers (502, 504, 413…) say so too.
+            respond::mark_error(headers, served.cache);
+        }
+        // Replaces any id a stored answer or the upstream carried.
+        headers.insert(&request_id::X_REQUEST_ID, request_id.clone());
+        let elapsed = started.elapsed();
+        let trace = served.trace;
+        self.metrics
+            .record(&served.route, served.cache, elapsed, trace.saved);
+        access::AccessLine {
+            client: client.addr.ip(),
+            method: &method,
+            path: uri.path(),
+            status: served.response.status(),
+            cache: served.cache,
+            route: &served.route,
+            key: trace.key,
+            upstream_time: trace.upstream_time,
+            saved: trace.saved,
+            elapsed,
+            request_id: &request_id,
+            // Only when the answer is that error (not a fallback after it).
+            error: failure
+                .as_deref()
+                .filter(|_| served.response.status().as_u16() >= 400),
+        }
+        .write();
+        served.response
+    }
+
+    /// Sends a request to the step that answers it: a refusal, the admin
+    /// API, or the proxy pipeline.
+    async fn dispatch(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        client: ClientInfo,
+        uri: &http::Uri,
+    ) -> Served {
+        if let Some(err) = admission::refusal(&request) {
+            Served::traced(
+                respond::error(&err),
+                CacheStatus::Bypass,
+                self.default_route.clone(),
+                Trace::default(),
+            )
         } else if !client.surface.answers(uri.path()) {
             client.surface.refuse(uri.path())
         } else if admin::is_admin_path(uri.path()) {
-            admin::handle(&self, request, client).await
+            admin::handle(self, request, client).await
         } else {
             self.proxy(request, client).await
-        };
-        let mut served = served;
-        if served.cache != CacheStatus::Admin
-            && !served.response.headers().contains_key(&respond::X_CACHE)
-        {
-            // dashcache's own error answers (502, 504, 413…) say so too.
-            respond::mark_error(served.response.headers_mut(), served.cache);
         }
-        let elapsed = started.elapsed();
-        let trace = served
-            .response
-            .extensions_mut()
-            .remove::<Trace>()
-            .unwrap_or_default();
-        self.metrics
-            .record(&served.route, served.cache, elapsed, trace.saved);
-        // Numbers, not strings, so JSON logs can be summed; whole µs in ms.
-        // upstream_ms is on every line (0 when the upstream was not asked).
-        let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
-        info!(
-            target: "dashcache::access",
-            client = %client.addr.ip(),
-            method = %method,
-            path = uri.path(),
-            status = served.response.status().as_u16(),
-            cache = served.cache.as_str(),
-            route = &*served.route,
-            key = trace.key.map(|k| k.short().to_string()),
-            upstream_ms = trace.upstream_time.map_or(0.0, ms),
-            saved_ms = trace.saved.map(ms),
-            duration_ms = ms(elapsed),
-        );
-        served.response
     }
 
     async fn proxy(self: &Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Served {
@@ -255,7 +277,10 @@ impl Proxy {
         Served::traced(response, CacheStatus::Bypass, route_name, trace)
     }
 
-    /// Streams the request upstream and the answer back, storing nothing.
+    /// Sends the request upstream and streams the answer back, storing
+    /// nothing. An idempotent request's body is read first (within
+    /// `max_body_bytes`), so that it can be sent again if a pooled upstream
+    /// connection dies under it; any other body streams through.
     async fn pass_through(
         &self,
         request: Request<Incoming>,
@@ -266,8 +291,15 @@ impl Proxy {
             return respond::error(&err);
         }
         let (parts, body) = request.into_parts();
-        let limited = Limited::new(body, config.max_body_bytes as usize);
-        let upstream_request = self.upstream_request(parts, None, Either::Right(limited), client);
+        let body = if parts.method.is_idempotent() {
+            match read_body(&parts.headers, body, config.max_body_bytes).await {
+                Ok(bytes) => Either::Left(Full::new(bytes)),
+                Err(err) => return respond::error(&err),
+            }
+        } else {
+            Either::Right(Limited::new(body, config.max_body_bytes as usize))
+        };
+        let upstream_request = self.upstream_request(parts, None, body, client);
         Metrics::bump(&self.metrics.upstream_requests);
         let started = Instant::now();
         let sent = self.upstream.send(upstream_request).await;
@@ -282,17 +314,13 @@ impl Proxy {
             // A chunked body that outgrows the limit fails the upstream
             // request mid-way: that is the client's fault, not the upstream's.
             Err(err) if err.caused_by::<http_body_util::LengthLimitError>() => {
-                let err = ProxyError::BodyTooLarge {
+                respond::error(&ProxyError::BodyTooLarge {
                     limit: config.max_body_bytes as usize,
-                };
-                warn!(error = %err.message(), "request body rejected");
-                respond::error(&err)
+                })
             }
             // So does a client too slow to send it (body_read_timeout).
             Err(err) if crate::client_io::is_body_timeout(&err) => {
-                let err = ProxyError::client_body(Box::new(err));
-                warn!(error = %err.message(), "request body rejected");
-                respond::error(&err)
+                respond::error(&ProxyError::client_body(Box::new(err)))
             }
             Err(err) => self.upstream_failed(&err),
         }
@@ -313,13 +341,13 @@ impl Proxy {
         {
             Ok(request) => request,
             Err(err) => {
-                warn!(route = &*route_name, error = %err.message(), "request body rejected");
                 // Rejected before any lookup: neither a hit nor a miss.
-                return Served {
-                    response: respond::error(&err),
-                    cache: CacheStatus::Bypass,
-                    route: route_name,
-                };
+                return Served::traced(
+                    respond::error(&err),
+                    CacheStatus::Bypass,
+                    route_name,
+                    Trace::default(),
+                );
             }
         };
         let key = request.key;
@@ -378,7 +406,6 @@ impl Proxy {
             let now = Instant::now();
             match self.lookup(&request.key, now) {
                 Lookup::Fresh(entry) if acceptable(&entry, now) => {
-                    info!(route = &*route_name, key = %request.key.short(), "Cache HIT for {route_name}");
                     return hit(&entry, &request.ask, route_name);
                 }
                 Lookup::Stale(entry) if entry.serves_while_revalidating(now) => {
@@ -390,8 +417,6 @@ impl Proxy {
                 Lookup::Fresh(_) | Lookup::Stale(_) | Lookup::Miss => {}
             }
         }
-        info!(route = &*route_name, key = %request.key.short(), "Cache MISS for {route_name} - forwarding upstream");
-
         match self.flights.join(request.key) {
             Join::Waiter(waiter) => {
                 let (response, status) = self.wait_for_fill(waiter, request, shared, client).await;
@@ -503,9 +528,10 @@ impl Proxy {
         respond::streamed(parts, body, status, field, head)
     }
 
+    /// The error answer for a failed upstream request (its access line
+    /// carries the chain).
     fn upstream_failed(&self, err: &ProxyError) -> Response<ProxyBody> {
         Metrics::bump(&self.metrics.upstream_errors);
-        warn!(error = %err.message(), "upstream request failed");
         respond::error(err)
     }
 

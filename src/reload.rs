@@ -8,7 +8,8 @@
 //! What is read per request takes effect at once: TTLs, routes, stale
 //! windows, `lock_timeout`, `cacheable_statuses`, `honor_client_no_cache`,
 //! the cache `mode`, `heuristic_freshness`, `targeted_cache_control`,
-//! `credential_headers`, `max_body_bytes`, `enabled`, the admin token.
+//! `credential_headers`, `max_body_bytes`, `enabled`, the admin token,
+//! `trusted_proxies`.
 //! Settings that shape objects built at start (the listeners and their
 //! limits, the upstream client and its cap, the store's bounds, the purge
 //! period, `auth_ttl`, `refresh_concurrency`) keep their running values and

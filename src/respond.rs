@@ -250,17 +250,20 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Prox
 #[derive(serde::Serialize)]
 struct ErrorAnswer {
     status: &'static str,
-    message: String,
+    message: std::borrow::Cow<'static, str>,
 }
 
-/// `{"status":"error","message":…}` with the error's status and any header
-/// its status calls for (`Allow` on 405, `WWW-Authenticate` on 401).
+/// `{"status":"error","message":…}` with the error's status, its short
+/// client message, and any header its status calls for (`Allow` on 405,
+/// `WWW-Authenticate` on 401). The whole chain is noted for the request's
+/// access line.
 pub fn error(err: &ProxyError) -> Response<ProxyBody> {
+    crate::access::note_error(err);
     let mut response = json(
         err.status(),
         &ErrorAnswer {
             status: "error",
-            message: err.message(),
+            message: err.client_message(),
         },
     );
     match err {

@@ -114,6 +114,7 @@ impl Surface {
             }),
             cache: CacheStatus::Admin,
             route: Arc::from("admin"),
+            trace: crate::proxy::Trace::default(),
         }
     }
 }
@@ -213,6 +214,7 @@ impl Server {
             maxsize = config.cache.maxsize,
             routes = config.routes.iter().count(),
             max_connections = limits.max_connections,
+            credential_headers = %config.cache.credential_headers.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(","),
             "dashcache listening"
         );
         let purge = tokio::spawn(purge_expired(proxy.clone()));

@@ -2,7 +2,14 @@
 //! with connect and response timeouts mapped to 502/504.
 //!
 //! One hyper-util legacy `Client` is shared by every request: it keeps idle
-//! connections per host and negotiates HTTP/2 over TLS via ALPN. TLS is
+//! connections per host and negotiates HTTP/2 over TLS via ALPN. A pooled
+//! connection is closed after `upstream_idle_timeout` (4 s by default),
+//! before the backend's own keep-alive timeout closes it (uvicorn's
+//! `--timeout-keep-alive` is 5 s). Should the backend close one anyway just
+//! as a request goes out on it, a replayable request (a buffered body: the
+//! cacheable reads, and the idempotent methods, which the proxy buffers for
+//! this) is sent once more on a new connection from a second client that
+//! never pools, so the retry cannot meet another stale connection. TLS is
 //! rustls, verifying against the Mozilla roots, the system store and an
 //! optional operator CA file; there is no switch to skip verification.
 //! Every request (fill, pass-through, refresh) first takes a permit of the
@@ -47,8 +54,13 @@ pub enum UpstreamSetupError {
     Tls(#[from] rustls::Error),
 }
 
+type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;
+
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>,
+    client: HttpClient,
+    /// Same connector, no pool: every request on it opens a new
+    /// connection. Used for the one retry after a pooled connection died.
+    fresh: HttpClient,
     /// The cap on requests the upstream has at once, with its queue.
     admission: Admission,
     origin: Uri,
@@ -82,16 +94,20 @@ impl Upstream {
 
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(config.idle_timeout)
             .pool_max_idle_per_host(256)
             // A pooled connection found closed before any byte of the
             // request was written is retried once on a new one (hyper-util's
             // default, made explicit); one that fails after bytes were sent
-            // is not, since the upstream may have acted on it.
+            // is retried by `send` only when the request is replayable.
             .retry_canceled_requests(true)
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         Ok(Self {
             client,
+            fresh,
             admission: Admission {
                 permits: Semaphore::new(config.concurrency),
                 queued: AtomicUsize::new(0),
@@ -133,11 +149,13 @@ impl Upstream {
     /// queue if need be: past the queue, or its wait, it fails with
     /// [`ProxyError::UpstreamBusy`] without reaching the upstream.
     ///
-    /// A buffered request is sent a second time, once, when the first try
-    /// died on a connection the upstream had already closed (see
-    /// [`is_stale_connection`]): keep-alive servers close idle connections
-    /// at will, and the pool cannot know until it writes. A streamed
-    /// request cannot be replayed and fails as it is.
+    /// A buffered request is sent a second time, once, on a new connection,
+    /// when the first try died on a connection the upstream had already
+    /// closed, before any byte of its answer (see [`is_stale_connection`]):
+    /// keep-alive servers close idle connections at will, and the pool
+    /// cannot know until it writes. The proxy buffers only requests that
+    /// may be sent twice (reads and idempotent methods); a streamed request
+    /// cannot be replayed and fails as it is.
     pub async fn send(
         &self,
         request: Request<UpstreamRequestBody>,
@@ -155,8 +173,8 @@ impl Upstream {
         let first = tokio::time::timeout_at(deadline, self.client.request(request)).await;
         let outcome = match (first, replay) {
             (Ok(Err(error)), Some(replay)) if is_stale_connection(&error) => {
-                tracing::debug!(upstream = %self.name, error = %error, "pooled upstream connection was closed; sending again");
-                tokio::time::timeout_at(deadline, self.client.request(replay)).await
+                tracing::debug!(upstream = %self.name, error = %error, "pooled upstream connection was closed; sending again on a new one");
+                tokio::time::timeout_at(deadline, self.fresh.request(replay)).await
             }
             (first, _) => first,
         };

@@ -215,3 +215,169 @@ async fn an_http2_prior_knowledge_client_gets_hits_too() {
         .await;
     assert_eq!((bypass.status.as_u16(), bypass.x_cache()), (200, "BYPASS"));
 }
+
+// ------------------------------------------------------------ request ids
+
+#[tokio::test]
+async fn every_answer_carries_its_own_request_id_which_the_origin_sees_too() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let client = Client::new();
+
+    let miss = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    let seen = origin.last_headers();
+    let hit = client
+        .post(&proxy.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    let bypass = client
+        .send(Method::PUT, &proxy.url("/api/things/1"), &[], "{}")
+        .await;
+    let stats = client.get(&proxy.url("/api/cache/stats")).await;
+    let not_found = client.get(&proxy.url("/api/cache/nothing")).await;
+
+    assert_eq!((miss.x_cache(), hit.x_cache()), ("MISS", "HIT"));
+    assert_eq!(not_found.status, http::StatusCode::NOT_FOUND);
+    let ids: Vec<&str> = [&miss, &hit, &bypass, &stats, &not_found]
+        .iter()
+        .map(|reply| reply.header("x-request-id"))
+        .collect();
+    for id in &ids {
+        assert_eq!(id.len(), 24, "{ids:?}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{ids:?}");
+    }
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "one id per request: {ids:?}");
+    assert_eq!(
+        header(&seen, "x-request-id"),
+        ids[0],
+        "the upstream gets the miss's id"
+    );
+}
+
+#[tokio::test]
+async fn a_client_cannot_choose_its_request_id_unless_trusted() {
+    let origin = Origin::start().await;
+    let client = Client::new();
+    let forged = [("x-request-id", "chosen-by-client")];
+
+    let untrusting = spawn_proxy(&origin.url(), "").await;
+    let reply = client
+        .send(Method::GET, &untrusting.url("/api/x"), &forged, "")
+        .await;
+    assert_ne!(reply.header("x-request-id"), "chosen-by-client");
+    assert_ne!(
+        header(&origin.last_headers(), "x-request-id"),
+        "chosen-by-client"
+    );
+
+    let other_peer = spawn_proxy(&origin.url(), "trusted_proxies = [\"10.0.0.0/8\"]\n").await;
+    let reply = client
+        .send(Method::GET, &other_peer.url("/api/x"), &forged, "")
+        .await;
+    assert_ne!(reply.header("x-request-id"), "chosen-by-client");
+
+    let trusting = spawn_proxy(&origin.url(), "trusted_proxies = [\"127.0.0.1\"]\n").await;
+    let reply = client
+        .send(Method::GET, &trusting.url("/api/y"), &forged, "")
+        .await;
+    assert_eq!(reply.header("x-request-id"), "chosen-by-client");
+    assert_eq!(
+        header(&origin.last_headers(), "x-request-id"),
+        "chosen-by-client"
+    );
+
+    let reply = client
+        .send(
+            Method::GET,
+            &trusting.url("/api/z"),
+            &[("x-request-id", "bad id; with=spaces")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        reply.header("x-request-id").len(),
+        24,
+        "an invalid id is replaced even from a trusted peer"
+    );
+}
+
+#[tokio::test]
+async fn a_stored_answer_never_replays_an_old_request_id() {
+    let origin = Origin::start().await;
+    // A backend that echoes the request id in its answer, as many do.
+    origin.on(
+        "/api/metrics",
+        Behaviour::new().header("x-request-id", "from-the-backend"),
+    );
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let client = Client::new();
+    for expected in ["MISS", "HIT"] {
+        let reply = client.post(&proxy.url("/api/metrics"), "{}").await;
+        assert_eq!(reply.x_cache(), expected);
+        assert_eq!(reply.headers.get_all("x-request-id").iter().count(), 1);
+        assert_ne!(reply.header("x-request-id"), "from-the-backend");
+    }
+}
+
+// ------------------------------------------------------------ what the upstream's identity reveals
+
+#[tokio::test]
+async fn health_names_the_upstream_only_to_a_trusted_caller() {
+    let url = support::closed_port_url().await;
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let with_userinfo = url.replace("http://", "http://svc:hunter2@");
+    let proxy = support::spawn_server(&with_userinfo, "admin_token = \"s3cret\"\n").await;
+    let client = Client::new();
+
+    let anonymous = client.get(&proxy.url("/api/cache/health")).await;
+    assert_eq!(anonymous.status, http::StatusCode::OK);
+    let text = anonymous.text();
+    for secret in [port.as_str(), "127.0.0.1", "svc", "hunter2"] {
+        assert!(!text.contains(secret), "{secret} shown to anyone: {text}");
+    }
+    let json = anonymous.json();
+    assert_eq!(json["upstream"]["reachable"], false);
+    assert_eq!(json["upstream"]["error"], "refused");
+
+    let admin = client
+        .send(
+            Method::GET,
+            &proxy.url("/api/cache/health"),
+            &[("authorization", "Bearer s3cret")],
+            "",
+        )
+        .await;
+    let json = admin.json();
+    let shown = json["upstream"]["url"].as_str().unwrap();
+    assert!(shown.contains(&port), "{json}");
+    assert!(
+        !shown.contains("hunter2"),
+        "the password is redacted even for the admin: {shown}"
+    );
+    assert!(json["upstream"]["detail"].as_str().unwrap().contains(&port));
+}
+
+#[tokio::test]
+async fn error_answers_do_not_reveal_the_upstream() {
+    let url = support::closed_port_url().await;
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let proxy = spawn_proxy(&url, DASHBOARD_ROUTES).await;
+    let client = Client::new();
+    for reply in [
+        client.post(&proxy.url("/api/metrics"), "{}").await,
+        client.get(&proxy.url("/api/things/1")).await,
+        client
+            .send(Method::PATCH, &proxy.url("/api/things/1"), &[], "{}")
+            .await,
+    ] {
+        assert_eq!(reply.status, http::StatusCode::BAD_GATEWAY);
+        let text = reply.text();
+        assert_eq!(
+            text,
+            r#"{"status":"error","message":"upstream unreachable"}"#
+        );
+        assert!(!text.contains(&port));
+    }
+}

@@ -1,6 +1,7 @@
 //! Logs through the real binary: `--log-format json` writes one JSON object
-//! per line, and the access line carries key prefix, route, cache status,
-//! upstream time and total time in both formats.
+//! per line; each request writes one access line, in the seed's wording,
+//! carrying key prefix, route, cache status, upstream and total time and
+//! the request id in both formats; an error answer's line has the chain.
 
 mod support;
 
@@ -114,15 +115,18 @@ fn listen_address(line: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("{:?} is no address ({e}): {line}", &rest[..end]))
 }
 
-/// One miss and one hit on the same filters.
-async fn miss_then_hit(binary: &Binary) {
+/// One miss and one hit on the same filters; their request ids.
+async fn miss_then_hit(binary: &Binary) -> Vec<String> {
     let client = Client::new();
+    let mut ids = Vec::new();
     for expected in ["MISS", "HIT"] {
         let reply = client
             .post(&binary.url("/api/metrics"), r#"{"org":"Vale"}"#)
             .await;
         assert_eq!(reply.x_cache(), expected);
+        ids.push(reply.header("x-request-id").to_owned());
     }
+    ids
 }
 
 fn number(line: &Value, field: &str) -> f64 {
@@ -136,7 +140,7 @@ async fn json_access_lines_carry_key_route_status_and_times() {
     let origin = Origin::start().await;
     origin.on("/api/metrics", Behaviour::new().delay(QUERY_TIME));
     let binary = Binary::start(&origin.url(), &["--log-format", "json"]);
-    miss_then_hit(&binary).await;
+    let ids = miss_then_hit(&binary).await;
     let lines = binary.stop();
 
     let events: Vec<Value> = lines
@@ -154,7 +158,9 @@ async fn json_access_lines_carry_key_route_status_and_times() {
     assert_eq!(access.len(), 2, "one access line per request: {lines:#?}");
     let (miss, hit) = (access[0], access[1]);
 
-    for (line, cache) in [(miss, "MISS"), (hit, "HIT")] {
+    for ((line, cache), id) in [(miss, "MISS"), (hit, "HIT")].into_iter().zip(&ids) {
+        assert_eq!(line["request_id"], id.as_str(), "{line}");
+        assert_eq!(line["level"], "INFO", "{line}");
         assert_eq!(line["cache"], cache, "{line}");
         assert_eq!(line["route"], "get_metrics", "{line}");
         assert_eq!(line["method"], "POST");
@@ -175,16 +181,72 @@ async fn json_access_lines_carry_key_route_status_and_times() {
     assert!(number(hit, "saved_ms") >= query_ms, "{hit}");
     assert!(number(hit, "duration_ms") > 0.0, "{hit}");
 
-    // The seed's lines are there too, as JSON messages.
+    // The seed's wording is the access lines' message.
+    assert_eq!(hit["message"], "Cache HIT for get_metrics", "{hit}");
+    assert_eq!(
+        miss["message"], "Cache MISS for get_metrics - forwarding upstream",
+        "{miss}"
+    );
     let messages: Vec<&str> = events
         .iter()
         .filter_map(|e| e["message"].as_str())
         .collect();
     assert!(
-        messages.contains(&"Cache HIT for get_metrics"),
+        messages.iter().any(|m| m.starts_with("Cache SET: ")),
         "{messages:?}"
     );
+    // A hit writes one line: nothing between the miss's line and its own.
+    let miss_at = events.iter().position(|e| std::ptr::eq(e, miss)).unwrap();
+    let hit_at = events.iter().position(|e| std::ptr::eq(e, hit)).unwrap();
+    assert_eq!(hit_at, miss_at + 1, "one line per hit: {lines:#?}");
     assert_eq!(origin.total(), 1);
+}
+
+#[tokio::test]
+async fn an_error_answer_logs_its_chain_and_request_id_at_warn() {
+    let upstream = support::closed_port_url().await;
+    let port = upstream.rsplit(':').next().unwrap().to_owned();
+    let binary = Binary::start(&upstream, &["--log-format", "json"]);
+    let reply = Client::new()
+        .post(&binary.url("/api/metrics"), r#"{"org":"Vale"}"#)
+        .await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.error_message(), "upstream unreachable");
+    let id = reply.header("x-request-id").to_owned();
+    let lines = binary.stop();
+
+    let access: Vec<Value> = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["target"] == "dashcache::access")
+        .collect();
+    assert_eq!(access.len(), 1, "{lines:#?}");
+    let line = &access[0];
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["request_id"], id.as_str(), "{line}");
+    assert_eq!(line["status"], 502);
+    let error = line["error"].as_str().expect("the error chain");
+    assert!(error.contains(&port), "the log names the upstream: {error}");
+    assert!(error.contains("refused"), "and the OS error: {error}");
+}
+
+#[tokio::test]
+async fn the_startup_line_names_the_credential_headers_in_force() {
+    let origin = Origin::start().await;
+    let binary = Binary::start(&origin.url(), &[]);
+    let listening = binary
+        .early
+        .iter()
+        .find(|l| l.contains("dashcache listening"))
+        .unwrap()
+        .clone();
+    drop(binary);
+    assert!(
+        listening.contains(
+            "credential_headers=authorization,cookie,x-api-key,x-auth-token,proxy-authorization"
+        ),
+        "{listening}"
+    );
 }
 
 #[tokio::test]
@@ -192,7 +254,7 @@ async fn text_access_lines_carry_the_same_fields() {
     let origin = Origin::start().await;
     origin.on("/api/metrics", Behaviour::new().delay(QUERY_TIME));
     let binary = Binary::start(&origin.url(), &[]);
-    miss_then_hit(&binary).await;
+    let ids = miss_then_hit(&binary).await;
     let lines = binary.stop();
 
     let access: Vec<&String> = lines
@@ -200,12 +262,17 @@ async fn text_access_lines_carry_the_same_fields() {
         .filter(|l| l.contains("dashcache::access"))
         .collect();
     assert_eq!(access.len(), 2, "{lines:#?}");
-    for (line, cache) in access.iter().zip(["MISS", "HIT"]) {
+    for ((line, cache), id) in access.iter().zip(["MISS", "HIT"]).zip(&ids) {
         assert!(!line.starts_with('{'), "text, not JSON: {line}");
+        assert!(
+            line.contains(&format!("Cache {cache} for get_metrics")),
+            "{line}"
+        );
         for field in [
+            &format!("request_id=\"{id}\""),
             &format!("cache=\"{cache}\""),
             "route=\"get_metrics\"",
-            "key=\"",
+            "key=",
             "upstream_ms=",
             "duration_ms=",
             "status=200",

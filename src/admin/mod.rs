@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::error::ProxyError;
-use crate::proxy::{ClientInfo, Proxy, Served};
+use crate::proxy::{ClientInfo, Proxy, Served, Trace};
 use crate::refresh as refresher;
 use crate::respond::{self, CacheStatus};
 
@@ -62,7 +62,10 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
             Err(err) => Err(err),
         },
         "/health" => match readable {
-            Ok(()) => Ok(health(proxy).await),
+            Ok(()) => {
+                let trusted = authorize(proxy, request.headers(), client, path).is_ok();
+                Ok(health(proxy, trusted).await)
+            }
             Err(err) => Err(err),
         },
         "/keys" => readable
@@ -94,6 +97,7 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
         response,
         cache: CacheStatus::Admin,
         route: Arc::from("admin"),
+        trace: Trace::default(),
     }
 }
 

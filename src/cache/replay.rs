@@ -9,7 +9,8 @@
 //! made with its own, current credentials). The headers kept are the
 //! end-to-end ones that can shape the answer (`Accept`, `Content-Type`,
 //! `Vary`-named fields…): hop-by-hop, conditional, range and forwarding
-//! fields are left out, since the proxy adds its own on the way up.
+//! fields and the `X-Request-Id` are left out, since the proxy adds its own
+//! on the way up.
 
 use bytes::Bytes;
 use http::header::{HeaderName, VIA};
@@ -50,6 +51,7 @@ impl Replay {
             &X_FORWARDED_HOST,
             &X_FORWARDED_PROTO,
             &VIA,
+            &crate::request_id::X_REQUEST_ID,
         ] {
             headers.remove(name);
         }
@@ -98,6 +100,7 @@ mod tests {
             ("if-none-match", "\"v1\""),
             ("x-forwarded-for", "10.0.0.1"),
             ("via", "1.1 lb"),
+            ("x-request-id", "5f0c9a1e22b4000000000012"),
         ]);
         let body = Bytes::from_static(b"{\"org\":\"Vale\"}");
         let replay = Replay::of(

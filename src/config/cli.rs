@@ -64,6 +64,20 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "DASHCACHE_UPSTREAM_TIMEOUT", value_parser = parse_duration)]
     pub upstream_timeout: Option<Duration>,
 
+    /// How long a pooled upstream connection may stay idle (keep it below
+    /// the backend's keep-alive timeout, e.g. uvicorn's 5 s).
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub upstream_idle_timeout: Option<Duration>,
+
+    /// Peers (addresses or CIDR blocks, comma-separated) whose X-Request-Id is kept.
+    #[arg(
+        long,
+        value_name = "CIDRS",
+        env = "DASHCACHE_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
+
     /// Extra PEM CA bundle trusted for an https upstream.
     #[arg(long, value_name = "FILE", env = "DASHCACHE_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<PathBuf>,

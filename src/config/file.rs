@@ -88,6 +88,10 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_timeout: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_idle_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_proxies: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_concurrency: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_queue: Option<usize>,

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::cache::policy::CacheMode;
 use crate::cache::stale::StaleWindows;
+pub use crate::request_id::TrustedProxies;
 use crate::routes::RouteTable;
 
 mod cli;
@@ -62,7 +63,19 @@ pub const DEFAULT_TARGETED_CACHE_CONTROL: [&str; 1] = ["cdn-cache-control"];
 /// ranges are not stored); the standard mode's default list.
 pub const STANDARD_CACHEABLE_STATUSES: [u16; 11] =
     [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
-pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
+/// Request headers that identify a caller: the browser's, and the common
+/// API-key and proxy credential fields.
+pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "cookie",
+    "x-api-key",
+    "x-auth-token",
+    "proxy-authorization",
+];
+/// How long a pooled upstream connection may sit idle before the proxy
+/// closes it: below uvicorn's `--timeout-keep-alive` (5 s by default), so
+/// the backend never closes a connection just as the proxy reuses it.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -138,14 +151,28 @@ pub struct UpstreamConfig {
     pub queue: usize,
     /// How long a caller waits in the queue before its 503.
     pub queue_timeout: Duration,
+    /// How long a pooled connection may stay idle before it is closed.
+    pub idle_timeout: Duration,
 }
 
 impl UpstreamConfig {
-    /// The URL as the operator wrote it, for messages.
+    /// The URL as the operator wrote it, for messages, with the password
+    /// of any userinfo redacted (`http://user:<redacted>@host`).
     pub fn display(&self) -> String {
+        let origin = self.origin.to_string();
+        let origin = origin.trim_end_matches('/');
+        let redacted = self
+            .origin
+            .authority()
+            .and_then(|a| a.as_str().rsplit_once('@'))
+            .and_then(|(userinfo, host)| {
+                let (user, _password) = userinfo.split_once(':')?;
+                let scheme = self.origin.scheme_str().unwrap_or("http");
+                Some(format!("{scheme}://{user}:<redacted>@{host}"))
+            });
         format!(
             "{}{}",
-            self.origin.to_string().trim_end_matches('/'),
+            redacted.as_deref().unwrap_or(origin),
             self.base_path
         )
     }
@@ -246,6 +273,8 @@ pub struct Config {
     /// The flags and env this was resolved with, kept so that a reload
     /// (SIGHUP) re-reads `source` under the same overrides.
     pub overrides: Arc<Cli>,
+    /// Peers whose `X-Request-Id` is kept (others get a generated one).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Config {

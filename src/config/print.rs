@@ -30,6 +30,8 @@ impl Config {
             upstream_ca_file: self.upstream.ca_file.clone(),
             connect_timeout: Some(FileDuration(self.upstream.connect_timeout)),
             upstream_timeout: Some(FileDuration(self.upstream.timeout)),
+            upstream_idle_timeout: Some(FileDuration(self.upstream.idle_timeout)),
+            trusted_proxies: Some(self.trusted_proxies.to_strings()),
             upstream_concurrency: Some(self.upstream.concurrency),
             upstream_queue: Some(self.upstream.queue),
             upstream_queue_timeout: Some(FileDuration(self.upstream.queue_timeout)),

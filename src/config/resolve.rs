@@ -11,18 +11,19 @@ use http::header::HeaderName;
 use http::{StatusCode, Uri};
 
 use super::{
-    CacheConfig, CacheMode, Cli, Config, ConfigError, FileConfig, Limits, TlsFiles, UpstreamConfig,
-    DEFAULT_AUTH_TTL, DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_CREDENTIAL_HEADERS, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
-    DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
-    DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS, DEFAULT_LISTEN, DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_MAXSIZE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_OBJECT_BYTES, DEFAULT_PURGE_INTERVAL,
-    DEFAULT_REFRESH_CONCURRENCY, DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TARGETED_CACHE_CONTROL,
-    DEFAULT_TTL, DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_CONCURRENCY, DEFAULT_UPSTREAM_QUEUE,
-    DEFAULT_UPSTREAM_QUEUE_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT, MAX_MAX_HEADER_BYTES,
-    MIN_MAX_HEADER_BYTES, STANDARD_CACHEABLE_STATUSES,
+    CacheConfig, CacheMode, Cli, Config, ConfigError, FileConfig, Limits, TlsFiles, TrustedProxies,
+    UpstreamConfig, DEFAULT_AUTH_TTL, DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_READ_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_CREDENTIAL_HEADERS, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL, DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS,
+    DEFAULT_LISTEN, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAXSIZE, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_OBJECT_BYTES,
+    DEFAULT_PURGE_INTERVAL, DEFAULT_REFRESH_CONCURRENCY, DEFAULT_SEND_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE,
+    DEFAULT_TARGETED_CACHE_CONTROL, DEFAULT_TTL, DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_CONCURRENCY,
+    DEFAULT_UPSTREAM_IDLE_TIMEOUT, DEFAULT_UPSTREAM_QUEUE, DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
+    DEFAULT_UPSTREAM_TIMEOUT, MAX_MAX_HEADER_BYTES, MIN_MAX_HEADER_BYTES,
+    STANDARD_CACHEABLE_STATUSES,
 };
 use crate::cache::stale::StaleWindows;
 use crate::routes::{Route, RouteTable};
@@ -83,6 +84,12 @@ impl Config {
                 "upstream_queue_timeout",
                 file.upstream_queue_timeout.map(|d| d.0),
                 DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
+            )?,
+            idle_timeout: positive(
+                "upstream_idle_timeout (DASHCACHE_UPSTREAM_IDLE_TIMEOUT, --upstream-idle-timeout)",
+                cli.upstream_idle_timeout
+                    .or(file.upstream_idle_timeout.map(|d| d.0)),
+                DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             )?,
         };
 
@@ -330,6 +337,19 @@ impl Config {
             },
         };
 
+        let trusted_proxies = TrustedProxies::parse(
+            cli.trusted_proxies
+                .as_deref()
+                .or(file.trusted_proxies.as_deref())
+                .unwrap_or_default(),
+        )
+        .map_err(|reason| {
+            ConfigError::invalid(
+                "trusted_proxies (DASHCACHE_TRUSTED_PROXIES, --trusted-proxies)",
+                reason,
+            )
+        })?;
+
         Ok(Self {
             listen,
             admin_listen,
@@ -352,6 +372,7 @@ impl Config {
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             source,
             overrides: Arc::new(cli.clone()),
+            trusted_proxies,
         })
     }
 }
@@ -643,6 +664,57 @@ mod tests {
             chain.contains("log_format") && chain.contains("json"),
             "{chain}"
         );
+    }
+
+    #[test]
+    fn pooled_upstream_connections_idle_less_than_uvicorns_keep_alive() {
+        let config = resolve_toml(Cli::default(), "").unwrap();
+        assert!(config.upstream.idle_timeout < Duration::from_secs(5));
+        let text = "upstream_idle_timeout = \"1500ms\"\n";
+        let config = resolve_toml(Cli::default(), text).unwrap();
+        assert_eq!(config.upstream.idle_timeout, Duration::from_millis(1500));
+        let cli = Cli {
+            upstream_idle_timeout: Some(Duration::from_secs(2)),
+            ..Cli::default()
+        };
+        assert_eq!(
+            resolve_toml(cli, text).unwrap().upstream.idle_timeout,
+            Duration::from_secs(2)
+        );
+        let err = resolve_toml(Cli::default(), "upstream_idle_timeout = 0\n").unwrap_err();
+        assert!(err.to_string().contains("upstream_idle_timeout"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_the_file_or_the_flag_and_bad_ones_are_named() {
+        let config = resolve_toml(Cli::default(), "").unwrap();
+        assert!(config.trusted_proxies.is_empty());
+        let text = "trusted_proxies = [\"10.0.0.0/8\"]\n";
+        let config = resolve_toml(Cli::default(), text).unwrap();
+        assert!(config.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
+        let cli = Cli {
+            trusted_proxies: Some(vec!["192.168.0.0/16".into()]),
+            ..Cli::default()
+        };
+        let config = resolve_toml(cli, text).unwrap();
+        assert!(!config.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
+        let err = resolve_toml(Cli::default(), "trusted_proxies = [\"lb\"]\n").unwrap_err();
+        assert!(err.to_string().contains("trusted_proxies"), "{err}");
+        assert!(err.to_string().contains("\"lb\""), "{err}");
+    }
+
+    #[test]
+    fn the_upstream_password_is_never_displayed() {
+        let cli = Cli {
+            upstream: Some("http://svc:hunter2@api.internal:8000/backend".into()),
+            ..Cli::default()
+        };
+        let config = resolve_toml(cli, "").unwrap();
+        assert_eq!(
+            config.upstream.display(),
+            "http://svc:<redacted>@api.internal:8000/backend"
+        );
+        assert!(!config.to_toml().contains("hunter2"));
     }
 
     #[test]

@@ -1,0 +1,25 @@
+//! Rendering a hit's answer from a stored entry (`respond::from_entry`):
+//! the head (status, the stored headers, `Age`, `X-Cache`, `Cache-Status`)
+//! and a handle on the shared body, for a 20 KB answer.
+
+mod common;
+
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dashcache::respond::{self, Ask, CacheStatus, CacheStatusField};
+
+fn render(c: &mut Criterion) {
+    let entry = common::entry(common::key(1), 20 * 1024);
+    let ask = Ask::default();
+    c.bench_function("respond/hit-head", |b| {
+        b.iter(|| {
+            let now = Instant::now();
+            let field = CacheStatusField::hit(entry.ttl_left(now).as_secs());
+            respond::from_entry(&entry, CacheStatus::Hit, field, &ask, now)
+        })
+    });
+}
+
+criterion_group!(benches, render);
+criterion_main!(benches);
