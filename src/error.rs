@@ -85,6 +85,9 @@ pub enum ProxyError {
 
     #[error("no admin endpoint at {path}")]
     AdminNotFound { path: String },
+
+    #[error("the shared cache tier (redis) cannot be reached; nothing was changed there")]
+    SharedTierUnavailable,
 }
 
 impl ProxyError {
@@ -106,6 +109,7 @@ impl ProxyError {
             Self::AdminForbidden { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::AdminNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::SharedTierUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -128,6 +132,7 @@ impl ProxyError {
             Self::AdminForbidden { .. } => "admin-forbidden",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::AdminNotFound { .. } => "admin-not-found",
+            Self::SharedTierUnavailable => "shared-tier-unavailable",
         }
     }
 

@@ -14,16 +14,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::body::{collect_limited, Collected, ProxyBody, UpstreamBody, UpstreamStalled};
 use crate::cache::flight::{BufferedAnswer, FillGuard, FillOutcome};
+use crate::cache::lock::{self, Acquire, Lease, LockStatus};
 use crate::cache::policy::{self, NotStorable};
 use crate::cache::replay::Replay;
 use crate::cache::stale::{StaleReason, StaleWindows};
 use crate::cache::store::Refused;
 use crate::cache::vary::{variant_key, vary_names};
-use crate::cache::{CacheKey, Entry};
+use crate::cache::{CacheKey, Entry, Lookup};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::metrics::Metrics;
@@ -50,6 +51,8 @@ pub(crate) struct FillPlan {
     pub serve_stale: bool,
     /// Kept with the entry for refreshes (`None` with credentials).
     pub replay: Option<Replay>,
+    /// A refresh: an entry stored before the fill started does not answer it.
+    pub refresh: bool,
 }
 
 /// What the fill hands the leader.
@@ -74,6 +77,13 @@ pub(crate) async fn run(
 ) {
     let key = guard.key();
     let started = Instant::now();
+    let lease = match shared_lock(&proxy, key, &plan, started).await {
+        Ok(lease) => lease,
+        Err(outcome) => {
+            let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
+            return;
+        }
+    };
     let generation = proxy.store.generation();
     Metrics::bump(&proxy.metrics.upstream_requests);
     let sent = proxy.upstream.send(request).await;
@@ -85,6 +95,7 @@ pub(crate) async fn run(
             warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream request failed");
             let outcome =
                 stale_instead(&proxy, &plan, key, StaleReason::UpstreamError(err.as_str()))
+                    .await
                     .unwrap_or(FillOutcome::Failed(err));
             let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
             return;
@@ -92,7 +103,7 @@ pub(crate) async fn run(
     };
     if response.status().is_server_error() {
         let reason = StaleReason::UpstreamStatus(response.status());
-        if let Some(outcome) = stale_instead(&proxy, &plan, key, reason) {
+        if let Some(outcome) = stale_instead(&proxy, &plan, key, reason).await {
             // The error's body is dropped unread: a stale answer replaces it.
             let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
             return;
@@ -143,6 +154,7 @@ pub(crate) async fn run(
             };
             warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream body failed; nothing stored");
             stale_instead(&proxy, &plan, key, StaleReason::UpstreamError(err.as_str()))
+                .await
                 .unwrap_or(FillOutcome::Failed(err))
         }
         Ok(Collected::TooLarge(body)) => {
@@ -157,7 +169,7 @@ pub(crate) async fn run(
             return;
         }
         Ok(Collected::Complete(bytes)) => match verdict {
-            Ok(ttl) => store(&proxy, parts, bytes, ttl, plan, started, generation),
+            Ok(ttl) => store(&proxy, parts, bytes, ttl, plan, started, generation).await,
             Err(reason) => {
                 not_stored(&proxy, &plan, key, reason, parts.status);
                 FillOutcome::Uncacheable(BufferedAnswer {
@@ -169,12 +181,58 @@ pub(crate) async fn run(
             }
         },
     };
+    let stored = matches!(outcome, FillOutcome::Stored(_));
     let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
+    if let Some(lease) = lease {
+        lease.release(stored).await;
+    }
+}
+
+/// With a shared tier, takes the key's cross-replica fill lock; while
+/// another replica holds it, waits for its news and looks the key up again.
+/// `Err` is the outcome that ends this fill without an upstream request: the
+/// entry another replica stored, or (past `lock_timeout`) a stale entry or
+/// `LockTimeout`. Redis unreachable: no lock, as without Redis.
+async fn shared_lock(
+    proxy: &Proxy,
+    key: CacheKey,
+    plan: &FillPlan,
+    started: Instant,
+) -> Result<Option<Lease>, FillOutcome> {
+    let Some(tier) = proxy.store.shared() else {
+        return Ok(None);
+    };
+    let timeout = proxy.config().cache.lock_timeout;
+    loop {
+        let wait = timeout.saturating_sub(started.elapsed());
+        let status = match lock::acquire(tier, key, wait).await {
+            Acquire::Held(lease) => return Ok(Some(lease)),
+            Acquire::Unavailable(err) => {
+                debug!(key = %key.short(), error = err.as_str(), "no shared fill lock; filling alone");
+                return Ok(None);
+            }
+            Acquire::Waited(status) => status,
+        };
+        if let Lookup::Fresh(entry) = proxy.store.lookup(&key, Instant::now()).await {
+            if !plan.refresh || entry.stored_at >= started {
+                info!(route = &*plan.route, key = %key.short(), status = status.as_str(), "filled by another replica");
+                return Err(FillOutcome::Stored(entry));
+            }
+        }
+        if status == LockStatus::TimedOut {
+            let err = ProxyError::LockTimeout { timeout };
+            warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "another replica's fill outlived lock_timeout");
+            return Err(stale_instead(proxy, plan, key, StaleReason::LockTimeout)
+                .await
+                .unwrap_or(FillOutcome::Failed(err)));
+        }
+        debug!(key = %key.short(), status = status.as_str(), "fill lock free again; taking it");
+    }
 }
 
 /// The stale entry that answers for a failed fill, if the key has one
 /// inside its `stale-if-error` window.
-fn stale_instead(
+async fn stale_instead(
     proxy: &Proxy,
     plan: &FillPlan,
     key: CacheKey,
@@ -183,7 +241,7 @@ fn stale_instead(
     if !plan.serve_stale {
         return None;
     }
-    let entry = proxy.store.stale_if_error(&key, Instant::now())?;
+    let entry = proxy.store.stale_if_error(&key, Instant::now()).await?;
     warn!(route = &*plan.route, key = %key.short(), reason = reason.as_str(), fwd_status = reason.upstream_status(), "upstream failed; serving the stale entry");
     Some(FillOutcome::Stale { entry, reason })
 }
@@ -213,7 +271,7 @@ fn not_stored(
     info!(route = &*plan.route, key = %key.short(), reason = reason.as_str(), status = status.as_u16(), "answer not stored");
 }
 
-fn store(
+async fn store(
     proxy: &Proxy,
     parts: http::response::Parts,
     body: Bytes,
@@ -251,7 +309,7 @@ fn store(
         hits: std::sync::atomic::AtomicU64::new(0),
         replay: plan.replay,
     });
-    match proxy.store.insert(key, entry.clone(), generation) {
+    match proxy.store.insert(entry.clone(), generation).await {
         Ok(()) => {
             proxy.vary.record(plan.base, vary);
             Metrics::bump(&proxy.metrics.stored);

@@ -32,8 +32,9 @@ use crate::admin;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::cache::credentials::{credential_digest, Grants};
 use crate::cache::flight::{FillOutcome, Flights, Join};
+use crate::cache::storage::RedisTier;
 use crate::cache::vary::{variant_key, VaryIndex};
-use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, Store};
+use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, Storage, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::framing::FRAMING_CONFLICT;
@@ -63,7 +64,8 @@ pub struct ClientInfo {
 pub struct Proxy {
     /// The running configuration; swapped whole by a reload (`reload.rs`).
     live: LiveConfig,
-    pub store: Store,
+    /// Entries: memory alone, or memory in front of the shared Redis tier.
+    pub store: Storage,
     pub flights: Arc<Flights>,
     pub upstream: Upstream,
     pub metrics: Metrics,
@@ -132,7 +134,18 @@ impl Proxy {
     pub fn new(config: Config) -> Result<Self, UpstreamSetupError> {
         let upstream = Upstream::new(&config.upstream)?;
         let cache = &config.cache;
-        let store = Store::new(cache.maxsize, cache.max_bytes, cache.max_object_bytes);
+        let memory = Store::new(cache.maxsize, cache.max_bytes, cache.max_object_bytes);
+        let store = match &config.redis {
+            None => Storage::Memory(memory),
+            Some(redis) => match RedisTier::new(redis.clone(), memory.max_entry_bytes()) {
+                Ok(tier) => Storage::tiered(memory, tier),
+                Err(err) => {
+                    // Checked when the config was resolved; keep serving anyway.
+                    tracing::error!(error = %err, "redis tier not started; caching in memory only");
+                    Storage::Memory(memory)
+                }
+            },
+        };
         let side_capacity = (cache.maxsize * 4).min(1 << 20) as usize;
         Ok(Self {
             store,
@@ -339,7 +352,7 @@ impl Proxy {
             && policy::client_wants_fresh(&request.parts.headers);
         if !wants_fresh {
             let now = Instant::now();
-            match self.store.get(&request.key, now) {
+            match self.store.lookup(&request.key, now).await {
                 Lookup::Fresh(entry) => {
                     info!(route = &*route_name, key = %request.key.short(), "Cache HIT for {route_name}");
                     return hit(&entry, &request.ask, route_name);
@@ -362,7 +375,9 @@ impl Proxy {
             Join::Leader(guard) => {
                 // A fill may have stored the key between our lookup and our join.
                 if !wants_fresh {
-                    if let Lookup::Fresh(entry) = self.store.get(&request.key, Instant::now()) {
+                    if let Lookup::Fresh(entry) =
+                        self.store.lookup(&request.key, Instant::now()).await
+                    {
                         guard.publish(FillOutcome::Stored(entry.clone()));
                         return hit(&entry, &request.ask, route_name);
                     }

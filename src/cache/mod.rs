@@ -6,11 +6,14 @@ pub mod codec;
 pub mod credentials;
 pub mod flight;
 pub mod key;
+pub mod lock;
 pub mod policy;
 pub mod replay;
 pub mod stale;
+pub mod storage;
 pub mod store;
 pub mod vary;
 
 pub use key::{CacheKey, KeyMemo, RequestIdentity};
+pub use storage::Storage;
 pub use store::{Census, Entry, Lookup, Store};

@@ -59,6 +59,11 @@ impl Config {
                 refresh_concurrency: Some(self.cache.refresh_concurrency),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),
+            redis: self
+                .redis
+                .as_ref()
+                .map(super::RedisConfig::to_file)
+                .unwrap_or_default(),
         };
         toml::to_string_pretty(&file).expect("effective config serialises")
     }

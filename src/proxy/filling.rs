@@ -122,6 +122,7 @@ impl Proxy {
                 &parts.headers,
                 &self.config().cache.credential_headers,
             ),
+            refresh: false,
         };
         headers::remove_conditionals(&mut parts.headers);
         let upstream_request =

@@ -1,0 +1,686 @@
+//! The shared tier on Redis (or Valkey, or a Redis Cluster): entries as
+//! encoded values (`cache::codec`), an index of descriptions for
+//! `invalidate`, and the connection's health.
+//!
+//! Keys (the `{…}` part is the Cluster hash tag):
+//!
+//! - `PREFIX:entry:{HEX}`: one entry, expiring with its last stale window;
+//! - `PREFIX:lock:{HEX}`: its fill lock (same slot as the entry);
+//! - `PREFIX:index:{PREFIX}`: hash of `HEX` → `EXPIRY_MS DESCRIPTION`, so
+//!   `invalidate`, `clear` and `refresh` walk descriptions, not the keyspace;
+//! - `PREFIX:secret:{PREFIX}`: the credential digest key (`cache::credentials`);
+//! - channel `PREFIX:events`: invalidations and fill news (`storage::events`).
+//!
+//! Redis down or slow is never worse than no Redis: every call made for a
+//! request runs under the `timeout` budget; a failed call marks the tier
+//! down at once (one log line), and while it is down calls fail without
+//! touching the network. A background task pings it back up with backoff
+//! (one log line again). Values are read with `GETRANGE` capped at the
+//! largest storable entry, so a huge or hostile value costs one bounded read
+//! and is a miss.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
+use tracing::{info, warn};
+
+use crate::cache::codec::{self, Clock};
+use crate::cache::{CacheKey, Entry};
+use crate::config::RedisConfig;
+
+/// Budget of admin walks (invalidate, clear, refresh listing) per round trip.
+const WALK_BUDGET: Duration = Duration::from_secs(5);
+/// Index fields read per `HSCAN` round trip.
+const SCAN_COUNT: usize = 2000;
+/// Slack kept past the entry's last window before Redis drops the value.
+const EXPIRY_SLACK_MS: u64 = 1000;
+
+/// Why a Redis call gave no answer. Never reaches a client: the request
+/// goes on with L1 and the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum L2Error {
+    #[error("redis is down")]
+    Down,
+    #[error("redis call took longer than its {0:?} budget")]
+    Timeout(Duration),
+    #[error("redis call failed")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl L2Error {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Down => "down",
+            Self::Timeout(_) => "timeout",
+            Self::Redis(_) => "error",
+        }
+    }
+}
+
+/// One connection handle, plain or Cluster; both are cheap to clone and
+/// multiplex every caller on one socket per node.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Counters of the shared tier, for stats and Prometheus (relaxed atomics,
+/// read only by those).
+#[derive(Default)]
+pub struct L2Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub errors: AtomicU64,
+    pub writes: AtomicU64,
+    /// Values that were not entries (garbage, unknown version, too large).
+    pub rejected: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub lock_acquired: AtomicU64,
+    pub lock_waits: AtomicU64,
+    /// Latency of request-path calls: counts per bucket of [`LATENCY_BUCKETS`].
+    pub latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    pub latency_sum_us: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the L2 latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1];
+
+impl L2Counters {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The shared tier: connection, health, key names and entry operations.
+pub struct RedisTier {
+    config: RedisConfig,
+    /// Set once connected (at once for a single node: the manager connects
+    /// lazily and reconnects by itself; for a Cluster, by the health task).
+    conn: ArcSwapOption<Conn>,
+    /// Whether request-path calls may use Redis; flipped (and logged) on
+    /// every change of state only.
+    up: AtomicBool,
+    /// This process's name on the events channel (its own messages are skipped).
+    pub(crate) replica: String,
+    /// The largest value read back: the largest storable entry plus room
+    /// for its headers and description.
+    max_value_bytes: u64,
+    /// Whether a rejected value was logged already (one warning, then debug).
+    rejected_logged: AtomicBool,
+    pub counters: L2Counters,
+    /// Fill-lock waiters on this replica, woken by the events listener.
+    pub(crate) wakers: super::events::Wakers,
+    /// When the tier was last seen down (for stats), as unix ms; 0 never.
+    down_since_ms: AtomicU64,
+    started: Mutex<Option<Instant>>,
+}
+
+impl RedisTier {
+    /// The tier for `config`; nothing is sent until the health task runs.
+    pub fn new(config: RedisConfig, max_entry_bytes: u64) -> Result<Self, redis::RedisError> {
+        let conn = if config.cluster {
+            None
+        } else {
+            let client = redis::Client::open(config.urls[0].as_str())?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
+                .set_response_timeout(Some(WALK_BUDGET))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(200));
+            Some(Arc::new(Conn::Single(
+                ConnectionManager::new_lazy_with_config(client, manager_config)?,
+            )))
+        };
+        Ok(Self {
+            conn: ArcSwapOption::new(conn),
+            up: AtomicBool::new(false),
+            replica: random_hex::<8>(),
+            max_value_bytes: max_entry_bytes.saturating_mul(2).saturating_add(64 << 10),
+            rejected_logged: AtomicBool::new(false),
+            counters: L2Counters::default(),
+            wakers: super::events::Wakers::default(),
+            down_since_ms: AtomicU64::new(0),
+            started: Mutex::new(None),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Unix ms since when it is down (0: up, or never connected yet).
+    pub fn down_since_ms(&self) -> u64 {
+        self.down_since_ms.load(Ordering::Relaxed)
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::SeqCst) {
+            self.down_since_ms.store(0, Ordering::Relaxed);
+            info!(redis = %self.config.redacted_urls(), "redis up: sharing the cache tier");
+        }
+    }
+
+    fn mark_down(&self, err: &L2Error) {
+        if self.up.swap(false, Ordering::SeqCst) {
+            self.down_since_ms
+                .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+            warn!(redis = %self.config.redacted_urls(), error = %error_chain(err), "redis down: serving from memory and the upstream until it is back");
+        }
+    }
+
+    // ------------------------------------------------------------ keys
+
+    pub fn entry_key(&self, key: &CacheKey) -> String {
+        format!("{}:entry:{{{key}}}", self.config.prefix)
+    }
+
+    pub fn lock_key(&self, key: &CacheKey) -> String {
+        format!("{}:lock:{{{key}}}", self.config.prefix)
+    }
+
+    pub fn index_key(&self) -> String {
+        format!("{0}:index:{{{0}}}", self.config.prefix)
+    }
+
+    pub fn secret_key(&self) -> String {
+        format!("{0}:secret:{{{0}}}", self.config.prefix)
+    }
+
+    pub fn channel(&self) -> String {
+        format!("{}:events", self.config.prefix)
+    }
+
+    // ------------------------------------------------------------ calls
+
+    /// Runs `cmd` under the request budget (or `budget`); a failure marks the
+    /// tier down.
+    pub(crate) async fn call<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        budget: Option<Duration>,
+    ) -> Result<T, L2Error> {
+        let conn = self.live_conn()?;
+        let budget = budget.unwrap_or(self.config.timeout);
+        let started = Instant::now();
+        let result = tokio::time::timeout(budget, cmd.query_async::<T>(&mut (*conn).clone())).await;
+        self.settle(result, budget, started)
+    }
+
+    pub(crate) async fn pipe<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        budget: Option<Duration>,
+    ) -> Result<T, L2Error> {
+        let conn = self.live_conn()?;
+        let budget = budget.unwrap_or(self.config.timeout);
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(budget, pipe.query_async::<T>(&mut (*conn).clone())).await;
+        self.settle(result, budget, started)
+    }
+
+    fn live_conn(&self) -> Result<Arc<Conn>, L2Error> {
+        if !self.is_up() {
+            return Err(L2Error::Down);
+        }
+        self.conn.load_full().ok_or(L2Error::Down)
+    }
+
+    fn settle<T>(
+        &self,
+        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+        budget: Duration,
+        started: Instant,
+    ) -> Result<T, L2Error> {
+        self.counters.observe(started.elapsed());
+        let err = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(err)) => L2Error::Redis(err),
+            Err(_) => L2Error::Timeout(budget),
+        };
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        let fatal = match &err {
+            L2Error::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_cluster_error()
+            }
+            L2Error::Timeout(_) | L2Error::Down => true,
+        };
+        if fatal {
+            self.mark_down(&err);
+        } else {
+            warn!(error = %error_chain(&err), "redis call refused");
+        }
+        Err(err)
+    }
+
+    /// Keeps the tier's state true: connects (Cluster), pings, flips up and
+    /// down with one log line each. Runs until the tier is dropped.
+    pub fn spawn_health(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        *self.started.lock().expect("health start poisoned") = Some(Instant::now());
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            let mut logged_unreachable = false;
+            loop {
+                let Some(tier) = weak.upgrade() else { return };
+                let healthy = tier.probe().await;
+                match &healthy {
+                    Ok(()) => {
+                        tier.mark_up();
+                        backoff = Duration::from_millis(50);
+                        logged_unreachable = false;
+                    }
+                    Err(err) => {
+                        if tier.is_up() {
+                            tier.mark_down(err);
+                        } else if !logged_unreachable {
+                            warn!(redis = %tier.config.redacted_urls(), error = %error_chain(err), "redis unreachable; retrying in the background");
+                        }
+                        logged_unreachable = true;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+                let pause = if healthy.is_ok() {
+                    Duration::from_millis(500)
+                } else {
+                    backoff
+                };
+                drop(tier);
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+
+    /// One health check: connect if needed, then `PING` within a short budget.
+    async fn probe(&self) -> Result<(), L2Error> {
+        let budget = self.config.timeout.max(Duration::from_millis(250));
+        if self.conn.load().is_none() {
+            let nodes: Vec<&str> = self.config.urls.iter().map(String::as_str).collect();
+            let client = redis::cluster::ClusterClient::builder(nodes)
+                .connection_timeout(budget)
+                .response_timeout(WALK_BUDGET)
+                .retries(1)
+                .build()?;
+            let conn = tokio::time::timeout(budget * 4, client.get_async_connection())
+                .await
+                .map_err(|_| L2Error::Timeout(budget * 4))??;
+            self.conn.store(Some(Arc::new(Conn::Cluster(conn))));
+        }
+        let conn = self.conn.load_full().ok_or(L2Error::Down)?;
+        let pong = tokio::time::timeout(
+            budget,
+            redis::cmd("PING").query_async::<String>(&mut (*conn).clone()),
+        )
+        .await
+        .map_err(|_| L2Error::Timeout(budget))??;
+        debug_assert_eq!(pong, "PONG");
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ entries
+
+    /// The entry under `key`, if Redis holds a valid one.
+    pub async fn get(&self, key: &CacheKey) -> Result<Option<Entry>, L2Error> {
+        let mut pipe = redis::pipe();
+        let name = self.entry_key(key);
+        pipe.cmd("STRLEN").arg(&name);
+        pipe.cmd("GETRANGE")
+            .arg(&name)
+            .arg(0)
+            .arg(self.max_value_bytes);
+        let (length, value): (u64, Vec<u8>) = self.pipe(&pipe, None).await?;
+        if length == 0 {
+            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        let entry = self.read_value(key, length, &value);
+        let counter = if entry.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(entry)
+    }
+
+    /// Decodes a value read for `key`; anything else than a valid entry for
+    /// that very key is a miss, logged once.
+    fn read_value(&self, key: &CacheKey, length: u64, value: &[u8]) -> Option<Entry> {
+        let refused = if length > self.max_value_bytes {
+            "too-large"
+        } else {
+            match codec::decode(value, &Clock::now()) {
+                Ok(entry) if entry.key == *key => return Some(entry),
+                Ok(_) => "wrong-key",
+                Err(err) => err.as_str(),
+            }
+        };
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        if !self.rejected_logged.swap(true, Ordering::Relaxed) {
+            warn!(key = %key.short(), bytes = length, reason = refused, "value in redis is not a valid entry; treated as a miss (further ones logged at debug)");
+        } else {
+            tracing::debug!(key = %key.short(), bytes = length, reason = refused, "value in redis is not a valid entry");
+        }
+        None
+    }
+
+    /// Writes `entry` with its index line, expiring after its last window,
+    /// and announces it (`stored`) in the same round trip.
+    pub async fn put(&self, entry: &Entry, event: &str) -> Result<(), L2Error> {
+        let clock = Clock::now();
+        let value = codec::encode(entry, &clock);
+        let keep_ms = clock.unix_ms(entry.keep_until());
+        let now_ms = clock.unix_ms(clock.mono);
+        let px = keep_ms.saturating_sub(now_ms).max(1) + EXPIRY_SLACK_MS;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.entry_key(&entry.key))
+            .arg(value)
+            .arg("PX")
+            .arg(px)
+            .ignore();
+        pipe.cmd("HSET")
+            .arg(self.index_key())
+            .arg(entry.key.to_string())
+            .arg(index_line(keep_ms, &entry.description))
+            .ignore();
+        pipe.cmd("PUBLISH").arg(self.channel()).arg(event).ignore();
+        self.pipe::<()>(&pipe, None).await?;
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Deletes the entry under `key` and its index line, and announces it.
+    pub async fn delete(&self, key: &CacheKey, event: &str) -> Result<bool, L2Error> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(self.entry_key(key));
+        pipe.cmd("HDEL")
+            .arg(self.index_key())
+            .arg(key.to_string())
+            .ignore();
+        pipe.cmd("PUBLISH").arg(self.channel()).arg(event).ignore();
+        let (removed,): (u64,) = self.pipe(&pipe, None).await?;
+        self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(removed > 0)
+    }
+
+    /// Sends one message on the events channel.
+    pub async fn publish(&self, event: &str, budget: Option<Duration>) -> Result<(), L2Error> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.channel()).arg(event);
+        self.call::<u64>(&cmd, budget).await?;
+        self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Walks the index and deletes every entry whose description contains
+    /// `pattern` (every entry for `None`), pruning lines of expired ones;
+    /// returns how many entries Redis removed. Each round trip is one
+    /// `HSCAN` batch, so hits keep being answered between them.
+    pub async fn delete_matching(&self, pattern: Option<&str>) -> Result<usize, L2Error> {
+        let mut deleted = 0;
+        let mut cursor = 0u64;
+        let now_ms = unix_ms(SystemTime::now());
+        loop {
+            let (next, lines) = self.scan(cursor).await?;
+            let mut victims = Vec::new();
+            let mut dead = Vec::new();
+            for (hex, line) in lines {
+                match parse_index_line(&line) {
+                    Some((keep_ms, _)) if keep_ms <= now_ms => dead.push(hex),
+                    Some((_, description)) if pattern.is_none_or(|p| description.contains(p)) => {
+                        victims.push(hex)
+                    }
+                    Some(_) => {}
+                    None => dead.push(hex),
+                }
+            }
+            if !victims.is_empty() || !dead.is_empty() {
+                let mut pipe = redis::pipe();
+                for hex in &victims {
+                    pipe.cmd("UNLINK")
+                        .arg(format!("{}:entry:{{{hex}}}", self.config.prefix));
+                }
+                pipe.cmd("HDEL")
+                    .arg(self.index_key())
+                    .arg(&victims)
+                    .arg(&dead)
+                    .ignore();
+                let removed: Vec<u64> = self.pipe(&pipe, Some(WALK_BUDGET)).await?;
+                deleted += removed.iter().sum::<u64>() as usize;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// The keys of live entries whose description contains `pattern`.
+    pub async fn matching(&self, pattern: &str) -> Result<Vec<CacheKey>, L2Error> {
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        let now_ms = unix_ms(SystemTime::now());
+        loop {
+            let (next, lines) = self.scan(cursor).await?;
+            for (hex, line) in lines {
+                let Some((keep_ms, description)) = parse_index_line(&line) else {
+                    continue;
+                };
+                if keep_ms > now_ms && description.contains(pattern) {
+                    if let Some(key) = parse_key(&hex) {
+                        keys.push(key);
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn scan(&self, cursor: u64) -> Result<(u64, Vec<(String, String)>), L2Error> {
+        let mut cmd = redis::cmd("HSCAN");
+        cmd.arg(self.index_key())
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        self.call(&cmd, Some(WALK_BUDGET)).await
+    }
+
+    /// The credential digest key kept in Redis: read, or created once by
+    /// the first replica to ask (`SET NX`), so every replica agrees.
+    pub async fn shared_secret(&self) -> Result<Vec<u8>, L2Error> {
+        let candidate = random_hex::<32>();
+        let mut set = redis::cmd("SET");
+        set.arg(self.secret_key()).arg(&candidate).arg("NX");
+        self.call::<Option<String>>(&set, None).await?;
+        let mut get = redis::cmd("GET");
+        get.arg(self.secret_key());
+        let secret: Option<Vec<u8>> = self.call(&get, None).await?;
+        match secret {
+            Some(secret) if secret.len() >= 16 && secret.len() <= 256 => Ok(secret),
+            _ => Err(L2Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "credential key in redis is missing or malformed",
+            )))),
+        }
+    }
+}
+
+/// `EXPIRY_MS DESCRIPTION`, the index line of one entry.
+fn index_line(keep_ms: u64, description: &str) -> String {
+    format!("{keep_ms} {description}")
+}
+
+fn parse_index_line(line: &str) -> Option<(u64, &str)> {
+    let (ms, description) = line.split_once(' ')?;
+    Some((ms.parse().ok()?, description))
+}
+
+/// A cache key from its 32 hex digits.
+pub fn parse_key(hex: &str) -> Option<CacheKey> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(CacheKey::from_bytes(bytes))
+}
+
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `N` random bytes from the OS, as hex.
+pub(crate) fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    getrandom::getrandom(&mut bytes).expect("the OS random source works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn error_chain(err: &L2Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tier(prefix: &str) -> RedisTier {
+        RedisTier::new(
+            RedisConfig {
+                urls: vec!["redis://127.0.0.1:1".into()],
+                cluster: false,
+                prefix: prefix.into(),
+                timeout: Duration::from_millis(50),
+                l1_ttl: Duration::from_secs(10),
+                lock_lease: Duration::from_secs(10),
+                key_secret: None,
+            },
+            1 << 20,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_entry_and_its_lock_share_a_cluster_slot() {
+        let tier = tier("app");
+        let key = CacheKey::from_bytes([0xab; 16]);
+        let entry = tier.entry_key(&key);
+        let lock = tier.lock_key(&key);
+        assert!(entry.starts_with("app:entry:{abab"));
+        // Cluster hashes only the part between the first braces.
+        let tag = |name: &str| {
+            name.split_once('{')
+                .unwrap()
+                .1
+                .split_once('}')
+                .unwrap()
+                .0
+                .to_owned()
+        };
+        assert_eq!(tag(&entry), key.to_string());
+        assert_eq!(tag(&entry), tag(&lock));
+        assert_eq!(tier.index_key(), "app:index:{app}");
+    }
+
+    #[tokio::test]
+    async fn calls_fail_fast_while_the_tier_is_down() {
+        let tier = tier("app");
+        let started = Instant::now();
+        let result = tier.get(&CacheKey::from_bytes([1; 16])).await;
+        assert!(matches!(result, Err(L2Error::Down)));
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn garbage_and_foreign_values_are_misses() {
+        let tier = tier("app");
+        let key = CacheKey::from_bytes([2; 16]);
+        assert!(tier.read_value(&key, 3, b"\xff\x00\x01").is_none());
+        assert!(tier.read_value(&key, u64::MAX, b"").is_none());
+        assert_eq!(tier.counters.rejected.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn index_lines_round_trip_with_spaces_in_descriptions() {
+        let line = index_line(42, r#"get_metrics POST /api/metrics {"org":"Vale S.A."}"#);
+        assert_eq!(
+            parse_index_line(&line),
+            Some((42, r#"get_metrics POST /api/metrics {"org":"Vale S.A."}"#))
+        );
+        assert_eq!(parse_index_line("garbage"), None);
+    }
+
+    #[test]
+    fn keys_parse_from_their_hex_form_only() {
+        let key = CacheKey::from_bytes([0x5a; 16]);
+        assert_eq!(parse_key(&key.to_string()), Some(key));
+        assert_eq!(parse_key("xyz"), None);
+        assert_eq!(parse_key(&"g".repeat(32)), None);
+    }
+}
