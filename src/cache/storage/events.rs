@@ -194,6 +194,7 @@ pub fn spawn_listener(tier: &Arc<RedisTier>, l1: &Arc<Store>) {
                 // Whatever was said while we were not listening is lost:
                 // start L1 afresh, and let lock waiters look again.
                 let dropped = l1.clear();
+                tier.listening.store(true, Ordering::Relaxed);
                 tier.wakers.wake_all();
                 info!(channel = %channel, l1_dropped = dropped, "listening for invalidations from other replicas");
             }
@@ -222,6 +223,9 @@ pub fn spawn_listener(tier: &Arc<RedisTier>, l1: &Arc<Store>) {
                     }
                     None => debug!(message = text, "unknown message on the events channel"),
                 }
+            }
+            if let Some(tier) = weak_tier.upgrade() {
+                tier.listening.store(false, Ordering::Relaxed);
             }
             warn!(channel = %channel, "events channel lost; resubscribing");
         }

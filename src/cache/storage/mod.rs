@@ -18,6 +18,7 @@
 //! replicas' L1 (`events.rs`).
 
 pub mod events;
+pub mod figures;
 pub mod redis;
 
 use std::sync::Arc;

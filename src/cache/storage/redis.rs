@@ -152,6 +152,8 @@ pub struct RedisTier {
     pub counters: L2Counters,
     /// Fill-lock waiters on this replica, woken by the events listener.
     pub(crate) wakers: super::events::Wakers,
+    /// Whether the events listener is subscribed now.
+    pub(crate) listening: AtomicBool,
     /// When the tier was last seen down (for stats), as unix ms; 0 never.
     down_since_ms: AtomicU64,
     started: Mutex<Option<Instant>>,
@@ -182,6 +184,7 @@ impl RedisTier {
             counters: L2Counters::default(),
             wakers: super::events::Wakers::default(),
             down_since_ms: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
             started: Mutex::new(None),
             config,
         })
@@ -193,6 +196,10 @@ impl RedisTier {
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
     }
 
     /// Unix ms since when it is down (0: up, or never connected yet).
@@ -286,14 +293,19 @@ impl RedisTier {
             Err(_) => L2Error::Timeout(budget),
         };
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        // A refusal of one command (wrong type, script error) says nothing
+        // about the connection; anything else does.
         let fatal = match &err {
-            L2Error::Redis(e) => {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-                    || e.is_cluster_error()
-            }
+            L2Error::Redis(e) => !matches!(
+                e.kind(),
+                redis::ErrorKind::Server(
+                    redis::ServerErrorKind::ResponseError
+                        | redis::ServerErrorKind::NoScript
+                        | redis::ServerErrorKind::ExecAbort
+                        | redis::ServerErrorKind::CrossSlot
+                ) | redis::ErrorKind::UnexpectedReturnType
+                    | redis::ErrorKind::Parse
+            ),
             L2Error::Timeout(_) | L2Error::Down => true,
         };
         if fatal {
@@ -423,20 +435,24 @@ impl RedisTier {
         let keep_ms = clock.unix_ms(entry.keep_until());
         let now_ms = clock.unix_ms(clock.mono);
         let px = keep_ms.saturating_sub(now_ms).max(1) + EXPIRY_SLACK_MS;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.entry_key(&entry.key))
+        // Entry and index live in different Cluster slots: two calls, at once.
+        let mut set = redis::cmd("SET");
+        set.arg(self.entry_key(&entry.key))
             .arg(value)
             .arg("PX")
-            .arg(px)
-            .ignore();
-        pipe.cmd("HSET")
+            .arg(px);
+        let mut index = redis::cmd("HSET");
+        index
             .arg(self.index_key())
             .arg(entry.key.to_string())
-            .arg(index_line(keep_ms, &entry.description))
-            .ignore();
-        pipe.cmd("PUBLISH").arg(self.channel()).arg(event).ignore();
-        self.pipe::<()>(&pipe, None).await?;
+            .arg(index_line(keep_ms, &entry.description));
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.channel()).arg(event);
+        tokio::try_join!(
+            self.call::<()>(&set, None),
+            self.call::<u64>(&index, None),
+            self.call::<u64>(&publish, None)
+        )?;
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -444,14 +460,19 @@ impl RedisTier {
 
     /// Deletes the entry under `key` and its index line, and announces it.
     pub async fn delete(&self, key: &CacheKey, event: &str) -> Result<bool, L2Error> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("UNLINK").arg(self.entry_key(key));
-        pipe.cmd("HDEL")
+        let mut unlink = redis::cmd("UNLINK");
+        unlink.arg(self.entry_key(key));
+        let mut index = redis::pipe();
+        index
+            .cmd("HDEL")
             .arg(self.index_key())
             .arg(key.to_string())
             .ignore();
-        pipe.cmd("PUBLISH").arg(self.channel()).arg(event).ignore();
-        let (removed,): (u64,) = self.pipe(&pipe, None).await?;
+        index.cmd("PUBLISH").arg(self.channel()).arg(event).ignore();
+        let (removed, ()) = tokio::try_join!(
+            self.call::<u64>(&unlink, None),
+            self.pipe::<()>(&index, None)
+        )?;
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
         Ok(removed > 0)
     }
@@ -488,18 +509,22 @@ impl RedisTier {
                 }
             }
             if !victims.is_empty() || !dead.is_empty() {
-                let mut pipe = redis::pipe();
-                for hex in &victims {
-                    pipe.cmd("UNLINK")
-                        .arg(format!("{}:entry:{{{hex}}}", self.config.prefix));
-                }
-                pipe.cmd("HDEL")
-                    .arg(self.index_key())
-                    .arg(&victims)
-                    .arg(&dead)
-                    .ignore();
-                let removed: Vec<u64> = self.pipe(&pipe, Some(WALK_BUDGET)).await?;
-                deleted += removed.iter().sum::<u64>() as usize;
+                // One multi-key UNLINK (split by slot in a Cluster) and one HDEL.
+                let unlink = async {
+                    if victims.is_empty() {
+                        return Ok(0);
+                    }
+                    let mut unlink = redis::cmd("UNLINK");
+                    for hex in &victims {
+                        unlink.arg(format!("{}:entry:{{{hex}}}", self.config.prefix));
+                    }
+                    self.call::<u64>(&unlink, Some(WALK_BUDGET)).await
+                };
+                let mut hdel = redis::cmd("HDEL");
+                hdel.arg(self.index_key()).arg(&victims).arg(&dead);
+                let (removed, _) =
+                    tokio::try_join!(unlink, self.call::<u64>(&hdel, Some(WALK_BUDGET)))?;
+                deleted += removed as usize;
             }
             if next == 0 {
                 return Ok(deleted);
