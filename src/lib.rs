@@ -14,8 +14,11 @@
 //! - [`refresh`]: `POST /api/cache/refresh`, re-fetching entries in the background
 //! - [`reload`]: the running configuration, swapped whole on SIGHUP
 //! - [`routes`]: route table (name, TTL, cache on/off per path and method)
-//! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::store`]
-//!   (bounded store on quick_cache), [`cache::policy`] (what may be stored),
+//! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::storage`]
+//!   (the storage seam: memory alone, or memory in front of Redis shared by
+//!   replicas), [`cache::store`] (bounded store on quick_cache),
+//!   [`cache::lock`] (cross-replica fill lock), [`cache::codec`] (entry
+//!   encoding that leaves the process), [`cache::policy`] (what may be stored),
 //!   [`cache::flight`] (single-flight), [`cache::vary`] (variants),
 //!   [`cache::credentials`] (who may see which entry)
 //! - [`upstream`]: pooled http/https client with timeouts

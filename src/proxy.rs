@@ -406,7 +406,8 @@ impl Proxy {
         } else {
             parts.method.clone()
         };
-        let credential = credential_digest(&parts.headers, &config.cache.credential_headers);
+        let credential = credential_digest(&parts.headers, &config.cache.credential_headers)
+            .map(|digest| self.store.scope_credential(digest));
         let mut base = self
             .key_memo
             .key(&method, parts.uri.path(), parts.uri.query(), &body);

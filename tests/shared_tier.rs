@@ -345,3 +345,140 @@ async fn a_cluster_shares_entries_and_invalidations_without_crossslot_errors() {
     let errors = b.stats().await["redis"]["l2_errors"].as_u64().unwrap();
     assert_eq!(errors, 0, "no CROSSSLOT or other error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentialed_entries_are_shared_under_a_secret_kept_in_redis() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let a = replica(&origin, &redis.url(), "").await;
+    let b = replica(&origin, &redis.url(), "").await;
+    let client = Client::new();
+    let mut conn = redis.connection().await;
+    let secret: Option<String> = redis::cmd("GET")
+        .arg("dashcache:secret:{dashcache}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        secret.is_some_and(|s| s.len() >= 32),
+        "generated once, kept in redis"
+    );
+    let alice = [
+        ("authorization", "Bearer alice"),
+        ("content-type", "application/json"),
+    ];
+    let bob = [
+        ("authorization", "Bearer bob"),
+        ("content-type", "application/json"),
+    ];
+    let url_a = a.url("/api/metrics");
+    let url_b = b.url("/api/metrics");
+    let post = http::Method::POST;
+    let miss = client.send(post.clone(), &url_a, &alice, VALE).await;
+    assert_eq!(miss.x_cache(), "MISS");
+    let hit = client.send(post.clone(), &url_b, &alice, VALE).await;
+    assert_eq!(hit.x_cache(), "HIT", "same credential, other replica");
+    let other = client.send(post, &url_b, &bob, VALE).await;
+    assert_eq!(other.x_cache(), "MISS", "never another user's entry");
+    assert_eq!(origin.total(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_invalidation_heals_within_the_l1_lifetime() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let a = replica(&origin, &redis.url(), "l1_ttl = \"300ms\"").await;
+    let client = Client::new();
+    metrics(&client, &a, VALE).await;
+    assert_eq!(metrics(&client, &a, VALE).await.x_cache(), "HIT");
+    // Removed behind the replicas' backs: no message on the events channel.
+    let mut conn = redis.connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("dashcache:entry:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + support::PATIENCE;
+    loop {
+        if metrics(&client, &a, VALE).await.x_cache() == "MISS" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the memory copy outlived l1_ttl");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(origin.count("/api/metrics"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_on_one_replica_updates_what_the_other_serves() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let a = replica(&origin, &redis.url(), "").await;
+    let b = replica(&origin, &redis.url(), "").await;
+    let client = Client::new();
+    let first = metrics(&client, &a, VALE).await;
+    assert_eq!(metrics(&client, &a, VALE).await.x_cache(), "HIT");
+    let answer = client
+        .post(&b.url("/api/cache/refresh?pattern=Vale"), "")
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text());
+    assert_eq!(
+        answer.json()["keys_scheduled"],
+        1,
+        "B refreshes the entry A stored"
+    );
+    origin.wait_for_total(2).await;
+    let deadline = Instant::now() + support::PATIENCE;
+    loop {
+        let reply = metrics(&client, &a, VALE).await;
+        assert_eq!(reply.x_cache(), "HIT", "never a miss during a refresh");
+        if reply.header("x-origin-serial") != first.header("x-origin-serial") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A kept serving the old answer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(origin.total(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_speak_tls() {
+    let ca = support::TestCa::new("redis");
+    let issued = ca.issue("redis");
+    let redis = RedisServer::start_tls(&issued.cert_file, &issued.key_file, &ca.cert_file);
+    let origin = Origin::start().await;
+    let url = format!("rediss://localhost:{}", redis.port);
+    // The replicas trust the test CA the way an operator's system would.
+    let trust = [("SSL_CERT_FILE", ca.cert_file.to_str().unwrap())];
+    let a = DashcacheProcess::start_with_env(&origin.url(), &toml(&url, ""), &trust);
+    let b = DashcacheProcess::start_with_env(&origin.url(), &toml(&url, ""), &trust);
+    let client = Client::new();
+    let deadline = Instant::now() + support::PATIENCE;
+    for replica in [&a, &b] {
+        loop {
+            let stats = client.get(&replica.url("/api/cache/stats")).await.json();
+            if stats["cache"]["redis"]["state"] == "up"
+                && stats["cache"]["redis"]["listening"] == true
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no TLS session with redis: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let first = client.post(&a.url("/api/metrics"), VALE).await;
+    assert_eq!(first.x_cache(), "MISS");
+    assert_eq!(
+        client.post(&b.url("/api/metrics"), VALE).await.x_cache(),
+        "HIT"
+    );
+    assert_eq!(origin.total(), 1);
+}

@@ -1,6 +1,8 @@
-//! The cache proper: keys, the bounded store, the storage policy,
-//! single-flight coalescing of misses, and the entry encoding that leaves
-//! the process (Redis values, the snapshot file).
+//! The cache proper: keys, the storage seam (the bounded in-memory store,
+//! alone or in front of a shared Redis tier), the storage policy,
+//! single-flight coalescing of misses (in-process, and across replicas with
+//! a lock in Redis), and the entry encoding that leaves the process (Redis
+//! values, the snapshot file).
 
 pub mod codec;
 pub mod credentials;

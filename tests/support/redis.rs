@@ -23,6 +23,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// Serves TLS only (on `port`): readiness is a TCP connect.
+    tls: bool,
 }
 
 impl RedisServer {
@@ -37,6 +39,34 @@ impl RedisServer {
             child: None,
             dir: tempfile::tempdir().expect("temp dir for redis"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            tls: false,
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts one that speaks TLS only, with `cert`/`key` (rediss://).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Self {
+        let port = free_port();
+        let mut server = Self {
+            port,
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir for redis"),
+            extra: vec![
+                "--tls-port".into(),
+                port.to_string(),
+                "--port".into(),
+                "0".into(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            tls: true,
         };
         server.launch();
         server
@@ -55,7 +85,11 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is installed (apt-get install redis-server)");
         self.child = Some(child);
-        wait_for_pong(self.port, self.extra.iter().any(|a| a == "--requirepass"));
+        if self.tls {
+            wait_for_listener(self.port);
+        } else {
+            wait_for_pong(self.port, self.extra.iter().any(|a| a == "--requirepass"));
+        }
     }
 
     pub fn url(&self) -> String {
@@ -111,6 +145,17 @@ fn wait_for_pong(port: u16, auth: bool) {
         assert!(
             Instant::now() < deadline,
             "redis-server on {port} never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_listener(port: u16) {
+    let deadline = Instant::now() + PATIENCE;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on {port} never listened"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -188,6 +233,11 @@ impl DashcacheProcess {
     /// Starts the binary in front of `upstream` with `toml`, and waits for
     /// its "dashcache listening" line.
     pub fn start(upstream: &str, toml: &str) -> Self {
+        Self::start_with_env(upstream, toml, &[])
+    }
+
+    /// Like [`DashcacheProcess::start`], with environment variables set.
+    pub fn start_with_env(upstream: &str, toml: &str, env: &[(&str, &str)]) -> Self {
         let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         config.write_all(toml.as_bytes()).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_dashcache"))
@@ -195,6 +245,7 @@ impl DashcacheProcess {
             .arg(config.path())
             .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
             .env_clear()
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

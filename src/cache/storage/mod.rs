@@ -83,6 +83,16 @@ impl Storage {
         }
     }
 
+    /// The credential part of a key: as computed in memory alone; keyed with
+    /// the shared secret when keys leave the process, so nothing in Redis
+    /// lets a reader confirm a guessed token.
+    pub fn scope_credential(&self, digest: [u8; 16]) -> [u8; 16] {
+        match self {
+            Self::Memory(_) => digest,
+            Self::Tiered(tiered) => tiered.l2.scope_credential(&digest),
+        }
+    }
+
     /// What the storage holds for `key` now.
     pub async fn lookup(&self, key: &CacheKey, now: Instant) -> Lookup {
         match self {
@@ -220,18 +230,16 @@ impl Tiered {
             return local;
         }
         match self.l2.get(key).await {
-            Ok(Some(entry)) => {
+            Ok(Some(entry)) if now < entry.keep_until() => {
                 let entry = Arc::new(entry);
                 self.admit(&entry, now);
                 if entry.is_fresh(now) {
                     Lookup::Fresh(entry)
-                } else if now < entry.keep_until() {
-                    Lookup::Stale(entry)
                 } else {
-                    Lookup::Miss
+                    Lookup::Stale(entry)
                 }
             }
-            Ok(None) => {
+            Ok(_) => {
                 // Gone from the shared tier (invalidated, expired, evicted).
                 self.l1.remove(key);
                 Lookup::Miss

@@ -20,10 +20,12 @@
 //! and is a miss.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use hmac::{Hmac, Mac};
+use md5::Md5;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
@@ -152,11 +154,16 @@ pub struct RedisTier {
     pub counters: L2Counters,
     /// Fill-lock waiters on this replica, woken by the events listener.
     pub(crate) wakers: super::events::Wakers,
+    /// Key of the credential digest: `redis.key_secret`, else the one kept
+    /// in Redis once read (a random local one until then, so credentialed
+    /// entries are not shared before every replica agrees on it).
+    secret: ArcSwap<Vec<u8>>,
+    /// Whether `secret` is the shared one (configured, or read from Redis).
+    secret_shared: AtomicBool,
     /// Whether the events listener is subscribed now.
     pub(crate) listening: AtomicBool,
     /// When the tier was last seen down (for stats), as unix ms; 0 never.
     down_since_ms: AtomicU64,
-    started: Mutex<Option<Instant>>,
 }
 
 impl RedisTier {
@@ -185,7 +192,11 @@ impl RedisTier {
             wakers: super::events::Wakers::default(),
             down_since_ms: AtomicU64::new(0),
             listening: AtomicBool::new(false),
-            started: Mutex::new(None),
+            secret: ArcSwap::from_pointee(config.key_secret.as_ref().map_or_else(
+                || random_hex::<32>().into_bytes(),
+                |s| s.as_bytes().to_vec(),
+            )),
+            secret_shared: AtomicBool::new(config.key_secret.is_some()),
             config,
         })
     }
@@ -196,6 +207,32 @@ impl RedisTier {
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// HMAC-MD5 of a credential digest under the shared secret.
+    pub fn scope_credential(&self, digest: &[u8; 16]) -> [u8; 16] {
+        let secret = self.secret.load();
+        let mut mac =
+            <Hmac<Md5> as Mac>::new_from_slice(&secret).expect("HMAC takes keys of any length");
+        mac.update(digest);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Reads (or creates) the shared secret once Redis answers.
+    async fn load_secret(&self) {
+        if self.secret_shared.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.shared_secret().await {
+            Ok(secret) => {
+                self.secret.store(Arc::new(secret));
+                self.secret_shared.store(true, Ordering::Relaxed);
+                info!("credential digest key read from redis; credentialed entries are shared");
+            }
+            Err(err) => {
+                warn!(error = %error_chain(&err), "credential digest key not read from redis; credentialed entries stay local")
+            }
+        }
     }
 
     pub fn is_listening(&self) -> bool {
@@ -320,7 +357,6 @@ impl RedisTier {
     /// down with one log line each. Runs until the tier is dropped.
     pub fn spawn_health(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        *self.started.lock().expect("health start poisoned") = Some(Instant::now());
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(50);
             let mut logged_unreachable = false;
@@ -330,6 +366,7 @@ impl RedisTier {
                 match &healthy {
                     Ok(()) => {
                         tier.mark_up();
+                        tier.load_secret().await;
                         backoff = Duration::from_millis(50);
                         logged_unreachable = false;
                     }
@@ -671,6 +708,30 @@ mod tests {
         assert_eq!(tag(&entry), key.to_string());
         assert_eq!(tag(&entry), tag(&lock));
         assert_eq!(tier.index_key(), "app:index:{app}");
+    }
+
+    #[tokio::test]
+    async fn credential_digests_are_keyed_by_the_secret() {
+        let mut config = tier("app").config.clone();
+        config.key_secret = Some("a-secret-of-sixteen+".into());
+        let one = RedisTier::new(config.clone(), 1 << 20).unwrap();
+        let same = RedisTier::new(config.clone(), 1 << 20).unwrap();
+        config.key_secret = Some("another-secret-16+".into());
+        let other = RedisTier::new(config, 1 << 20).unwrap();
+        let digest = [9u8; 16];
+        assert_eq!(
+            one.scope_credential(&digest),
+            same.scope_credential(&digest)
+        );
+        assert_ne!(
+            one.scope_credential(&digest),
+            other.scope_credential(&digest)
+        );
+        assert_ne!(
+            one.scope_credential(&digest),
+            digest,
+            "never the bare digest"
+        );
     }
 
     #[tokio::test]
