@@ -20,7 +20,9 @@
 //!   [`cache::lock`] (cross-replica fill lock), [`cache::codec`] (entry
 //!   encoding that leaves the process), [`cache::policy`] (what may be stored),
 //!   [`cache::flight`] (single-flight), [`cache::vary`] (variants),
-//!   [`cache::credentials`] (who may see which entry)
+//!   [`cache::credentials`] (who may see which entry), [`cache::codec`]
+//!   (the entry encoding that leaves the process), [`cache::snapshot`]
+//!   (the store across a restart)
 //! - [`upstream`]: pooled http/https client with timeouts
 //! - [`headers`]: hop-by-hop and forwarding header rules
 //! - [`body`]: response body types, bounded upstream reads

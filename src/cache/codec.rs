@@ -159,23 +159,15 @@ impl DecodeError {
 pub fn encode(entry: &Entry, clock: &Clock) -> Vec<u8> {
     let mut out = Vec::with_capacity(entry.size() as usize + 64);
     out.push(VERSION);
-    field(&mut out, tag::KEY, |b| {
-        b.extend_from_slice(entry.key.as_bytes())
-    });
-    field(&mut out, tag::BASE, |b| {
-        b.extend_from_slice(entry.base.as_bytes())
-    });
+    raw_field(&mut out, tag::KEY, entry.key.as_bytes());
+    raw_field(&mut out, tag::BASE, entry.base.as_bytes());
     field(&mut out, tag::STATUS, |b| {
         put_uint(b, u64::from(entry.status.as_u16()))
     });
     field(&mut out, tag::HEADERS, |b| put_headers(b, &entry.headers));
-    field(&mut out, tag::BODY, |b| b.extend_from_slice(&entry.body));
-    field(&mut out, tag::ROUTE, |b| {
-        b.extend_from_slice(entry.route.as_bytes())
-    });
-    field(&mut out, tag::DESCRIPTION, |b| {
-        b.extend_from_slice(entry.description.as_bytes())
-    });
+    raw_field(&mut out, tag::BODY, &entry.body);
+    raw_field(&mut out, tag::ROUTE, entry.route.as_bytes());
+    raw_field(&mut out, tag::DESCRIPTION, entry.description.as_bytes());
     field(&mut out, tag::STORED_AT, |b| {
         put_uint(b, clock.unix_ms(entry.stored_at))
     });
@@ -477,6 +469,13 @@ fn read_replay(payload: &[u8]) -> Result<Replay, DecodeError> {
 
 fn millis(span: Duration) -> u64 {
     u64::try_from(span.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Appends one field whose payload is `bytes` as they are (no copy through
+/// a scratch buffer: the body is most of an entry).
+fn raw_field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(tag);
+    put_bytes(out, bytes);
 }
 
 /// Appends one field: tag, payload length, payload.
@@ -868,6 +867,35 @@ mod tests {
         assert_eq!(
             decode(&without, &clock).unwrap_err(),
             DecodeError::Invalid("header name")
+        );
+    }
+
+    /// Measurement, not a check (`docs/scaling-codec` figures):
+    /// `cargo test --release --lib codec_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement; run in release with --ignored --nocapture"]
+    fn codec_speed_on_a_20_kb_json_body() {
+        let clock = clock();
+        let mut entry = sample(&clock);
+        entry.body = Bytes::from_static(include_bytes!("../../tests/fixtures/dashboard_20kb.json"));
+        let rounds: u32 = 20_000;
+        let started = Instant::now();
+        let mut bytes = Vec::new();
+        for _ in 0..rounds {
+            bytes = std::hint::black_box(encode(std::hint::black_box(&entry), &clock));
+        }
+        let encode_time = started.elapsed() / rounds;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(decode(std::hint::black_box(&bytes), &clock).unwrap());
+        }
+        let decode_time = started.elapsed() / rounds;
+        println!(
+            "body {} B, encoded {} B, encode {:?}, decode {:?}",
+            entry.body.len(),
+            bytes.len(),
+            encode_time,
+            decode_time
         );
     }
 

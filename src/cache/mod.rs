@@ -11,6 +11,7 @@ pub mod key;
 pub mod lock;
 pub mod policy;
 pub mod replay;
+pub mod snapshot;
 pub mod stale;
 pub mod storage;
 pub mod store;

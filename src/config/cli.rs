@@ -149,6 +149,9 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub redis_key_secret: Option<String>,
+    /// Write the cache to this file on shutdown and load it at start.
+    #[arg(long, value_name = "FILE", env = "DASHCACHE_SNAPSHOT_FILE")]
+    pub snapshot_file: Option<PathBuf>,
 
     /// Validate the configuration and exit.
     #[arg(long)]
