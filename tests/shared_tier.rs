@@ -220,6 +220,10 @@ async fn redis_dying_mid_traffic_causes_no_error_and_sharing_resumes_when_it_ret
     assert!(slowest < Duration::from_secs(2), "slowest {slowest:?}");
     let stats = a.stats().await;
     assert_eq!(stats["redis"]["state"], "down");
+    // An admin call that cannot reach the shared tier says so.
+    let cleared = client.post(&a.url("/api/cache/clear"), "").await;
+    assert_eq!(cleared.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(cleared.error_message().contains("shared cache tier"));
 
     redis.restart();
     let (ta, tb) = (
