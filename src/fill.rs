@@ -206,7 +206,17 @@ async fn shared_lock(
     loop {
         let wait = timeout.saturating_sub(started.elapsed());
         let status = match lock::acquire(tier, key, wait).await {
-            Acquire::Held(lease) => return Ok(Some(lease)),
+            Acquire::Held(lease) => {
+                // Another replica may have stored the key and released the
+                // lock between our lookup and our taking it: look once more.
+                if let Lookup::Fresh(entry) = proxy.store.lookup(&key, Instant::now()).await {
+                    if !plan.refresh || entry.stored_at >= started {
+                        lease.release(true).await;
+                        return Err(FillOutcome::Stored(entry));
+                    }
+                }
+                return Ok(Some(lease));
+            }
             Acquire::Unavailable(err) => {
                 debug!(key = %key.short(), error = err.as_str(), "no shared fill lock; filling alone");
                 return Ok(None);

@@ -17,6 +17,7 @@
 //! shared entries), then this L1, then the events channel tells the other
 //! replicas' L1 (`events.rs`).
 
+mod connection;
 pub mod events;
 pub mod figures;
 pub mod redis;
