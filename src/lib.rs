@@ -6,7 +6,10 @@
 //! - [`server`]: listeners (main, admin), connection limits, HTTP/1 + HTTP/2,
 //!   graceful shutdown, expiry purge
 //! - [`tls`]: TLS termination (rustls, ALPN h2/http1.1), certificate reload
-//! - [`framing`]: refuses HTTP/1 requests with both Content-Length and Transfer-Encoding
+//! - [`client_io`]: a client connection's bytes: framing followed in place,
+//!   request body and answer write deadlines
+//! - [`framing`]: HTTP/1 request framing (refuses Content-Length with Transfer-Encoding)
+//! - [`admission`]: Host rules and the framing refusal, before the pipeline
 //! - [`admin`]: `/api/cache/*` (stats, metrics, health, keys, clear,
 //!   invalidate, the status page), answered locally
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
@@ -31,8 +34,10 @@
 //! - [`error`]: the request path's error enum and its HTTP mapping
 
 pub mod admin;
+pub mod admission;
 pub mod body;
 pub mod cache;
+pub mod client_io;
 pub mod config;
 pub mod error;
 mod fill;

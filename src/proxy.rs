@@ -29,6 +29,7 @@ use hyper::body::Incoming;
 use tracing::{info, warn};
 
 use crate::admin;
+use crate::admission;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::cache::credentials::{credential_digest, Grants};
 use crate::cache::flight::{FillOutcome, Flights, Join};
@@ -37,7 +38,6 @@ use crate::cache::vary::{variant_key, VaryIndex};
 use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, Storage, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::framing::FRAMING_CONFLICT;
 use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
@@ -180,8 +180,7 @@ impl Proxy {
         let started = Instant::now();
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let served = if request.headers().contains_key(FRAMING_CONFLICT) {
-            let err = ProxyError::FramingConflict;
+        let served = if let Some(err) = admission::refusal(&request) {
             warn!(client = %client.addr.ip(), path = uri.path(), error = %err.message(), "request refused");
             Served {
                 response: respond::error(&err),
@@ -281,6 +280,12 @@ impl Proxy {
                 let err = ProxyError::BodyTooLarge {
                     limit: config.max_body_bytes as usize,
                 };
+                warn!(error = %err.message(), "request body rejected");
+                respond::error(&err)
+            }
+            // So does a client too slow to send it (body_read_timeout).
+            Err(err) if crate::client_io::is_body_timeout(&err) => {
+                let err = ProxyError::client_body(Box::new(err));
                 warn!(error = %err.message(), "request body rejected");
                 respond::error(&err)
             }
@@ -529,7 +534,7 @@ async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<By
         Err(source) if source.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge { limit })
         }
-        Err(source) => Err(ProxyError::ClientBody { source }),
+        Err(source) => Err(ProxyError::client_body(source)),
     }
 }
 

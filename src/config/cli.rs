@@ -93,6 +93,40 @@ pub struct Cli {
     #[arg(long, value_name = "N", env = "DASHCACHE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Longest wait for request body bytes; 408 beyond.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_BODY_READ_TIMEOUT", value_parser = parse_duration)]
+    pub body_read_timeout: Option<Duration>,
+
+    /// Bytes per second a request body must average after its first
+    /// body_read_timeout ("1KiB"); 0 turns the rate off.
+    #[arg(long, value_name = "SIZE", env = "DASHCACHE_BODY_MIN_RATE")]
+    pub body_min_rate: Option<ByteSize>,
+
+    /// Longest a client may leave its answer unread before the connection is closed.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_SEND_TIMEOUT", value_parser = parse_duration)]
+    pub send_timeout: Option<Duration>,
+
+    /// HTTP/2 PING period, to find dead peers.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_HTTP2_KEEP_ALIVE_INTERVAL", value_parser = parse_duration)]
+    pub http2_keep_alive_interval: Option<Duration>,
+
+    /// How long an HTTP/2 PING may stay unanswered before the connection is closed.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_HTTP2_KEEP_ALIVE_TIMEOUT", value_parser = parse_duration)]
+    pub http2_keep_alive_timeout: Option<Duration>,
+
+    /// Requests one HTTP/2 connection may have open at once.
+    #[arg(long, value_name = "N", env = "DASHCACHE_HTTP2_MAX_CONCURRENT_STREAMS")]
+    pub http2_max_concurrent_streams: Option<u32>,
+
+    /// HTTP/2 streams a client may open and reset before they are served;
+    /// beyond, the connection is closed.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DASHCACHE_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS"
+    )]
+    pub http2_max_pending_accept_reset_streams: Option<usize>,
+
     /// Bearer token required by the admin API's mutations.
     #[arg(
         long,

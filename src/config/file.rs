@@ -118,6 +118,14 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http2_max_concurrent_streams: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_read_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_min_rate: Option<FileSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_max_pending_accept_reset_streams: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     #[serde(default)]
     pub cache: FileCache,

@@ -64,6 +64,16 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Longest wait for request body bytes (nginx's `client_body_timeout`).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes per second a request body must average after its first
+/// `body_read_timeout` (Apache's `MinRate` is 500).
+pub const DEFAULT_BODY_MIN_RATE: u64 = 1024;
+/// Longest a client may leave its answer unread (nginx's `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 streams a client may open and reset before the server has
+/// accepted them (h2's default; the rapid-reset bound).
+pub const DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// hyper's HTTP/1 read buffer cannot be smaller than this.
 pub const MIN_MAX_HEADER_BYTES: u64 = 8 * 1024;
 /// HTTP/2 carries the header list limit in a 32-bit setting; far below that,
@@ -189,6 +199,17 @@ pub struct Limits {
     pub http2_keep_alive_timeout: Duration,
     /// Requests one HTTP/2 connection may have open at once.
     pub http2_max_concurrent_streams: u32,
+    /// Longest wait for request body bytes (HTTP/1), answered 408 beyond.
+    pub body_read_timeout: Duration,
+    /// Bytes per second a request body must average past its first
+    /// `body_read_timeout`; 0 turns the rate off.
+    pub body_min_rate: u64,
+    /// Longest a write to the client may make no progress before the
+    /// connection is closed.
+    pub send_timeout: Duration,
+    /// HTTP/2 streams opened and reset by the client before being served;
+    /// past it the connection is closed (GOAWAY).
+    pub http2_max_pending_accept_reset_streams: usize,
 }
 
 /// The validated configuration every other module reads.

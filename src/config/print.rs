@@ -19,6 +19,12 @@ impl Config {
             http2_keep_alive_interval: Some(FileDuration(limits.http2_keep_alive_interval)),
             http2_keep_alive_timeout: Some(FileDuration(limits.http2_keep_alive_timeout)),
             http2_max_concurrent_streams: Some(limits.http2_max_concurrent_streams),
+            body_read_timeout: Some(FileDuration(limits.body_read_timeout)),
+            body_min_rate: Some(FileSize(limits.body_min_rate)),
+            send_timeout: Some(FileDuration(limits.send_timeout)),
+            http2_max_pending_accept_reset_streams: Some(
+                limits.http2_max_pending_accept_reset_streams,
+            ),
             log_format: Some(self.log_format),
             upstream: Some(self.upstream.display()),
             upstream_ca_file: self.upstream.ca_file.clone(),
