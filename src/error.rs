@@ -98,6 +98,9 @@ pub enum ProxyError {
 
     #[error("no admin endpoint at {path}")]
     AdminNotFound { path: String },
+
+    #[error("the shared cache tier (redis) cannot be reached; nothing was changed there")]
+    SharedTierUnavailable,
 }
 
 /// What is wrong with a request's `Host` (see `admission.rs`).
@@ -155,6 +158,7 @@ impl ProxyError {
             Self::AdminForbidden { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::AdminNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::SharedTierUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -179,6 +183,7 @@ impl ProxyError {
             Self::AdminForbidden { .. } => "admin-forbidden",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::AdminNotFound { .. } => "admin-not-found",
+            Self::SharedTierUnavailable => "shared-tier-unavailable",
         }
     }
 
@@ -211,6 +216,9 @@ impl ProxyError {
                 Cow::Borrowed("timed out waiting for the upstream answer (lock_timeout)")
             }
             Self::ClientBody { .. } => Cow::Borrowed("request body could not be read"),
+            Self::SharedTierUnavailable => {
+                Cow::Borrowed("shared cache tier unavailable; nothing was changed")
+            }
             Self::BodyTooLarge { .. }
             | Self::ClientBodyTimeout { .. }
             | Self::InvalidHost { .. }

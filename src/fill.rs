@@ -15,16 +15,17 @@ use bytes::Bytes;
 use http::header::{HeaderName, CONTENT_LENGTH, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, Request, Response, StatusCode};
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::body::{collect_limited, Collected, ProxyBody, UpstreamBody, UpstreamStalled};
 use crate::cache::flight::{BufferedAnswer, FillGuard, FillOutcome};
+use crate::cache::lock::{self, Acquire, Lease, LockStatus};
 use crate::cache::policy::{self, NotStorable, Storable, StoreRules};
 use crate::cache::replay::Replay;
 use crate::cache::stale::{StaleReason, StaleWindows};
 use crate::cache::store::Refused;
 use crate::cache::vary::{variant_key, vary_names};
-use crate::cache::{CacheKey, Entry};
+use crate::cache::{CacheKey, Entry, Lookup};
 use crate::config::CacheConfig;
 use crate::error::ProxyError;
 use crate::headers;
@@ -55,6 +56,8 @@ pub(crate) struct FillPlan {
     /// The stored entry whose validators the upstream request carries: a
     /// `304` freshens it instead of replacing it (RFC 9111 §4.3.4).
     pub revalidating: Option<Arc<Entry>>,
+    /// A refresh: an entry stored before the fill started does not answer it.
+    pub refresh: bool,
 }
 
 /// What the fill hands the leader.
@@ -81,6 +84,16 @@ pub(crate) async fn run(
 ) {
     let key = guard.key();
     let started = Instant::now();
+    let lease = match shared_lock(&proxy, key, &plan, started).await {
+        Ok(lease) => lease,
+        Err(outcome) => {
+            let _ = leader.send(LeaderAnswer::Outcome(
+                guard.publish(outcome),
+                HeaderMap::new(),
+            ));
+            return;
+        }
+    };
     let generation = proxy.store.generation();
     Metrics::bump(&proxy.metrics.upstream_requests);
     let sent = proxy.upstream.send(request).await;
@@ -97,6 +110,7 @@ pub(crate) async fn run(
             warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream request failed");
             let outcome =
                 stale_instead(&proxy, &plan, key, StaleReason::UpstreamError(err.as_str()))
+                    .await
                     .unwrap_or(FillOutcome::Failed(err));
             let _ = leader.send(LeaderAnswer::Outcome(
                 guard.publish(outcome),
@@ -107,7 +121,7 @@ pub(crate) async fn run(
     };
     if response.status().is_server_error() {
         let reason = StaleReason::UpstreamStatus(response.status());
-        if let Some(outcome) = stale_instead(&proxy, &plan, key, reason) {
+        if let Some(outcome) = stale_instead(&proxy, &plan, key, reason).await {
             // The error's body is dropped unread: a stale answer replaces it.
             let _ = leader.send(LeaderAnswer::Outcome(
                 guard.publish(outcome),
@@ -124,8 +138,12 @@ pub(crate) async fn run(
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(stored) = plan.revalidating.clone() {
             let (outcome, own) =
-                freshen(&proxy, &stored, &parts.headers, plan, started, generation);
+                freshen(&proxy, &stored, &parts.headers, plan, started, generation).await;
+            let stored = matches!(outcome, FillOutcome::Stored(_));
             let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome), own));
+            if let Some(lease) = lease {
+                lease.release(stored).await;
+            }
             return;
         }
     }
@@ -159,6 +177,7 @@ pub(crate) async fn run(
         }
     }
 
+    let mut own = HeaderMap::new();
     let outcome = match collect_limited(body, proxy.store.max_entry_bytes()).await {
         Err(source) => {
             Metrics::bump(&proxy.metrics.upstream_errors);
@@ -173,6 +192,7 @@ pub(crate) async fn run(
             };
             warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "upstream body failed; nothing stored");
             stale_instead(&proxy, &plan, key, StaleReason::UpstreamError(err.as_str()))
+                .await
                 .unwrap_or(FillOutcome::Failed(err))
         }
         Ok(Collected::TooLarge(body)) => {
@@ -195,10 +215,8 @@ pub(crate) async fn run(
         Ok(Collected::Complete(bytes)) => match verdict {
             Ok(storable) => {
                 let mut parts = parts;
-                let own = leader_only(&mut parts.headers, &storable.strip);
-                let outcome = store(&proxy, parts, bytes, storable, plan, started, generation);
-                let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome), own));
-                return;
+                own = leader_only(&mut parts.headers, &storable.strip);
+                store(&proxy, parts, bytes, storable, plan, started, generation).await
             }
             Err(reason) => {
                 not_stored(&proxy, &plan.route, key, reason, parts.status);
@@ -211,15 +229,68 @@ pub(crate) async fn run(
             }
         },
     };
-    let _ = leader.send(LeaderAnswer::Outcome(
-        guard.publish(outcome),
-        HeaderMap::new(),
-    ));
+    let stored = matches!(outcome, FillOutcome::Stored(_));
+    let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome), own));
+    if let Some(lease) = lease {
+        lease.release(stored).await;
+    }
+}
+
+/// With a shared tier, takes the key's cross-replica fill lock; while
+/// another replica holds it, waits for its news and looks the key up again.
+/// `Err` is the outcome that ends this fill without an upstream request: the
+/// entry another replica stored, or (past `lock_timeout`) a stale entry or
+/// `LockTimeout`. Redis unreachable: no lock, as without Redis.
+async fn shared_lock(
+    proxy: &Proxy,
+    key: CacheKey,
+    plan: &FillPlan,
+    started: Instant,
+) -> Result<Option<Lease>, FillOutcome> {
+    let Some(tier) = proxy.store.shared() else {
+        return Ok(None);
+    };
+    let timeout = proxy.config().cache.lock_timeout;
+    loop {
+        let wait = timeout.saturating_sub(started.elapsed());
+        let status = match lock::acquire(tier, key, wait).await {
+            Acquire::Held(lease) => {
+                // Another replica may have stored the key and released the
+                // lock between our lookup and our taking it: look once more.
+                if let Lookup::Fresh(entry) = proxy.store.lookup(&key, Instant::now()).await {
+                    if !plan.refresh || entry.stored_at >= started {
+                        lease.release(true).await;
+                        return Err(FillOutcome::Stored(entry));
+                    }
+                }
+                return Ok(Some(lease));
+            }
+            Acquire::Unavailable(err) => {
+                debug!(key = %key.short(), error = err.as_str(), "no shared fill lock; filling alone");
+                return Ok(None);
+            }
+            Acquire::Waited(status) => status,
+        };
+        if let Lookup::Fresh(entry) = proxy.store.lookup(&key, Instant::now()).await {
+            if !plan.refresh || entry.stored_at >= started {
+                info!(route = &*plan.route, key = %key.short(), status = status.as_str(), "filled by another replica");
+                return Err(FillOutcome::Stored(entry));
+            }
+        }
+        if status == LockStatus::TimedOut {
+            let err = ProxyError::LockTimeout { timeout };
+            warn!(route = &*plan.route, key = %key.short(), error = %err.message(), "another replica's fill outlived lock_timeout");
+            return Err(stale_instead(proxy, plan, key, StaleReason::LockTimeout)
+                .await
+                .unwrap_or(FillOutcome::Failed(err)));
+        }
+        debug!(key = %key.short(), status = status.as_str(), "fill lock free again; taking it");
+    }
 }
 
 /// The stale entry that answers for a failed fill, if the key has one
 /// inside its `stale-if-error` window.
-fn stale_instead(
+async fn stale_instead(
     proxy: &Proxy,
     plan: &FillPlan,
     key: CacheKey,
@@ -228,7 +299,7 @@ fn stale_instead(
     if !plan.serve_stale {
         return None;
     }
-    let entry = proxy.store.stale_if_error(&key, Instant::now())?;
+    let entry = proxy.store.stale_if_error(&key, Instant::now()).await?;
     if matches!(reason, StaleReason::UpstreamStatus(_)) && entry.status.is_server_error() {
         // A stored 5xx is no better than the new one (RFC 9111 §4.2.4).
         return None;
@@ -281,7 +352,7 @@ fn leader_only(headers: &mut HeaderMap, strip: &[HeaderName]) -> HeaderMap {
     own
 }
 
-fn store(
+async fn store(
     proxy: &Proxy,
     parts: http::response::Parts,
     body: Bytes,
@@ -315,13 +386,13 @@ fn store(
         hits: std::sync::atomic::AtomicU64::new(0),
         replay: plan.replay,
     });
-    insert(proxy, entry, generation, storable.ttl)
+    insert(proxy, entry, generation, storable.ttl).await
 }
 
 /// A `304` answered the fill's conditional request: the stored entry's
 /// headers are updated with the 304's (all but `Content-Length`, RFC 9111
 /// §3.2 and §4.3.4), its freshness computed again, and its body kept.
-fn freshen(
+async fn freshen(
     proxy: &Proxy,
     stored: &Arc<Entry>,
     update: &HeaderMap,
@@ -355,7 +426,7 @@ fn freshen(
             // The merged answer may no longer be kept (a new `no-store`,
             // `private`, `Set-Cookie`…): it goes to the leader like any
             // unstorable answer, and to waiters only if impersonal.
-            proxy.store.remove_entry(stored);
+            proxy.store.remove_entry(stored).await;
             not_stored(proxy, &plan.route, stored.key, reason, stored.status);
             let answer = BufferedAnswer {
                 status: stored.status,
@@ -386,12 +457,12 @@ fn freshen(
         hits: std::sync::atomic::AtomicU64::new(0),
         replay: plan.replay,
     });
-    (insert(proxy, entry, generation, storable.ttl), own)
+    (insert(proxy, entry, generation, storable.ttl).await, own)
 }
 
-fn insert(proxy: &Proxy, entry: Arc<Entry>, generation: u64, ttl: Duration) -> FillOutcome {
+async fn insert(proxy: &Proxy, entry: Arc<Entry>, generation: u64, ttl: Duration) -> FillOutcome {
     let key = entry.key;
-    match proxy.store.insert(key, entry.clone(), generation) {
+    match proxy.store.insert(entry.clone(), generation).await {
         Ok(()) => {
             proxy.vary.record(entry.base, entry.vary.clone());
             Metrics::bump(&proxy.metrics.stored);

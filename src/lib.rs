@@ -20,9 +20,11 @@
 //! - [`reload`]: the running configuration, swapped whole on SIGHUP
 //! - [`routes`]: route table (name, TTL, cache on/off per path and method)
 //! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::key_rules`]
-//!   (per-route key rules), [`cache::volatile`] (suspected volatile fields), [`cache::store`]
-//!   (bounded store on quick_cache), [`cache::policy`] (what may be stored),
-//!   [`cache::flight`] (single-flight), [`cache::vary`] (variants),
+//!   (per-route key rules), [`cache::volatile`] (suspected volatile fields),
+//!   [`cache::storage`] (the storage seam: memory alone, or memory in front of
+//!   Redis shared by replicas), [`cache::store`] (bounded store on quick_cache),
+//!   [`cache::lock`] (cross-replica fill lock), [`cache::policy`] (what may be
+//!   stored), [`cache::flight`] (single-flight), [`cache::vary`] (variants),
 //!   [`cache::credentials`] (who may see which entry), [`cache::codec`]
 //!   (the entry encoding that leaves the process), [`cache::snapshot`]
 //!   (the store across a restart)

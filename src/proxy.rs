@@ -38,9 +38,10 @@ use crate::cache::invalidation::Invalidations;
 use crate::cache::key::key_with_headers;
 use crate::cache::key_rules::KeyRules;
 use crate::cache::policy::{self, Directives};
+use crate::cache::storage::RedisTier;
 use crate::cache::vary::{variant_key, VaryIndex};
 use crate::cache::volatile::VolatileDetector;
-use crate::cache::{CacheKey, Entry, KeyMemo, Lookup, Store};
+use crate::cache::{CacheKey, Entry, KeyMemo, Lookup, Storage, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, Validators};
@@ -71,7 +72,8 @@ pub struct ClientInfo {
 pub struct Proxy {
     /// The running configuration; swapped whole by a reload (`reload.rs`).
     live: LiveConfig,
-    pub store: Store,
+    /// Entries: memory alone, or memory in front of the shared Redis tier.
+    pub store: Storage,
     pub flights: Arc<Flights>,
     pub upstream: Upstream,
     pub metrics: Metrics,
@@ -145,7 +147,18 @@ impl Proxy {
     pub fn new(config: Config) -> Result<Self, UpstreamSetupError> {
         let upstream = Upstream::new(&config.upstream)?;
         let cache = &config.cache;
-        let store = Store::new(cache.maxsize, cache.max_bytes, cache.max_object_bytes);
+        let memory = Store::new(cache.maxsize, cache.max_bytes, cache.max_object_bytes);
+        let store = match &config.redis {
+            None => Storage::Memory(memory),
+            Some(redis) => match RedisTier::new(redis.clone(), memory.max_entry_bytes()) {
+                Ok(tier) => Storage::tiered(memory, tier),
+                Err(err) => {
+                    // Checked when the config was resolved; keep serving anyway.
+                    tracing::error!(error = %err, "redis tier not started; caching in memory only");
+                    Storage::Memory(memory)
+                }
+            },
+        };
         let side_capacity = (cache.maxsize * 4).min(1 << 20) as usize;
         Ok(Self {
             store,
@@ -404,7 +417,7 @@ impl Proxy {
         };
         if !wants_fresh {
             let now = Instant::now();
-            match self.lookup(&request.key, now) {
+            match self.lookup(&request.key, now).await {
                 Lookup::Fresh(entry) if acceptable(&entry, now) => {
                     return hit(&entry, &request.ask, route_name);
                 }
@@ -426,7 +439,7 @@ impl Proxy {
                 // A fill may have stored the key between our lookup and our join.
                 if !wants_fresh {
                     let now = Instant::now();
-                    if let Lookup::Fresh(entry) = self.lookup(&request.key, now) {
+                    if let Lookup::Fresh(entry) = self.lookup(&request.key, now).await {
                         if acceptable(&entry, now) {
                             guard.publish(FillOutcome::Stored(entry.clone()));
                             return hit(&entry, &request.ask, route_name);
@@ -460,7 +473,8 @@ impl Proxy {
         } else {
             parts.method.clone()
         };
-        let credential = credential_digest(&parts.headers, &config.cache.credential_headers);
+        let credential = credential_digest(&parts.headers, &config.cache.credential_headers)
+            .map(|digest| self.store.scope_credential(digest));
         let rules = route.map_or(KeyRules::none(), |r| &*r.key_rules);
         let (path, query) = (parts.uri.path(), parts.uri.query());
         let keyed = self.key_memo.keyed(&method, path, query, &body, rules);

@@ -24,7 +24,9 @@ use tracing::{debug, info, warn};
 
 use crate::body::ProxyBody;
 use crate::cache::flight::{FillOutcome, Join};
+use crate::cache::storage::L2Error;
 use crate::cache::Entry;
+use crate::error::ProxyError;
 use crate::fill::{self, FillPlan, LeaderAnswer};
 use crate::metrics::EventKind;
 use crate::proxy::{ClientInfo, Proxy};
@@ -138,8 +140,20 @@ struct RefreshAnswer<'a> {
 /// `POST /api/cache/refresh[?pattern=]` (authorised by the admin API):
 /// schedules the matching entries (all of them without a pattern) and
 /// answers 202 at once.
-pub fn accept(proxy: &Arc<Proxy>, pattern: Option<&str>) -> Response<ProxyBody> {
-    let scheduled = schedule(proxy, pattern.unwrap_or(""));
+pub async fn accept(
+    proxy: &Arc<Proxy>,
+    pattern: Option<&str>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let scheduled = match schedule(proxy, pattern.unwrap_or("")).await {
+        Ok(scheduled) => scheduled,
+        Err(err) => {
+            warn!(
+                error = err.as_str(),
+                "shared cache tier unreachable; refresh not scheduled"
+            );
+            return Err(ProxyError::SharedTierUnavailable);
+        }
+    };
     let message = match pattern {
         Some(p) => {
             format!("Refreshing {scheduled} cache keys matching pattern '{p}' in the background")
@@ -156,7 +170,7 @@ pub fn accept(proxy: &Arc<Proxy>, pattern: Option<&str>) -> Response<ProxyBody> 
         .history()
         .events
         .record(EventKind::RefreshStart, message.clone());
-    respond::json(
+    Ok(respond::json(
         StatusCode::ACCEPTED,
         &RefreshAnswer {
             status: "accepted",
@@ -164,18 +178,13 @@ pub fn accept(proxy: &Arc<Proxy>, pattern: Option<&str>) -> Response<ProxyBody> 
             pattern,
             message,
         },
-    )
+    ))
 }
 
-/// Schedules a refresh of every stored entry whose description contains
-/// `pattern` (every entry for ""); returns how many.
-pub fn schedule(proxy: &Arc<Proxy>, pattern: &str) -> usize {
-    let entries: Vec<Arc<Entry>> = proxy
-        .store
-        .entries()
-        .into_iter()
-        .filter(|e| e.description.contains(pattern))
-        .collect();
+/// Schedules a refresh of every stored entry (shared ones too) whose
+/// description contains `pattern` (every entry for ""); returns how many.
+pub async fn schedule(proxy: &Arc<Proxy>, pattern: &str) -> Result<usize, L2Error> {
+    let entries: Vec<Arc<Entry>> = proxy.store.list(pattern).await?;
     let count = entries.len();
     proxy
         .refresher
@@ -184,7 +193,7 @@ pub fn schedule(proxy: &Arc<Proxy>, pattern: &str) -> usize {
     for entry in entries {
         tokio::spawn(refresh_one(proxy.clone(), entry));
     }
-    count
+    Ok(count)
 }
 
 async fn refresh_one(proxy: Arc<Proxy>, entry: Arc<Entry>) {
@@ -203,12 +212,12 @@ async fn refresh_one(proxy: Arc<Proxy>, entry: Arc<Entry>) {
         }
         Refill::Unreplayable => {
             refresher.dropped.fetch_add(1, Ordering::Relaxed);
-            proxy.store.remove_entry(&entry);
+            proxy.store.remove_entry(&entry).await;
             info!(route = &*entry.route, key = %key, "entry fetched with credentials is not replayed; dropped instead of refreshed");
         }
         Refill::Failed(reason) => {
             refresher.failed.fetch_add(1, Ordering::Relaxed);
-            proxy.store.remove_entry(&entry);
+            proxy.store.remove_entry(&entry).await;
             warn!(route = &*entry.route, key = %key, reason, "refresh failed; entry dropped");
         }
     }
@@ -252,6 +261,7 @@ async fn refill(proxy: &Arc<Proxy>, entry: &Arc<Entry>) -> Refill {
         replay: Some(replay.clone()),
         // A refresh fetches the whole answer again, unconditionally.
         revalidating: None,
+        refresh: true,
     };
     let body = Either::Left(Full::new(replay.body.clone()));
     let upstream_request = proxy.upstream_request(parts, None, body, REFRESH_CLIENT);

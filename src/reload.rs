@@ -148,6 +148,7 @@ fn keep_fixed(running: &Config, new: &mut Config) -> Vec<&'static str> {
     );
     // The subscriber is installed once, before the runtime starts.
     keep("log_format", running.log_format != new.log_format);
+    keep("redis", running.redis != new.redis);
     let (r, n) = (&running.cache, &new.cache);
     keep("cache.maxsize", r.maxsize != n.maxsize);
     keep("cache.max_bytes", r.max_bytes != n.max_bytes);
@@ -169,6 +170,7 @@ fn keep_fixed(running: &Config, new: &mut Config) -> Vec<&'static str> {
     new.upstream = running.upstream.clone();
     new.shutdown_timeout = running.shutdown_timeout;
     new.log_format = running.log_format;
+    new.redis = running.redis.clone();
     new.cache.maxsize = r.maxsize;
     new.cache.max_bytes = r.max_bytes;
     new.cache.max_object_bytes = r.max_object_bytes;

@@ -137,7 +137,7 @@ impl Server {
         let proxy = Arc::new(Proxy::new(config)?);
         if let Some(path) = &proxy.config().cache.snapshot_file {
             snapshot::check_writable(path)?;
-            snapshot::restore(&proxy.store, &proxy.vary, path);
+            snapshot::restore(proxy.store.memory(), &proxy.vary, path);
         }
         let addr = proxy.config().listen;
         let main = TcpListener::bind(addr)
@@ -297,7 +297,7 @@ impl Server {
             () = tokio::time::sleep(timeout) => warn!("shutdown timeout reached; closing remaining connections"),
         }
         if let Some(path) = &config.cache.snapshot_file {
-            snapshot::save(&proxy.store, path);
+            snapshot::save(proxy.store.memory(), path);
         }
     }
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use crate::body::ProxyBody;
+use crate::cache::storage::figures::SharedFigures;
 use crate::proxy::Proxy;
 use crate::respond;
 
@@ -26,6 +27,9 @@ struct HealthAnswer {
     upstream: UpstreamHealth,
     cache: CacheHealth,
     uptime_seconds: u64,
+    /// The shared tier's state (`redis.state`: "up" or "down"), when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<SharedFigures>,
 }
 
 #[derive(Serialize)]
@@ -86,6 +90,7 @@ pub(super) async fn health(proxy: &Proxy, trusted: bool) -> Response<ProxyBody> 
                 size: proxy.store.census(Instant::now()).fresh,
             },
             uptime_seconds: proxy.metrics.snapshot().uptime.as_secs(),
+            redis: proxy.store.shared().map(|tier| SharedFigures::of(tier)),
         },
     )
 }

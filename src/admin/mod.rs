@@ -71,15 +71,26 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
         "/keys" => readable
             .and_then(|()| authorize(proxy, request.headers(), client, path))
             .and_then(|()| keys(proxy, request.uri().query())),
-        "/clear" => allow(&request, &[Method::POST], "POST")
+        "/clear" => match allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
-            .map(|()| clear(proxy)),
-        "/invalidate" => allow(&request, &[Method::POST], "POST")
+        {
+            Ok(()) => clear(proxy).await,
+            Err(err) => Err(err),
+        },
+        "/invalidate" => match allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
-            .and_then(|()| invalidate(proxy, request.uri().query())),
-        "/refresh" => allow(&request, &[Method::POST], "POST")
+        {
+            Ok(()) => invalidate(proxy, request.uri().query()).await,
+            Err(err) => Err(err),
+        },
+        "/refresh" => match allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
-            .map(|()| refresher::accept(proxy, query_pattern(request.uri().query()).as_deref())),
+        {
+            Ok(()) => {
+                refresher::accept(proxy, query_pattern(request.uri().query()).as_deref()).await
+            }
+            Err(err) => Err(err),
+        },
         _ => Err(ProxyError::AdminNotFound {
             path: path.to_owned(),
         }),

@@ -4,10 +4,11 @@
 
 use http::{Response, StatusCode};
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::query_pattern;
 use crate::body::ProxyBody;
+use crate::cache::storage::L2Error;
 use crate::error::ProxyError;
 use crate::metrics::EventKind;
 use crate::proxy::Proxy;
@@ -28,8 +29,8 @@ struct InvalidateAnswer<'a> {
     message: String,
 }
 
-pub(super) fn clear(proxy: &Proxy) -> Response<ProxyBody> {
-    let removed = proxy.store.clear();
+pub(super) async fn clear(proxy: &Proxy) -> Result<Response<ProxyBody>, ProxyError> {
+    let removed = proxy.store.clear().await.map_err(shared_tier_down)?;
     proxy.vary.clear();
     info!(keys_deleted = removed, "Cache CLEARED");
     proxy
@@ -37,17 +38,17 @@ pub(super) fn clear(proxy: &Proxy) -> Response<ProxyBody> {
         .history()
         .events
         .record(EventKind::Clear, format!("{removed} keys deleted"));
-    respond::json(
+    Ok(respond::json(
         StatusCode::OK,
         &ClearAnswer {
             status: "success",
             message: "Cache cleared successfully",
             warning: "Next requests will hit the database",
         },
-    )
+    ))
 }
 
-pub(super) fn invalidate(
+pub(super) async fn invalidate(
     proxy: &Proxy,
     query: Option<&str>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -56,7 +57,11 @@ pub(super) fn invalidate(
             "query parameter 'pattern' is required and must not be empty".into(),
         ));
     };
-    let removed = proxy.store.invalidate(&pattern);
+    let removed = proxy
+        .store
+        .invalidate(&pattern)
+        .await
+        .map_err(shared_tier_down)?;
     info!(pattern = %pattern, keys_deleted = removed, "Cache INVALIDATED: {removed} keys matching '{pattern}'");
     proxy.metrics.history().events.record(
         EventKind::Invalidate,
@@ -71,6 +76,16 @@ pub(super) fn invalidate(
             message: format!("Invalidated {removed} cache keys matching pattern '{pattern}'"),
         },
     ))
+}
+
+/// The shared tier could not be reached: other replicas keep their
+/// entries, so the operator must hear that the call did not take effect.
+fn shared_tier_down(err: L2Error) -> ProxyError {
+    warn!(
+        error = err.as_str(),
+        "shared cache tier unreachable; clear/invalidate not applied to it"
+    );
+    ProxyError::SharedTierUnavailable
 }
 
 #[cfg(test)]

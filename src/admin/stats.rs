@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::body::{self, ProxyBody};
+use crate::cache::storage::figures::{self, SharedFigures};
 use crate::cache::volatile::VolatileField;
 use crate::metrics::{StoreFigures, OPENMETRICS_CONTENT_TYPE};
 use crate::proxy::Proxy;
@@ -61,6 +62,9 @@ struct CacheStats {
     config_loaded_at: String,
     uptime_seconds: u64,
     routes: BTreeMap<String, RouteStats>,
+    /// The shared Redis tier, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<SharedFigures>,
 }
 
 #[derive(Serialize)]
@@ -141,6 +145,7 @@ pub(super) fn stats(proxy: &Proxy) -> Response<ProxyBody> {
                 (name.to_string(), stats)
             })
             .collect(),
+        redis: proxy.store.shared().map(|tier| SharedFigures::of(tier)),
     };
     respond::json(
         StatusCode::OK,
@@ -170,6 +175,14 @@ pub(super) fn prometheus(proxy: &Proxy) -> Response<ProxyBody> {
         expirations: store.expirations(),
         inflight: proxy.flights.len() as u64,
     });
+    let text = match proxy.store.shared() {
+        // The shared tier's families go before the closing `# EOF`.
+        Some(tier) => {
+            let body = text.strip_suffix("# EOF\n").unwrap_or(&text);
+            format!("{body}{}# EOF\n", figures::openmetrics(tier))
+        }
+        None => text,
+    };
     let mut response = Response::new(body::full(text));
     response.headers_mut().insert(
         CONTENT_TYPE,

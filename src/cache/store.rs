@@ -261,6 +261,11 @@ impl Store {
             .is_some()
     }
 
+    /// Removes whatever is stored under `key`; true when something was.
+    pub fn remove(&self, key: &CacheKey) -> bool {
+        self.entries.remove(key).is_some()
+    }
+
     /// The current clear/invalidate generation; a fill reads it before asking
     /// the upstream and hands it to [`Store::insert`].
     pub fn generation(&self) -> u64 {

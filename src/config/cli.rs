@@ -178,6 +178,45 @@ pub struct Cli {
     )]
     pub targeted_cache_control: Option<Vec<String>>,
 
+    /// Shared cache tier: redis:// or rediss:// URL (user and password
+    /// allowed); with --redis-cluster, a comma-separated list of seed nodes.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DASHCACHE_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+
+    /// Treat --redis-url as a Redis Cluster.
+    #[arg(long, value_name = "BOOL", env = "DASHCACHE_REDIS_CLUSTER", value_parser = BoolishValueParser::new())]
+    pub redis_cluster: Option<bool>,
+
+    /// First part of every Redis key (two deployments may share one Redis).
+    #[arg(long, value_name = "PREFIX", env = "DASHCACHE_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+
+    /// Time budget of each Redis call made for a request, e.g. "50ms".
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_REDIS_TIMEOUT", value_parser = parse_duration)]
+    pub redis_timeout: Option<Duration>,
+
+    /// Longest life of an in-memory copy of a shared entry, e.g. "10s".
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_REDIS_L1_TTL", value_parser = parse_duration)]
+    pub redis_l1_ttl: Option<Duration>,
+
+    /// Lease of the cross-replica fill lock (renewed while the fill runs).
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_REDIS_LOCK_LEASE", value_parser = parse_duration)]
+    pub redis_lock_lease: Option<Duration>,
+
+    /// Key of the digest that hides credentials in Redis keys (default:
+    /// generated once and kept in Redis).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "DASHCACHE_REDIS_KEY_SECRET",
+        hide_env_values = true
+    )]
+    pub redis_key_secret: Option<String>,
     /// Write the cache to this file on shutdown and load it at start.
     #[arg(long, value_name = "FILE", env = "DASHCACHE_SNAPSHOT_FILE")]
     pub snapshot_file: Option<PathBuf>,

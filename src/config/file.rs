@@ -135,6 +135,8 @@ pub struct FileConfig {
     pub cache: FileCache,
     #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<FileRoute>,
+    #[serde(default, skip_serializing_if = "super::FileRedis::is_empty")]
+    pub redis: super::FileRedis,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

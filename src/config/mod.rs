@@ -26,10 +26,12 @@ use crate::routes::RouteTable;
 mod cli;
 mod file;
 mod print;
+pub mod redis;
 mod resolve;
 
 pub use cli::{parse_duration, Cli};
 pub use file::{FileCache, FileConfig, FileDuration, FileRoute, FileSize};
+pub use redis::{FileRedis, RedisConfig};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
@@ -270,6 +272,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub source: Option<PathBuf>,
+    /// The shared cache tier (`[redis]`), when configured.
+    pub redis: Option<RedisConfig>,
     /// The flags and env this was resolved with, kept so that a reload
     /// (SIGHUP) re-reads `source` under the same overrides.
     pub overrides: Arc<Cli>,

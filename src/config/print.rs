@@ -77,6 +77,11 @@ impl Config {
                 snapshot_file: self.cache.snapshot_file.clone(),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),
+            redis: self
+                .redis
+                .as_ref()
+                .map(super::RedisConfig::to_file)
+                .unwrap_or_default(),
         };
         toml::to_string_pretty(&file).expect("effective config serialises")
     }

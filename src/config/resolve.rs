@@ -371,6 +371,7 @@ impl Config {
             )?,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             source,
+            redis: super::redis::resolve(cli, file.redis)?,
             overrides: Arc::new(cli.clone()),
             trusted_proxies,
         })

@@ -102,7 +102,7 @@ impl Proxy {
         // GET): a precondition on a POST read would be answered 412 by an
         // origin that honours it (RFC 9110 §13.1.2). Not on a solo fill
         // either, whose 304 could not vouch for the caller's credential.
-        let revalidating = match self.lookup(&request.key, Instant::now()) {
+        let revalidating = match self.lookup_local(&request.key, Instant::now()) {
             Lookup::Fresh(entry) | Lookup::Stale(entry)
                 if serve_stale
                     && request.method == Method::GET
@@ -150,6 +150,7 @@ impl Proxy {
                 &self.config().cache.credential_headers,
             ),
             revalidating: revalidating.clone(),
+            refresh: false,
         };
         headers::remove_conditionals(&mut parts.headers);
         if let Some(entry) = &revalidating {

@@ -104,7 +104,9 @@ impl Proxy {
             .routes
             .lookup(&Method::GET, path)
             .is_some_and(|r| r.shared);
-        match credential_digest(headers, &config.cache.credential_headers) {
+        let credential = credential_digest(headers, &config.cache.credential_headers)
+            .map(|digest| self.store.scope_credential(digest));
+        match credential {
             Some(credential) if !shared => base.derive(b"credential", &[&credential[..]]),
             _ => base,
         }
@@ -112,11 +114,26 @@ impl Proxy {
 
     /// The store's lookup, with entries invalidated since they were stored
     /// dropped and reported as a miss.
-    pub(crate) fn lookup(&self, key: &CacheKey, now: Instant) -> Lookup {
-        let found = self.store.get(key, now);
+    pub(crate) async fn lookup(&self, key: &CacheKey, now: Instant) -> Lookup {
+        let found = self.store.lookup(key, now).await;
         match &found {
             Lookup::Fresh(entry) | Lookup::Stale(entry) if self.invalidated(entry) => {
-                self.store.remove_entry(entry);
+                self.store.remove_entry(entry).await;
+                Lookup::Miss
+            }
+            _ => found,
+        }
+    }
+
+    /// [`Proxy::lookup`] in this process's memory only (the L1 tier): for
+    /// the entry a fill about to start may revalidate, which the caller's
+    /// own lookup has just brought into memory when Redis had it.
+    pub(crate) fn lookup_local(&self, key: &CacheKey, now: Instant) -> Lookup {
+        let memory = self.store.memory();
+        let found = memory.get(key, now);
+        match &found {
+            Lookup::Fresh(entry) | Lookup::Stale(entry) if self.invalidated(entry) => {
+                memory.remove_entry(entry);
                 Lookup::Miss
             }
             _ => found,

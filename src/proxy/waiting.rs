@@ -35,18 +35,19 @@ impl Proxy {
         let timeout = self.config().cache.lock_timeout;
         match tokio::time::timeout(timeout, waiter.outcome()).await {
             Ok(outcome) => self.answer_waiter(&outcome, request, shared, client).await,
-            Err(_) => self.lock_timed_out(&request),
+            Err(_) => self.lock_timed_out(&request).await,
         }
     }
 
     /// The fill outlived `lock_timeout`: the stale entry, else 504. The
     /// fill itself goes on and stores its answer for later callers.
-    fn lock_timed_out(&self, request: &Keyed) -> (Response<ProxyBody>, CacheStatus) {
+    async fn lock_timed_out(&self, request: &Keyed) -> (Response<ProxyBody>, CacheStatus) {
         let now = Instant::now();
         let timeout = self.config().cache.lock_timeout;
         if let Some(entry) = self
             .store
             .stale_if_error(&request.key, now)
+            .await
             .filter(|entry| serves(entry, request))
         {
             warn!(key = %request.key.short(), timeout_ms = timeout.as_millis() as u64, "fill still running past lock_timeout; serving the stale entry");

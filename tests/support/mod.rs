@@ -28,6 +28,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub mod flaky;
+pub mod redis;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
