@@ -85,6 +85,15 @@ pub enum ProxyError {
 
     #[error("no admin endpoint at {path}")]
     AdminNotFound { path: String },
+
+    /// A store walk run off the request workers (keys, invalidate) did not
+    /// finish: it panicked, or the runtime is shutting down.
+    #[error("admin {task} did not complete")]
+    AdminTask {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl ProxyError {
@@ -106,6 +115,7 @@ impl ProxyError {
             Self::AdminForbidden { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::AdminNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::AdminTask { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -128,6 +138,7 @@ impl ProxyError {
             Self::AdminForbidden { .. } => "admin-forbidden",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::AdminNotFound { .. } => "admin-not-found",
+            Self::AdminTask { .. } => "admin-task",
         }
     }
 

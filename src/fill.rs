@@ -234,23 +234,26 @@ fn store(
         .and_then(|v| v.to_str().ok()?.trim().parse().ok())
         .unwrap_or(0);
     let stale = StaleWindows::for_answer(plan.stale, &parts.headers);
-    let entry = Arc::new(Entry {
-        key,
-        base: plan.base,
-        vary: vary.clone(),
-        status: parts.status,
-        headers: parts.headers,
-        body,
-        route: plan.route,
-        description: plan.description,
-        stored_at: now,
-        expires_at: now + ttl,
-        stale,
-        initial_age,
-        upstream_time: now - started,
-        hits: std::sync::atomic::AtomicU64::new(0),
-        replay: plan.replay,
-    });
+    let entry = Arc::new(
+        Entry {
+            key,
+            base: plan.base,
+            vary: vary.clone(),
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            route: plan.route,
+            description: plan.description,
+            stored_at: now,
+            expires_at: now + ttl,
+            stale,
+            initial_age,
+            upstream_time: now - started,
+            hits: std::sync::atomic::AtomicU64::new(0),
+            replay: plan.replay,
+        }
+        .compacted(),
+    );
     match proxy.store.insert(key, entry.clone(), generation) {
         Ok(()) => {
             proxy.vary.record(plan.base, vary);

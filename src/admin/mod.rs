@@ -60,18 +60,30 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
             Ok(()) => Ok(health(proxy).await),
             Err(err) => Err(err),
         },
-        "/keys" => readable
-            .and_then(|()| authorize(proxy, request.headers(), client, path))
-            .and_then(|()| keys(proxy, request.uri().query())),
+        "/keys" => {
+            match readable.and_then(|()| authorize(proxy, request.headers(), client, path)) {
+                Ok(()) => keys(proxy, request.uri().query()).await,
+                Err(err) => Err(err),
+            }
+        }
         "/clear" => allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
             .map(|()| clear(proxy)),
-        "/invalidate" => allow(&request, &[Method::POST], "POST")
+        "/invalidate" => match allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
-            .and_then(|()| invalidate(proxy, request.uri().query())),
-        "/refresh" => allow(&request, &[Method::POST], "POST")
+        {
+            Ok(()) => invalidate(proxy, request.uri().query()).await,
+            Err(err) => Err(err),
+        },
+        "/refresh" => match allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
-            .map(|()| refresher::accept(proxy, query_pattern(request.uri().query()).as_deref())),
+        {
+            Ok(()) => {
+                let pattern = query_pattern(request.uri().query());
+                refresher::accept(proxy, pattern.as_deref()).await
+            }
+            Err(err) => Err(err),
+        },
         _ => Err(ProxyError::AdminNotFound {
             path: path.to_owned(),
         }),

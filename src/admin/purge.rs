@@ -1,10 +1,16 @@
 //! The seed's mutations: `POST /api/cache/clear` empties the store and
 //! `POST /api/cache/invalidate?pattern=` drops the entries whose
 //! description contains the pattern, both with the seed's exact JSON shapes.
+//!
+//! Neither holds a request worker for a walk of the store: `clear` is O(1)
+//! (a new store epoch) and hands the memory back from a blocking thread;
+//! `invalidate` walks on a blocking thread, one entry under a lock at a time.
+
+use std::sync::Arc;
 
 use http::{Response, StatusCode};
 use serde::Serialize;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::query_pattern;
 use crate::body::ProxyBody;
@@ -27,10 +33,15 @@ struct InvalidateAnswer<'a> {
     message: String,
 }
 
-pub(super) fn clear(proxy: &Proxy) -> Response<ProxyBody> {
+pub(super) fn clear(proxy: &Arc<Proxy>) -> Response<ProxyBody> {
     let removed = proxy.store.clear();
     proxy.vary.clear();
     info!(keys_deleted = removed, "Cache CLEARED");
+    let sweeper = proxy.clone();
+    tokio::task::spawn_blocking(move || {
+        let swept = sweeper.store.sweep();
+        debug!(swept, "cleared entries released");
+    });
     respond::json(
         StatusCode::OK,
         &ClearAnswer {
@@ -41,8 +52,8 @@ pub(super) fn clear(proxy: &Proxy) -> Response<ProxyBody> {
     )
 }
 
-pub(super) fn invalidate(
-    proxy: &Proxy,
+pub(super) async fn invalidate(
+    proxy: &Arc<Proxy>,
     query: Option<&str>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Some(pattern) = query_pattern(query) else {
@@ -50,7 +61,14 @@ pub(super) fn invalidate(
             "query parameter 'pattern' is required and must not be empty".into(),
         ));
     };
-    let removed = proxy.store.invalidate(&pattern);
+    let walker = proxy.clone();
+    let matching = pattern.to_string();
+    let removed = tokio::task::spawn_blocking(move || walker.store.invalidate(&matching))
+        .await
+        .map_err(|source| ProxyError::AdminTask {
+            task: "invalidate",
+            source,
+        })?;
     info!(pattern = %pattern, keys_deleted = removed, "Cache INVALIDATED: {removed} keys matching '{pattern}'");
     Ok(respond::json(
         StatusCode::OK,

@@ -8,6 +8,7 @@ pub mod policy;
 pub mod replay;
 pub mod stale;
 pub mod store;
+mod tally;
 pub mod vary;
 
 pub use key::{CacheKey, KeyMemo, RequestIdentity};
