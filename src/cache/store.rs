@@ -70,26 +70,37 @@ pub struct Entry {
     pub replay: Option<Replay>,
 }
 
-/// What one entry costs beyond its body, headers, description and replay,
-/// measured (docs/performance.md): the `Arc<Entry>` block, the store's slot
-/// (key, value, links, index, ghost), and the allocator's per-block overhead.
-const ENTRY_OVERHEAD: u64 = 512;
+/// What the allocator spends per heap block beyond the bytes asked for
+/// (its header and the rounding to a size class), on average.
+const BLOCK_OVERHEAD: u64 = 16;
 
-/// What a header costs beyond its name and value bytes: the map's bucket
-/// and index, and the value's own allocation.
-const HEADER_OVERHEAD: u64 = 96;
+/// What the store's own bookkeeping costs per entry: quick_cache's slot
+/// (key, [`Slot`], links), its index, and its ghost record of evicted keys.
+const SLOT_OVERHEAD: u64 = 128;
+
+/// What one `HeaderMap` bucket costs: name, value, hash and links.
+const HEADER_BUCKET: u64 =
+    (std::mem::size_of::<http::HeaderName>() + std::mem::size_of::<HeaderValue>() + 32) as u64;
 
 impl Entry {
-    /// Bytes this entry holds in memory, as counted against `max_bytes`
-    /// (after [`Entry::compacted`]; computed once per insert, not per lookup).
+    /// Bytes this entry holds in memory, as counted against `max_bytes`:
+    /// every heap block it owns, its share of the store, and the
+    /// allocator's overhead per block (after [`Entry::compacted`], which
+    /// makes that the truth; computed once per insert, not per lookup).
     pub fn size(&self) -> u64 {
-        let headers = headers_size(&self.headers);
-        let replay = self.replay.as_ref().map_or(0, Replay::size);
-        self.body.len() as u64
-            + self.description.capacity() as u64
-            + headers
+        let fixed = std::mem::size_of::<Self>() as u64 + 16 + BLOCK_OVERHEAD + SLOT_OVERHEAD;
+        let replay = self.replay.as_ref().map_or(0, |r| {
+            block(r.path_and_query.capacity() as u64)
+                + block(r.body.len() as u64)
+                + headers_size(&r.headers)
+        });
+        // A shared body also gets a small control block on its first clone.
+        let body = block(self.body.len() as u64) + if self.body.is_empty() { 0 } else { 32 };
+        fixed
+            + body
+            + block(self.description.capacity() as u64)
+            + headers_size(&self.headers)
             + replay
-            + ENTRY_OVERHEAD
     }
 
     /// The same answer in exact-size buffers. A body or header value that
@@ -148,13 +159,28 @@ impl Entry {
     }
 }
 
-/// Bytes a header map is counted for: names, values, and each field's
-/// share of the map and of the allocator.
+/// Bytes a header map holds: its buckets and index (by capacity), and
+/// each name and value in its own block.
 pub(crate) fn headers_size(headers: &HeaderMap) -> u64 {
-    headers
+    if headers.capacity() == 0 {
+        return 0;
+    }
+    let capacity = headers.capacity() as u64;
+    let index = (capacity + capacity / 3).next_power_of_two() * 4;
+    let fields: u64 = headers
         .iter()
-        .map(|(name, value)| (name.as_str().len() + value.len()) as u64 + HEADER_OVERHEAD)
-        .sum()
+        .map(|(name, value)| block(name.as_str().len() as u64) + block(value.len() as u64))
+        .sum();
+    block(capacity * HEADER_BUCKET) + block(index) + fields
+}
+
+/// A heap block of `len` bytes, as the allocator spends it (none for 0).
+fn block(len: u64) -> u64 {
+    if len == 0 {
+        0
+    } else {
+        len + BLOCK_OVERHEAD
+    }
 }
 
 fn exact_bytes(bytes: &Bytes) -> Bytes {

@@ -1,0 +1,164 @@
+//! Memory as the OS measures it: the dashcache binary (its own process, its
+//! own allocator) filled with many small entries over real sockets holds at
+//! most 1.5x the bytes its store counts plus a fixed 30 MiB, `max_bytes`
+//! bounds its RSS even when far more answers pass through, and `clear`
+//! gives the memory back.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use support::{Client, Origin};
+
+const MIB: u64 = 1024 * 1024;
+const MAX_BYTES: u64 = 8 * MIB;
+
+/// The binary, killed when dropped.
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Binary {
+    fn start(upstream: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dashcache"))
+            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(["--log-level", "warn,dashcache::server=info"])
+            .args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the dashcache binary starts");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut lines = stderr.lines().map_while(Result::ok);
+        let addr = lines
+            .by_ref()
+            .find_map(|line| listen_address(&line))
+            .expect("a \"dashcache listening\" line");
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Resident memory, from /proc/<pid>/status.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
+    }
+
+    async fn cache_stats(&self, client: &Client) -> serde_json::Value {
+        client.get(&self.url("/api/cache/stats")).await.json()["cache"].clone()
+    }
+}
+
+fn listen_address(line: &str) -> Option<SocketAddr> {
+    if !line.contains("dashcache listening") {
+        return None;
+    }
+    let start = line
+        .find("\"listen\":\"")
+        .map(|i| i + "\"listen\":\"".len())
+        .or_else(|| line.find(" listen=").map(|i| i + " listen=".len()))?;
+    let rest = &line[start..];
+    let end = rest.find([' ', '"']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Sends `count` distinct small GETs over `connections` keep-alive connections.
+async fn fill(binary: &Binary, client: &Client, count: usize, connections: usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (client, next) = (client.clone(), next.clone());
+        let base = binary.url("/api/report");
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return;
+                }
+                let reply = client
+                    .send(Method::GET, &format!("{base}?page={i}"), &[], "")
+                    .await;
+                assert_eq!(reply.status, 200);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rss_stays_within_the_store_bytes_and_is_returned_after_clear() {
+    let origin = Origin::start().await;
+    let binary = Binary::start(
+        &origin.url(),
+        &["--maxsize", "100000", "--max-bytes", "8MiB"],
+    );
+    let client = Client::new();
+    let idle = binary.rss();
+
+    // Far more answers than max_bytes holds: the store evicts, and the
+    // process must not keep what it evicted either.
+    fill(&binary, &client, 12_000, 16).await;
+    let stats = binary.cache_stats(&client).await;
+    let bytes = stats["bytes"].as_u64().unwrap();
+    let size = stats["size"].as_u64().unwrap();
+    assert!(bytes <= MAX_BYTES, "{stats}");
+    assert!(size > 2_000, "the store holds many small entries: {stats}");
+    assert!(stats["evictions"].as_u64().unwrap() > 0, "{stats}");
+    let full = binary.rss();
+    assert!(
+        full <= bytes * 3 / 2 + 30 * MIB,
+        "RSS {} MiB for {size} entries counted as {} MiB (idle {} MiB): over 1.5x bytes + 30 MiB",
+        full / MIB,
+        bytes / MIB,
+        idle / MIB
+    );
+
+    let cleared = client
+        .send(Method::POST, &binary.url("/api/cache/clear"), &[], "")
+        .await;
+    assert_eq!(cleared.status, 200);
+    assert_eq!(binary.cache_stats(&client).await["size"], 0);
+    let grown = full.saturating_sub(idle);
+    let mut after = binary.rss();
+    for _ in 0..100 {
+        if after <= idle + grown / 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = binary.rss();
+    }
+    assert!(
+        after <= idle + grown / 2,
+        "RSS after clear {} MiB: not returned (idle {} MiB, full {} MiB)",
+        after / MIB,
+        idle / MIB,
+        full / MIB
+    );
+}
