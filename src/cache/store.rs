@@ -240,6 +240,9 @@ struct Shared {
     epoch: AtomicU64,
     /// Current-epoch entries evicted to make room.
     evictions: AtomicU64,
+    /// The epoch the last full walk (sweep or purge) left the store in:
+    /// when it is the current one, no cleared entry is left to drop.
+    swept: AtomicU64,
 }
 
 /// Takes evicted entries off their tally (quick_cache reports evictions
@@ -508,6 +511,7 @@ impl Store {
                 removed += 1;
             }
         }
+        self.shared.swept.store(epoch, Ordering::Release);
         removed
     }
 
@@ -535,22 +539,26 @@ impl Store {
     /// it off the request workers.
     pub fn purge_expired(&self, now: Instant) -> usize {
         let epoch = self.epoch();
+        // Nothing expired and nothing left by a clear: no walk at all.
+        if self.tally.load().census(now).stale == 0
+            && self.shared.swept.load(Ordering::Acquire) == epoch
+        {
+            return 0;
+        }
         let mut removed = 0;
         for (key, slot) in self.entries.iter() {
             let cleared = slot.epoch != epoch;
-            if (cleared || now >= slot.entry.keep_until())
-                && self
-                    .remove_slot_if(&key, |s| Arc::ptr_eq(&s.entry, &slot.entry))
-                    .is_some()
-                && !cleared
-            {
+            if !cleared && now < slot.entry.keep_until() {
+                continue;
+            }
+            let gone = self.remove_slot_if(&key, |s| Arc::ptr_eq(&s.entry, &slot.entry));
+            if gone.is_some() && !cleared {
                 removed += 1;
             }
         }
+        self.shared.swept.store(epoch, Ordering::Release);
         self.expirations
             .fetch_add(removed as u64, Ordering::Relaxed);
-        // Keeps the tally's expiry buckets moving even when nobody reads stats.
-        self.tally.load().census(now);
         removed
     }
 
