@@ -1,8 +1,8 @@
 //! Memory as the OS measures it: the dashcache binary (its own process, its
-//! own allocator) filled with many small entries over real sockets holds at
-//! most 1.5x the bytes its store counts plus a fixed 30 MiB, `max_bytes`
-//! bounds its RSS even when far more answers pass through, and `clear`
-//! gives the memory back.
+//! own allocator) filled with many small entries over real sockets grows by
+//! at most 1.5x the bytes its store counts plus a fixed allowance, so
+//! `max_bytes` bounds its RSS even when far more answers pass through than
+//! it holds, and `clear` gives the memory back.
 
 mod support;
 
@@ -87,8 +87,9 @@ fn listen_address(line: &str) -> Option<SocketAddr> {
     rest[..end].parse().ok()
 }
 
-/// Sends `count` distinct small GETs over `connections` keep-alive connections.
-async fn fill(binary: &Binary, client: &Client, count: usize, connections: usize) {
+/// Sends `count` small GETs over `connections` keep-alive connections:
+/// distinct ones (misses) when `distinct`, else the same one (hits).
+async fn load(binary: &Binary, client: &Client, count: usize, connections: usize, distinct: bool) {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
@@ -100,8 +101,9 @@ async fn fill(binary: &Binary, client: &Client, count: usize, connections: usize
                 if i >= count {
                     return;
                 }
+                let page = if distinct { i } else { 0 };
                 let reply = client
-                    .send(Method::GET, &format!("{base}?page={i}"), &[], "")
+                    .send(Method::GET, &format!("{base}?page={page}"), &[], "")
                     .await;
                 assert_eq!(reply.status, 200);
             }
@@ -124,7 +126,7 @@ async fn rss_stays_within_the_store_bytes_and_is_returned_after_clear() {
 
     // Far more answers than max_bytes holds: the store evicts, and the
     // process must not keep what it evicted either.
-    fill(&binary, &client, 12_000, 16).await;
+    load(&binary, &client, 12_000, 16, true).await;
     let stats = binary.cache_stats(&client).await;
     let bytes = stats["bytes"].as_u64().unwrap();
     let size = stats["size"].as_u64().unwrap();
@@ -132,12 +134,15 @@ async fn rss_stays_within_the_store_bytes_and_is_returned_after_clear() {
     assert!(size > 2_000, "the store holds many small entries: {stats}");
     assert!(stats["evictions"].as_u64().unwrap() > 0, "{stats}");
     let full = binary.rss();
+    // Beyond the idle process, a fixed allowance: the eviction policy's
+    // ghost records and table index for maxsize = 100,000 (about 50 bytes
+    // each), and the buffers of 16 client and 16 upstream connections.
+    let grown = full.saturating_sub(idle);
     assert!(
-        full <= bytes * 3 / 2 + 30 * MIB,
-        "RSS {} MiB for {size} entries counted as {} MiB (idle {} MiB): over 1.5x bytes + 30 MiB",
-        full / MIB,
+        grown <= bytes * 3 / 2 + 10 * MIB,
+        "RSS grew by {} MiB for {size} entries counted as {} MiB: over 1.5x bytes + 10 MiB",
+        grown / MIB,
         bytes / MIB,
-        idle / MIB
     );
 
     let cleared = client
@@ -145,12 +150,14 @@ async fn rss_stays_within_the_store_bytes_and_is_returned_after_clear() {
         .await;
     assert_eq!(cleared.status, 200);
     assert_eq!(binary.cache_stats(&client).await["size"], 0);
-    let grown = full.saturating_sub(idle);
+    // The allocator hands pages back as the threads that own them run
+    // again: the requests a cleared cache gets next.
     let mut after = binary.rss();
-    for _ in 0..100 {
+    for _ in 0..50 {
         if after <= idle + grown / 2 {
             break;
         }
+        load(&binary, &client, 500, 16, false).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         after = binary.rss();
     }

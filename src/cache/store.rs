@@ -450,7 +450,10 @@ impl Store {
 
     /// Puts `slot` under `key`; returns the slot it replaced. quick_cache's
     /// plain `insert` drops a replaced value without telling anyone; its
-    /// `entry` API hands it over, so the tally stays exact.
+    /// `entry` API hands it over, so the tally stays exact. A replacement
+    /// is made in place (no instant without an entry, so a refresh never
+    /// causes a miss); if the new answer is heavier, the shard may sit one
+    /// entry's difference over its share until its next insert evicts.
     fn put(&self, key: CacheKey, slot: Slot) -> Option<Slot> {
         let mut new = Some(slot);
         loop {
@@ -467,9 +470,11 @@ impl Store {
                 EntryResult::Retained(()) => return replaced,
                 EntryResult::Vacant(guard) => {
                     if let Some(slot) = new.take() {
-                        // Err only when the placeholder was dropped, which
-                        // this guard alone could do.
-                        let _ = guard.insert(slot);
+                        // Err when the placeholder was removed meanwhile:
+                        // the slot never went in, so it is not counted.
+                        if let Err(slot) = guard.insert(slot) {
+                            slot.uncount();
+                        }
                     }
                     return None;
                 }
