@@ -204,8 +204,9 @@ fn exact_headers(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// What the store keeps under a key: the entry, what it was counted for,
-/// and the epoch and tally it was counted in (so that its removal, however
-/// it happens, is taken off the same tally).
+/// and the epoch it was counted in. Cloned on every hit, so it holds no
+/// pointer shared by all entries (a shared reference count would be one
+/// contended cache line on every hit).
 #[derive(Clone)]
 struct Slot {
     entry: Arc<Entry>,
@@ -213,13 +214,6 @@ struct Slot {
     /// shard lock, repeatedly.
     bytes: u64,
     epoch: u64,
-    tally: Arc<Tally>,
-}
-
-impl Slot {
-    fn uncount(&self) {
-        self.tally.remove(self.bytes, self.entry.expires_at);
-    }
 }
 
 #[derive(Clone)]
@@ -234,10 +228,12 @@ impl Weighter<CacheKey, Slot> for SlotWeighter {
 }
 
 /// State the store shares with quick_cache's eviction hook.
-#[derive(Default)]
 struct Shared {
     /// The current clear epoch; slots of older ones are cleared entries.
     epoch: AtomicU64,
+    /// The current epoch's figures; swapped by `clear`. Slots of older
+    /// epochs are no longer counted anywhere.
+    tally: ArcSwap<Tally>,
     /// Current-epoch entries evicted to make room.
     evictions: AtomicU64,
     /// The epoch the last full walk (sweep or purge) left the store in:
@@ -245,16 +241,27 @@ struct Shared {
     swept: AtomicU64,
 }
 
+impl Shared {
+    /// Takes a removed slot off the tally it was counted in, if that is
+    /// still the current one.
+    fn uncount(&self, slot: &Slot) {
+        let tally = self.tally.load();
+        if tally.epoch == slot.epoch {
+            tally.remove(slot.bytes, slot.entry.expires_at);
+        }
+    }
+}
+
 /// Takes evicted entries off their tally (quick_cache reports evictions
 /// through its lifecycle hooks, and drops them after the shard lock).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct EvictionHook(Arc<Shared>);
 
 impl Lifecycle<CacheKey, Slot> for EvictionHook {
     type RequestState = ();
 
     fn on_evict(&self, _state: &mut (), _key: CacheKey, slot: Slot) {
-        slot.uncount();
+        self.0.uncount(&slot);
         if slot.epoch == self.0.epoch.load(Ordering::Relaxed) {
             self.0.evictions.fetch_add(1, Ordering::Relaxed);
         }
@@ -286,8 +293,6 @@ const ENTRIES_PER_SHARD: u64 = 4096;
 pub struct Store {
     entries: Cache<CacheKey, Slot, SlotWeighter, DefaultHashBuilder, EvictionHook>,
     shared: Arc<Shared>,
-    /// The current epoch's figures; swapped by `clear`.
-    tally: ArcSwap<Tally>,
     /// When the store started: the origin of the tallies' expiry buckets.
     started: Instant,
     /// Entries dropped because their TTL and stale windows ran out (on
@@ -321,7 +326,13 @@ impl Store {
             shards /= 2;
         }
         let shard_weight = (maxsize / shards) * unit;
-        let shared = Arc::new(Shared::default());
+        let started = Instant::now();
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            tally: ArcSwap::from_pointee(Tally::new(0, started)),
+            evictions: AtomicU64::new(0),
+            swept: AtomicU64::new(0),
+        });
         let options = OptionsBuilder::new()
             .shards(shards as usize)
             .estimated_items_capacity(maxsize as usize)
@@ -335,11 +346,9 @@ impl Store {
             EvictionHook(shared.clone()),
         );
         debug_assert_eq!(entries.num_shards() as u64, shards);
-        let started = Instant::now();
         Self {
             entries,
             shared,
-            tally: ArcSwap::from_pointee(Tally::new(0, started)),
             started,
             expirations: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -363,7 +372,7 @@ impl Store {
     /// tally; the entry is dropped after the shard lock is released.
     fn remove_slot_if(&self, key: &CacheKey, remove: impl FnOnce(&Slot) -> bool) -> Option<Slot> {
         let (_, slot) = self.entries.remove_if(key, remove)?;
-        slot.uncount();
+        self.shared.uncount(&slot);
         Some(slot)
     }
 
@@ -426,18 +435,18 @@ impl Store {
         if self.generation() != generation {
             return Err(Refused::Outdated);
         }
-        let tally = self.tally.load_full();
+        let tally = self.shared.tally.load_full();
         let slot = Slot {
             entry: entry.clone(),
             bytes,
             epoch: tally.epoch,
-            tally,
         };
         // Counted before it goes in, so an eviction of the new slot itself
         // (or a concurrent removal) never takes a tally below zero.
-        slot.tally.add(bytes, entry.expires_at);
+        tally.add(bytes, entry.expires_at);
+        drop(tally);
         if let Some(replaced) = self.put(key, slot) {
-            replaced.uncount();
+            self.shared.uncount(&replaced);
         }
         // A clear that ran during the insert must win: it bumps the
         // generation before starting a new epoch, so one of the two sees it.
@@ -473,14 +482,14 @@ impl Store {
                         // Err when the placeholder was removed meanwhile:
                         // the slot never went in, so it is not counted.
                         if let Err(slot) = guard.insert(slot) {
-                            slot.uncount();
+                            self.shared.uncount(&slot);
                         }
                     }
                     return None;
                 }
                 EntryResult::Removed(_, slot) | EntryResult::Replaced(_, slot) => {
                     // Not asked for by the closure above; keep the books right.
-                    slot.uncount();
+                    self.shared.uncount(&slot);
                     return None;
                 }
                 // Another insert of the same key holds its placeholder for
@@ -496,7 +505,10 @@ impl Store {
     pub fn clear(&self) -> usize {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let epoch = self.epoch() + 1;
-        let previous = self.tally.swap(Arc::new(Tally::new(epoch, self.started)));
+        let previous = self
+            .shared
+            .tally
+            .swap(Arc::new(Tally::new(epoch, self.started)));
         self.shared.epoch.store(epoch, Ordering::Release);
         previous.entries()
     }
@@ -545,7 +557,7 @@ impl Store {
     pub fn purge_expired(&self, now: Instant) -> usize {
         let epoch = self.epoch();
         // Nothing expired and nothing left by a clear: no walk at all.
-        if self.tally.load().census(now).stale == 0
+        if self.shared.tally.load().census(now).stale == 0
             && self.shared.swept.load(Ordering::Acquire) == epoch
         {
             return 0;
@@ -581,13 +593,13 @@ impl Store {
 
     /// Entries held, stale ones included (what the bounds count). O(1).
     pub fn len(&self) -> usize {
-        self.tally.load().entries()
+        self.shared.tally.load().entries()
     }
 
     /// Fresh and stale entries and their bytes, from the running tally
     /// (stale ones counted at most a second after their TTL ends). O(1).
     pub fn census(&self, now: Instant) -> Census {
-        self.tally.load().census(now)
+        self.shared.tally.load().census(now)
     }
 
     /// The same figures as [`Store::census`], counted by walking every
@@ -612,7 +624,7 @@ impl Store {
 
     /// Bytes held by live entries. O(1).
     pub fn bytes(&self) -> u64 {
-        self.tally.load().bytes()
+        self.shared.tally.load().bytes()
     }
 
     pub fn maxsize(&self) -> u64 {
