@@ -17,6 +17,12 @@
 # reads the same file and env vars (not those flags) to find the port: change
 # listen / admin_listen with DASHCACHE_LISTEN / DASHCACHE_ADMIN_LISTEN or the
 # file, not with flags. With TLS on, set admin_listen: the check speaks HTTP.
+#
+# The cache survives a restart: on SIGTERM it is written to
+# /var/lib/dashcache/cache.snap (DASHCACHE_SNAPSHOT_FILE, on the declared
+# volume) and read back at start. `docker stop` waits 10 s before SIGKILL;
+# give it shutdown_timeout plus a little (`docker stop -t 40`, Compose
+# `stop_grace_period: 40s`) or the snapshot may not be written.
 
 # ---- build ----------------------------------------------------------------
 FROM rust:1-bookworm AS builder
@@ -29,11 +35,16 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin dashcache
+    && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin dashcache \
+    && install -d -o dashcache -g dashcache -m 0750 /var/lib/dashcache
 COPY --from=builder /src/target/release/dashcache /usr/local/bin/dashcache
 COPY proxy.toml /etc/dashcache/proxy.toml
 USER dashcache
 ENV DASHCACHE_CONFIG=/etc/dashcache/proxy.toml
+ENV DASHCACHE_SNAPSHOT_FILE=/var/lib/dashcache/cache.snap
+# A named volume starts with this directory's owner (dashcache); a bind
+# mount must be writable by that user, or the start fails naming the setting.
+VOLUME /var/lib/dashcache
 EXPOSE 8080
 # GET /api/cache/health through the binary itself (the image has no curl):
 # healthy while the proxy answers, even with the upstream down (hits still

@@ -17,7 +17,9 @@
 //! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::store`]
 //!   (bounded store on quick_cache), [`cache::policy`] (what may be stored),
 //!   [`cache::flight`] (single-flight), [`cache::vary`] (variants),
-//!   [`cache::credentials`] (who may see which entry)
+//!   [`cache::credentials`] (who may see which entry), [`cache::codec`]
+//!   (the entry encoding that leaves the process), [`cache::snapshot`]
+//!   (the store across a restart)
 //! - [`upstream`]: pooled http/https client with timeouts
 //! - [`headers`]: hop-by-hop and forwarding header rules
 //! - [`body`]: response body types, bounded upstream reads

@@ -58,6 +58,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+        if let Some(path) = &config.cache.snapshot_file {
+            if let Err(err) = dashcache::cache::snapshot::check_writable(path) {
+                eprintln!("dashcache: {}", error_chain(&err));
+                return ExitCode::from(2);
+            }
+        }
         let source = config
             .source
             .as_ref()

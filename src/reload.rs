@@ -154,6 +154,7 @@ fn keep_fixed(running: &Config, new: &mut Config) -> Vec<&'static str> {
         r.max_object_bytes != n.max_object_bytes,
     );
     keep("cache.purge_interval", r.purge_interval != n.purge_interval);
+    keep("cache.snapshot_file", r.snapshot_file != n.snapshot_file);
     keep("cache.auth_ttl", r.auth_ttl != n.auth_ttl);
     keep(
         "cache.refresh_concurrency",
@@ -172,6 +173,7 @@ fn keep_fixed(running: &Config, new: &mut Config) -> Vec<&'static str> {
     new.cache.purge_interval = r.purge_interval;
     new.cache.auth_ttl = r.auth_ttl;
     new.cache.refresh_concurrency = r.refresh_concurrency;
+    new.cache.snapshot_file = running.cache.snapshot_file.clone();
     changed
 }
 

@@ -2,7 +2,8 @@
 //! optional admin listener, HTTP/1.1 and HTTP/2 on each via hyper-util's
 //! auto builder, the per-connection limits, graceful shutdown on
 //! SIGTERM/SIGINT, the configuration and TLS reload on SIGHUP, and the background purge of
-//! expired entries.
+//! expired entries. With `snapshot_file` set, the store is loaded from it
+//! at bind and written to it once the connections have drained.
 //!
 //! Limits, all from [`Limits`]: each listener serves at most
 //! `max_connections` at once and closes further ones on accept; a new
@@ -27,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::cache::snapshot;
 use crate::config::{Config, Limits};
 use crate::error::ProxyError;
 use crate::framing::FramingGuard;
@@ -53,6 +55,8 @@ pub enum ServerError {
     Upstream(#[from] UpstreamSetupError),
     #[error("cannot set up TLS")]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::WriteError),
 }
 
 /// Which paths a listener answers.
@@ -121,6 +125,10 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let tls = config.tls.as_ref().map(Tls::new).transpose()?.map(Arc::new);
         let proxy = Arc::new(Proxy::new(config)?);
+        if let Some(path) = &proxy.config().cache.snapshot_file {
+            snapshot::check_writable(path)?;
+            snapshot::restore(&proxy.store, &proxy.vary, path);
+        }
         let addr = proxy.config().listen;
         let main = TcpListener::bind(addr)
             .await
@@ -271,6 +279,9 @@ impl Server {
         tokio::select! {
             () = graceful.shutdown() => info!("all connections closed"),
             () = tokio::time::sleep(timeout) => warn!("shutdown timeout reached; closing remaining connections"),
+        }
+        if let Some(path) = &config.cache.snapshot_file {
+            snapshot::save(&proxy.store, path);
         }
     }
 }

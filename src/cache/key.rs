@@ -33,6 +33,11 @@ impl CacheKey {
         Self(bytes)
     }
 
+    /// The 16 digest bytes (what the entry codec writes).
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
     /// A key derived from this one and more identity (credentials, `Vary`
     /// values); `tag` keeps different derivations apart.
     pub fn derive(&self, tag: &[u8], parts: &[&[u8]]) -> CacheKey {

@@ -1,11 +1,14 @@
-//! The cache proper: keys, the bounded store, the storage policy and
-//! single-flight coalescing of misses.
+//! The cache proper: keys, the bounded store, the storage policy,
+//! single-flight coalescing of misses, and the entry encoding that leaves
+//! the process (Redis values, the snapshot file).
 
+pub mod codec;
 pub mod credentials;
 pub mod flight;
 pub mod key;
 pub mod policy;
 pub mod replay;
+pub mod snapshot;
 pub mod stale;
 pub mod store;
 mod tally;

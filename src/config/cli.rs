@@ -110,6 +110,10 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT", env = "DASHCACHE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
 
+    /// Write the cache to this file on shutdown and load it at start.
+    #[arg(long, value_name = "FILE", env = "DASHCACHE_SNAPSHOT_FILE")]
+    pub snapshot_file: Option<PathBuf>,
+
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check: bool,

@@ -156,6 +156,8 @@ pub struct FileCache {
     pub lock_timeout: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

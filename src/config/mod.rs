@@ -156,6 +156,9 @@ pub struct CacheConfig {
     pub lock_timeout: Duration,
     /// Refreshes asking the upstream at once (at least 1).
     pub refresh_concurrency: usize,
+    /// Where the store is written at shutdown and read at start
+    /// (`cache::snapshot`); `None`: a restart starts cold.
+    pub snapshot_file: Option<PathBuf>,
 }
 
 /// The certificate and key files of TLS termination; both or neither.

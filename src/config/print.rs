@@ -57,6 +57,7 @@ impl Config {
                 stale_while_revalidate: Some(FileDuration(self.cache.stale.while_revalidate)),
                 lock_timeout: Some(FileDuration(self.cache.lock_timeout)),
                 refresh_concurrency: Some(self.cache.refresh_concurrency),
+                snapshot_file: self.cache.snapshot_file.clone(),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),
         };

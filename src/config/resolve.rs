@@ -184,6 +184,7 @@ impl Config {
                 Some(n) => n,
                 None => DEFAULT_REFRESH_CONCURRENCY,
             },
+            snapshot_file: snapshot_file(cli, fc.snapshot_file)?,
         };
 
         let routes = file
@@ -373,6 +374,22 @@ fn parse_upstream(text: &str) -> Result<(Uri, String), ConfigError> {
     Ok((origin, uri.path().trim_end_matches('/').to_owned()))
 }
 
+/// `cache.snapshot_file`: flag or env over the file. It must name a file;
+/// whether its directory takes one is checked when the server starts.
+fn snapshot_file(cli: &Cli, file: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = cli.snapshot_file.clone().or(file) else {
+        return Ok(None);
+    };
+    let text = path.to_string_lossy();
+    if text.is_empty() || text.ends_with('/') || path.file_name().is_none() {
+        return Err(ConfigError::invalid(
+            crate::cache::snapshot::FIELD,
+            format!("{text:?} does not name a file"),
+        ));
+    }
+    Ok(Some(path))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -549,5 +566,31 @@ mod tests {
             chain.contains("log_format") && chain.contains("json"),
             "{chain}"
         );
+    }
+
+    #[test]
+    fn a_snapshot_file_must_name_a_file() {
+        let config = resolve_toml(
+            Cli::default(),
+            "[cache]\nsnapshot_file = \"/var/lib/dashcache/cache.snap\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.cache.snapshot_file.unwrap().to_str(),
+            Some("/var/lib/dashcache/cache.snap")
+        );
+        assert!(resolve_toml(Cli::default(), "")
+            .unwrap()
+            .cache
+            .snapshot_file
+            .is_none());
+        for bad in ["", "/var/lib/dashcache/", ".."] {
+            let cli = Cli {
+                snapshot_file: Some(bad.into()),
+                ..Cli::default()
+            };
+            let err = resolve_toml(cli, "").unwrap_err();
+            assert!(err.to_string().contains("snapshot_file"), "{err}");
+        }
     }
 }
