@@ -591,6 +591,17 @@ impl Store {
         }
     }
 
+    /// Every live entry, expired ones included. Walks the store and holds
+    /// them all: for the shutdown snapshot and tests, never a request.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        let mut entries = Vec::with_capacity(self.len());
+        self.visit(|entry| {
+            entries.push(entry.clone());
+            true
+        });
+        entries
+    }
+
     /// Entries held, stale ones included (what the bounds count). O(1).
     pub fn len(&self) -> usize {
         self.shared.tally.load().entries()
