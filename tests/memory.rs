@@ -106,9 +106,8 @@ async fn load_from(
                 if i >= count {
                     return;
                 }
-                let page = i;
                 let reply = client
-                    .send(Method::GET, &format!("{base}?page={page}"), &[], "")
+                    .send(Method::GET, &format!("{base}?page={i}"), &[], "")
                     .await;
                 assert_eq!(reply.status, 200);
             }
