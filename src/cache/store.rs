@@ -608,7 +608,7 @@ impl Store {
     }
 
     /// Fresh and stale entries and their bytes, from the running tally
-    /// (stale ones counted at most a second after their TTL ends). O(1).
+    /// (stale ones counted at most 10 ms after their TTL ends). O(1).
     pub fn census(&self, now: Instant) -> Census {
         self.shared.tally.load().census(now)
     }

@@ -8,11 +8,12 @@
 //! start from zero at once.
 //!
 //! Freshness changes with time, not with events, so expiry is counted by
-//! one-second buckets: each entry adds one to the bucket of the second its
-//! TTL ends in (rounded up), and reading the figures moves every bucket
-//! whose second has passed into the `expired` count. Each bucket moves once,
-//! so the work is amortised over the entries; an entry counts as stale at
-//! most one second after its TTL ended.
+//! 10 ms buckets: each entry adds one to the bucket its TTL ends in (rounded
+//! up), and reading the figures moves every bucket that has passed into the
+//! `expired` count. Each bucket moves once, so the work is amortised over
+//! the entries; an entry counts as stale at most 10 ms after its TTL ended.
+//! There are never more buckets than entries (nor than the TTL in 10 ms
+//! steps).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -43,22 +44,25 @@ pub(crate) struct Tally {
     expiry: Mutex<ExpiryBuckets>,
 }
 
-/// Entry counts by the second their TTL ends in, relative to `base`.
+/// How long one expiry bucket spans.
+const BUCKET_NANOS: u128 = 10_000_000;
+
+/// Entry counts by the 10 ms step their TTL ends in, relative to `base`.
 #[derive(Debug)]
 struct ExpiryBuckets {
     base: Instant,
-    /// Seconds not yet known to have passed, and the entries expiring in each.
+    /// Steps not yet known to have passed, and the entries expiring in each.
     pending: BTreeMap<u64, u64>,
-    /// Every bucket up to and including this second has moved to `expired`.
+    /// Every bucket up to and including this one has moved to `expired`.
     expired_through: Option<u64>,
     expired: u64,
 }
 
 impl ExpiryBuckets {
-    /// The bucket of an entry expiring at `expires_at`: its second, rounded up.
+    /// The bucket of an entry expiring at `expires_at`: its step, rounded up.
     fn bucket(&self, expires_at: Instant) -> u64 {
-        let after = expires_at.saturating_duration_since(self.base);
-        after.as_secs() + u64::from(after.subsec_nanos() > 0)
+        let after = expires_at.saturating_duration_since(self.base).as_nanos();
+        after.div_ceil(BUCKET_NANOS) as u64
     }
 
     fn is_expired(&self, bucket: u64) -> bool {
@@ -87,12 +91,12 @@ impl ExpiryBuckets {
         }
     }
 
-    /// Moves every bucket whose second has fully passed by `now`.
+    /// Moves every bucket that has fully passed by `now`.
     fn advance(&mut self, now: Instant) -> u64 {
         let Some(passed) = now.checked_duration_since(self.base) else {
             return self.expired;
         };
-        let through = passed.as_secs();
+        let through = (passed.as_nanos() / BUCKET_NANOS) as u64;
         if self.expired_through.is_some_and(|t| t >= through) {
             return self.expired;
         }
@@ -170,7 +174,7 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     #[test]
-    fn entries_count_as_fresh_until_their_second_has_passed() {
+    fn entries_count_as_fresh_until_their_bucket_has_passed() {
         let base = Instant::now();
         let tally = Tally::new(0, base);
         tally.add(10, base + 5 * SECOND);
