@@ -59,6 +59,15 @@ pub enum ProxyError {
         source: BoxError,
     },
 
+    #[error("request body not received in time")]
+    ClientBodyTimeout {
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("{problem} (RFC 9112 §3.2)")]
+    InvalidHost { problem: HostProblem },
+
     #[error("the fill for this key was abandoned before it completed")]
     FillAbandoned,
 
@@ -96,7 +105,41 @@ pub enum ProxyError {
     },
 }
 
+/// What is wrong with a request's `Host` (see `admission.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostProblem {
+    #[error("HTTP/1.1 request without a Host field")]
+    Missing,
+    #[error("request with more than one Host field")]
+    Repeated,
+    #[error("Host field is not a valid host[:port]")]
+    Invalid,
+    #[error("Host field disagrees with the authority of the request target")]
+    Mismatch,
+}
+
+impl HostProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "host-missing",
+            Self::Repeated => "host-repeated",
+            Self::Invalid => "host-invalid",
+            Self::Mismatch => "host-mismatch",
+        }
+    }
+}
+
 impl ProxyError {
+    /// A failure reading the client's request body: 408 when the client
+    /// was too slow (`body_read_timeout`), 400 otherwise.
+    pub fn client_body(source: BoxError) -> Self {
+        if crate::client_io::is_body_timeout(&*source) {
+            Self::ClientBodyTimeout { source }
+        } else {
+            Self::ClientBody { source }
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
@@ -108,6 +151,8 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::FramingConflict => StatusCode::BAD_REQUEST,
             Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            Self::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::InvalidHost { .. } => StatusCode::BAD_REQUEST,
             Self::FillAbandoned => StatusCode::BAD_GATEWAY,
             Self::LockTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::AdminParameter(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -131,6 +176,8 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::FramingConflict => "framing-conflict",
             Self::ClientBody { .. } => "client-body",
+            Self::ClientBodyTimeout { .. } => "client-body-timeout",
+            Self::InvalidHost { problem } => problem.as_str(),
             Self::FillAbandoned => "fill-abandoned",
             Self::LockTimeout { .. } => "lock-timeout",
             Self::AdminParameter(_) => "admin-parameter",

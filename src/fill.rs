@@ -9,21 +9,23 @@
 //! streamed to the leader while waiters forward on their own.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use http::header::{HeaderName, CONTENT_LENGTH, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, Request, Response, StatusCode};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::body::{collect_limited, Collected, ProxyBody, UpstreamBody, UpstreamStalled};
 use crate::cache::flight::{BufferedAnswer, FillGuard, FillOutcome};
-use crate::cache::policy::{self, NotStorable};
+use crate::cache::policy::{self, NotStorable, Storable, StoreRules};
 use crate::cache::replay::Replay;
 use crate::cache::stale::{StaleReason, StaleWindows};
 use crate::cache::store::Refused;
 use crate::cache::vary::{variant_key, vary_names};
 use crate::cache::{CacheKey, Entry};
+use crate::config::CacheConfig;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::metrics::Metrics;
@@ -50,11 +52,16 @@ pub(crate) struct FillPlan {
     pub serve_stale: bool,
     /// Kept with the entry for refreshes (`None` with credentials).
     pub replay: Option<Replay>,
+    /// The stored entry whose validators the upstream request carries: a
+    /// `304` freshens it instead of replacing it (RFC 9111 §4.3.4).
+    pub revalidating: Option<Arc<Entry>>,
 }
 
 /// What the fill hands the leader.
 pub(crate) enum LeaderAnswer {
-    Outcome(Arc<FillOutcome>),
+    /// The outcome every caller shares, plus the fields only the leader
+    /// may see (those the stored copy leaves out, such as `Set-Cookie`).
+    Outcome(Arc<FillOutcome>, HeaderMap),
     /// Not stored and not shared: the answer as a stream.
     Stream(Box<StreamedAnswer>),
 }
@@ -86,7 +93,10 @@ pub(crate) async fn run(
             let outcome =
                 stale_instead(&proxy, &plan, key, StaleReason::UpstreamError(err.as_str()))
                     .unwrap_or(FillOutcome::Failed(err));
-            let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
+            let _ = leader.send(LeaderAnswer::Outcome(
+                guard.publish(outcome),
+                HeaderMap::new(),
+            ));
             return;
         }
     };
@@ -94,7 +104,10 @@ pub(crate) async fn run(
         let reason = StaleReason::UpstreamStatus(response.status());
         if let Some(outcome) = stale_instead(&proxy, &plan, key, reason) {
             // The error's body is dropped unread: a stale answer replaces it.
-            let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
+            let _ = leader.send(LeaderAnswer::Outcome(
+                guard.publish(outcome),
+                HeaderMap::new(),
+            ));
             return;
         }
     }
@@ -103,12 +116,24 @@ pub(crate) async fn run(
     if let Some(credential) = &plan.vouch_for {
         vouch(&proxy, &plan.route, credential, parts.status);
     }
-    let verdict = policy::storable_ttl(
-        parts.status,
-        &parts.headers,
-        plan.ttl,
-        &proxy.config().cache.cacheable_statuses,
-    );
+    if parts.status == StatusCode::NOT_MODIFIED {
+        if let Some(stored) = plan.revalidating.clone() {
+            let (outcome, own) =
+                freshen(&proxy, &stored, &parts.headers, plan, started, generation);
+            let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome), own));
+            return;
+        }
+    }
+    let verdict = {
+        let config = proxy.config();
+        policy::assess(
+            parts.status,
+            &parts.headers,
+            &store_rules(&config.cache, plan.ttl),
+            SystemTime::now(),
+            policy::is_authorized(&plan.request_headers),
+        )
+    };
     let body = UpstreamBody::new(body, proxy.upstream_timeout());
 
     if let Err(reason) = verdict {
@@ -116,7 +141,7 @@ pub(crate) async fn run(
         // private answer): stream it to the leader; waiters ask for their own.
         let shareable = policy::shareable(reason, &parts.headers);
         if guard.end_if_alone() || !shareable {
-            not_stored(&proxy, &plan, key, reason, parts.status);
+            not_stored(&proxy, &plan.route, key, reason, parts.status);
             if !shareable {
                 guard.publish(FillOutcome::Streamed);
             }
@@ -146,7 +171,13 @@ pub(crate) async fn run(
                 .unwrap_or(FillOutcome::Failed(err))
         }
         Ok(Collected::TooLarge(body)) => {
-            not_stored(&proxy, &plan, key, NotStorable::TooLarge, parts.status);
+            not_stored(
+                &proxy,
+                &plan.route,
+                key,
+                NotStorable::TooLarge,
+                parts.status,
+            );
             guard.publish(FillOutcome::Streamed);
             let reason = NotStorable::TooLarge;
             let _ = leader.send(LeaderAnswer::Stream(Box::new(StreamedAnswer {
@@ -157,9 +188,15 @@ pub(crate) async fn run(
             return;
         }
         Ok(Collected::Complete(bytes)) => match verdict {
-            Ok(ttl) => store(&proxy, parts, bytes, ttl, plan, started, generation),
+            Ok(storable) => {
+                let mut parts = parts;
+                let own = leader_only(&mut parts.headers, &storable.strip);
+                let outcome = store(&proxy, parts, bytes, storable, plan, started, generation);
+                let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome), own));
+                return;
+            }
             Err(reason) => {
-                not_stored(&proxy, &plan, key, reason, parts.status);
+                not_stored(&proxy, &plan.route, key, reason, parts.status);
                 FillOutcome::Uncacheable(BufferedAnswer {
                     status: parts.status,
                     headers: parts.headers,
@@ -169,7 +206,10 @@ pub(crate) async fn run(
             }
         },
     };
-    let _ = leader.send(LeaderAnswer::Outcome(guard.publish(outcome)));
+    let _ = leader.send(LeaderAnswer::Outcome(
+        guard.publish(outcome),
+        HeaderMap::new(),
+    ));
 }
 
 /// The stale entry that answers for a failed fill, if the key has one
@@ -184,6 +224,10 @@ fn stale_instead(
         return None;
     }
     let entry = proxy.store.stale_if_error(&key, Instant::now())?;
+    if matches!(reason, StaleReason::UpstreamStatus(_)) && entry.status.is_server_error() {
+        // A stored 5xx is no better than the new one (RFC 9111 §4.2.4).
+        return None;
+    }
     warn!(route = &*plan.route, key = %key.short(), reason = reason.as_str(), fwd_status = reason.upstream_status(), "upstream failed; serving the stale entry");
     Some(FillOutcome::Stale { entry, reason })
 }
@@ -202,22 +246,41 @@ fn vouch(proxy: &Proxy, route: &str, credential: &[u8; 16], status: StatusCode) 
     }
 }
 
-fn not_stored(
-    proxy: &Proxy,
-    plan: &FillPlan,
-    key: CacheKey,
-    reason: NotStorable,
-    status: StatusCode,
-) {
+fn not_stored(proxy: &Proxy, route: &str, key: CacheKey, reason: NotStorable, status: StatusCode) {
     Metrics::bump(&proxy.metrics.not_stored);
-    info!(route = &*plan.route, key = %key.short(), reason = reason.as_str(), status = status.as_u16(), "answer not stored");
+    info!(route, key = %key.short(), reason = reason.as_str(), status = status.as_u16(), "answer not stored");
+}
+
+/// The settings `policy::assess` applies for an entry whose default TTL is `ttl`.
+pub(crate) fn store_rules(cache: &CacheConfig, ttl: Duration) -> StoreRules<'_> {
+    StoreRules {
+        mode: cache.mode,
+        ttl,
+        heuristic: cache.heuristic_freshness,
+        cacheable_statuses: &cache.cacheable_statuses,
+        targeted: &cache.targeted_cache_control,
+    }
+}
+
+/// Takes the fields the stored copy must leave out out of `headers`, and
+/// returns them for the leader's own answer.
+fn leader_only(headers: &mut HeaderMap, strip: &[HeaderName]) -> HeaderMap {
+    let mut own = HeaderMap::new();
+    for name in strip {
+        let values: Vec<_> = headers.get_all(name).iter().cloned().collect();
+        headers.remove(name);
+        for value in values {
+            own.append(name.clone(), value);
+        }
+    }
+    own
 }
 
 fn store(
     proxy: &Proxy,
     parts: http::response::Parts,
     body: Bytes,
-    ttl: Duration,
+    storable: Storable,
     plan: FillPlan,
     started: Instant,
     generation: u64,
@@ -228,12 +291,8 @@ fn store(
         Some(names) => variant_key(&plan.base, names, &plan.request_headers),
         None => plan.base,
     };
-    let initial_age = parts
-        .headers
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
-        .unwrap_or(0);
-    let stale = StaleWindows::for_answer(plan.stale, &parts.headers);
+    let validated = parts.headers.contains_key(ETAG) || parts.headers.contains_key(LAST_MODIFIED);
+    let stale = StaleWindows::for_answer(plan.stale, &storable.directives, validated);
     let entry = Arc::new(
         Entry {
             key,
@@ -245,18 +304,97 @@ fn store(
             route: plan.route,
             description: plan.description,
             stored_at: now,
-            expires_at: now + ttl,
+            expires_at: now + storable.ttl,
             stale,
-            initial_age,
+            initial_age: storable.initial_age,
             upstream_time: now - started,
             hits: std::sync::atomic::AtomicU64::new(0),
             replay: plan.replay,
         }
         .compacted(),
     );
+    insert(proxy, entry, generation, storable.ttl)
+}
+
+/// A `304` answered the fill's conditional request: the stored entry's
+/// headers are updated with the 304's (all but `Content-Length`, RFC 9111
+/// §3.2 and §4.3.4), its freshness computed again, and its body kept.
+fn freshen(
+    proxy: &Proxy,
+    stored: &Arc<Entry>,
+    update: &HeaderMap,
+    plan: FillPlan,
+    started: Instant,
+    generation: u64,
+) -> (FillOutcome, HeaderMap) {
+    let mut headers = stored.headers.clone();
+    for name in update.keys() {
+        if name == CONTENT_LENGTH {
+            continue;
+        }
+        headers.remove(name);
+        for value in update.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let verdict = {
+        let config = proxy.config();
+        policy::assess(
+            stored.status,
+            &headers,
+            &store_rules(&config.cache, plan.ttl),
+            SystemTime::now(),
+            policy::is_authorized(&plan.request_headers),
+        )
+    };
+    let storable = match verdict {
+        Ok(storable) => storable,
+        Err(reason) => {
+            // The merged answer may no longer be kept (a new `no-store`,
+            // `private`, `Set-Cookie`…): it goes to the leader like any
+            // unstorable answer, and to waiters only if impersonal.
+            proxy.store.remove_entry(stored);
+            not_stored(proxy, &plan.route, stored.key, reason, stored.status);
+            let answer = BufferedAnswer {
+                status: stored.status,
+                headers,
+                body: stored.body.clone(),
+                reason,
+            };
+            return (FillOutcome::Uncacheable(answer), HeaderMap::new());
+        }
+    };
+    let own = leader_only(&mut headers, &storable.strip);
+    let now = Instant::now();
+    info!(route = &*plan.route, key = %stored.key.short(), "upstream answered 304; stored entry freshened");
+    let entry = Arc::new(
+        Entry {
+            key: stored.key,
+            base: stored.base,
+            vary: stored.vary.clone(),
+            status: stored.status,
+            headers,
+            body: stored.body.clone(),
+            route: plan.route,
+            description: plan.description,
+            stored_at: now,
+            expires_at: now + storable.ttl,
+            stale: StaleWindows::for_answer(plan.stale, &storable.directives, true),
+            initial_age: storable.initial_age,
+            upstream_time: now - started,
+            hits: std::sync::atomic::AtomicU64::new(0),
+            replay: plan.replay,
+        }
+        .compacted(),
+    );
+    (insert(proxy, entry, generation, storable.ttl), own)
+}
+
+fn insert(proxy: &Proxy, entry: Arc<Entry>, generation: u64, ttl: Duration) -> FillOutcome {
+    let key = entry.key;
     match proxy.store.insert(key, entry.clone(), generation) {
         Ok(()) => {
-            proxy.vary.record(plan.base, vary);
+            proxy.vary.record(entry.base, entry.vary.clone());
             Metrics::bump(&proxy.metrics.stored);
             info!(route = &*entry.route, key = %key, ttl_s = ttl.as_secs(), bytes = entry.body.len(), "Cache SET: {}...", key.short());
             FillOutcome::Stored(entry)
@@ -276,7 +414,7 @@ fn store(
 
 /// The leader's answer: from its own fill, whatever the outcome.
 pub(crate) fn answer_leader(answer: LeaderAnswer, ask: &Ask) -> (Response<ProxyBody>, CacheStatus) {
-    let outcome = match answer {
+    let (outcome, own) = match answer {
         LeaderAnswer::Stream(answer) => {
             let StreamedAnswer {
                 parts,
@@ -291,7 +429,7 @@ pub(crate) fn answer_leader(answer: LeaderAnswer, ask: &Ask) -> (Response<ProxyB
             let response = respond::streamed(parts, body, CacheStatus::Miss, field, ask.head);
             return (response, CacheStatus::Miss);
         }
-        LeaderAnswer::Outcome(outcome) => outcome,
+        LeaderAnswer::Outcome(outcome, own) => (outcome, own),
     };
     if let FillOutcome::Stale { entry, reason } = &*outcome {
         let now = Instant::now();
@@ -306,7 +444,12 @@ pub(crate) fn answer_leader(answer: LeaderAnswer, ask: &Ask) -> (Response<ProxyB
                 stored: true,
                 ..CacheStatusField::forward("miss")
             };
-            respond::from_entry(entry, CacheStatus::Miss, field, ask, Instant::now())
+            let mut response =
+                respond::from_entry(entry, CacheStatus::Miss, field, ask, Instant::now());
+            for (name, value) in &own {
+                response.headers_mut().append(name, value.clone());
+            }
+            response
         }
         FillOutcome::Discarded(entry) => {
             let field = CacheStatusField {

@@ -139,6 +139,23 @@ pub fn remove_conditionals(headers: &mut HeaderMap) {
     }
 }
 
+/// True when a stored answer carries a validator (`ETag` or `Last-Modified`).
+pub fn has_validator(response: &HeaderMap) -> bool {
+    response.contains_key(ETAG) || response.contains_key(LAST_MODIFIED)
+}
+
+/// Makes a fill conditional on the stored answer `stored` (RFC 9111
+/// §4.3.1): its `ETag` as `If-None-Match`, its `Last-Modified` as
+/// `If-Modified-Since`.
+pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
+    if let Some(etag) = stored.get(ETAG) {
+        request.insert(IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(modified) = stored.get(LAST_MODIFIED) {
+        request.insert(IF_MODIFIED_SINCE, modified.clone());
+    }
+}
+
 /// A GET or HEAD client's validators, to answer 304 from a stored answer
 /// (RFC 9110 §13.1.2 and §13.1.3, evaluated in §13.2.2's order).
 #[derive(Debug, Clone, Default)]
@@ -362,6 +379,23 @@ mod tests {
     fn post_requests_are_never_answered_304() {
         let asked = Validators::from_request(&Method::POST, &map(&[("if-none-match", "*")]));
         assert!(!asked.not_modified(&map(&[("etag", "\"v\"")])));
+    }
+
+    #[test]
+    fn a_fill_carries_the_stored_validators() {
+        let mut request = map(&[("if-none-match", "\"client\"")]);
+        let stored = map(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Wed, 21 Oct 2026 07:28:00 GMT"),
+        ]);
+        add_validators(&mut request, &stored);
+        assert_eq!(request["if-none-match"], "\"v1\"");
+        assert_eq!(
+            request["if-modified-since"],
+            "Wed, 21 Oct 2026 07:28:00 GMT"
+        );
+        assert!(has_validator(&stored));
+        assert!(!has_validator(&HeaderMap::new()));
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! - [`server`]: listeners (main, admin), connection limits, HTTP/1 + HTTP/2,
 //!   graceful shutdown, expiry purge
 //! - [`tls`]: TLS termination (rustls, ALPN h2/http1.1), certificate reload
-//! - [`framing`]: refuses HTTP/1 requests with both Content-Length and Transfer-Encoding
+//! - [`client_io`]: a client connection's bytes: framing followed in place,
+//!   request body and answer write deadlines
+//! - [`framing`]: HTTP/1 request framing (refuses Content-Length with Transfer-Encoding)
+//! - [`admission`]: Host rules and the framing refusal, before the pipeline
 //! - [`admin`]: `/api/cache/*` (stats, metrics, health, keys, clear,
 //!   invalidate, the status page), answered locally
 //! - [`proxy`]: the pipeline: route → key → lookup → coalesce → forward → store → respond
@@ -14,7 +17,8 @@
 //! - [`refresh`]: `POST /api/cache/refresh`, re-fetching entries in the background
 //! - [`reload`]: the running configuration, swapped whole on SIGHUP
 //! - [`routes`]: route table (name, TTL, cache on/off per path and method)
-//! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::store`]
+//! - [`cache`]: [`cache::key`] (md5 key, canonical JSON), [`cache::key_rules`]
+//!   (per-route key rules), [`cache::volatile`] (suspected volatile fields), [`cache::store`]
 //!   (bounded store on quick_cache), [`cache::policy`] (what may be stored),
 //!   [`cache::flight`] (single-flight), [`cache::vary`] (variants),
 //!   [`cache::credentials`] (who may see which entry), [`cache::codec`]
@@ -28,8 +32,10 @@
 //! - [`error`]: the request path's error enum and its HTTP mapping
 
 pub mod admin;
+pub mod admission;
 pub mod body;
 pub mod cache;
+pub mod client_io;
 pub mod config;
 pub mod error;
 mod fill;

@@ -29,14 +29,19 @@ use hyper::body::Incoming;
 use tracing::{info, warn};
 
 use crate::admin;
+use crate::admission;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::cache::credentials::{credential_digest, Grants};
 use crate::cache::flight::{FillOutcome, Flights, Join};
+use crate::cache::invalidation::Invalidations;
+use crate::cache::key::key_with_headers;
+use crate::cache::key_rules::KeyRules;
+use crate::cache::policy::{self, Directives};
 use crate::cache::vary::{variant_key, VaryIndex};
-use crate::cache::{policy, CacheKey, Entry, KeyMemo, Lookup, Store};
+use crate::cache::volatile::VolatileDetector;
+use crate::cache::{CacheKey, Entry, KeyMemo, Lookup, Store};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::framing::FRAMING_CONFLICT;
 use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
@@ -47,6 +52,7 @@ use crate::server::Surface;
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
 
 mod filling;
+mod invalidating;
 mod waiting;
 
 /// Where a request came from, as the listener saw it.
@@ -74,7 +80,11 @@ pub struct Proxy {
     /// `POST /api/cache/refresh`'s background work and its counters.
     pub refresher: Refresher,
     key_memo: KeyMemo,
+    /// Each route's sample of its keyed requests: suspected volatile fields.
+    pub volatile: VolatileDetector,
     default_route: Arc<str>,
+    /// Base keys invalidated by unsafe requests (RFC 9111 §4.4).
+    pub invalidations: Invalidations,
 }
 
 /// What one request became, for the access log and the counters.
@@ -143,7 +153,9 @@ impl Proxy {
             grants: Grants::new(side_capacity, cache.auth_ttl),
             refresher: Refresher::new(cache.refresh_concurrency),
             key_memo: KeyMemo::new(side_capacity),
+            volatile: VolatileDetector::default(),
             default_route: DEFAULT_ROUTE.into(),
+            invalidations: Invalidations::new(side_capacity),
             live: LiveConfig::new(config),
         })
     }
@@ -167,8 +179,7 @@ impl Proxy {
         let started = Instant::now();
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let served = if request.headers().contains_key(FRAMING_CONFLICT) {
-            let err = ProxyError::FramingConflict;
+        let served = if let Some(err) = admission::refusal(&request) {
             warn!(client = %client.addr.ip(), path = uri.path(), error = %err.message(), "request refused");
             Served {
                 response: respond::error(&err),
@@ -222,7 +233,7 @@ impl Proxy {
         let route = config.routes.lookup(request.method(), request.uri().path());
         let route_name = route.map_or_else(|| self.default_route.clone(), |r| r.name.clone());
         let cacheable = config.cache.enabled
-            && policy::is_cacheable_method(request.method())
+            && policy::is_cacheable_method(request.method(), config.cache.mode)
             && route.is_none_or(|r| r.cache);
         if cacheable {
             return self
@@ -230,7 +241,11 @@ impl Proxy {
                 .await;
         }
         let started = Instant::now();
+        let unsafe_request = invalidating::UnsafeRequest::of(&request);
         let response = self.pass_through(request, &config, client).await;
+        if let Some(unsafe_request) = &unsafe_request {
+            self.invalidate_after(unsafe_request, &response, &config);
+        }
         let trace = Trace {
             upstream_time: Some(started.elapsed()),
             ..Trace::default()
@@ -271,6 +286,12 @@ impl Proxy {
                 warn!(error = %err.message(), "request body rejected");
                 respond::error(&err)
             }
+            // So does a client too slow to send it (body_read_timeout).
+            Err(err) if crate::client_io::is_body_timeout(&err) => {
+                let err = ProxyError::client_body(Box::new(err));
+                warn!(error = %err.message(), "request body rejected");
+                respond::error(&err)
+            }
             Err(err) => self.upstream_failed(&err),
         }
     }
@@ -284,7 +305,10 @@ impl Proxy {
         client: ClientInfo,
     ) -> Served {
         let shared = route.is_some_and(|r| r.shared);
-        let request = match self.key_request(request, config, shared).await {
+        let request = match self
+            .key_request(request, config, shared, route, &route_name)
+            .await
+        {
             Ok(request) => request,
             Err(err) => {
                 warn!(route = &*route_name, error = %err.message(), "request body rejected");
@@ -335,21 +359,33 @@ impl Proxy {
             }
         }
 
-        let wants_fresh = config.cache.honor_client_no_cache
-            && policy::client_wants_fresh(&request.parts.headers);
+        // The client's own Cache-Control, when the configuration honours it
+        // (RFC 9111 §5.2.1): no-cache, no-store and max-age=0 skip stored
+        // answers; max-age and min-fresh narrow which fresh ones will do.
+        let client_cc = config
+            .cache
+            .honor_client_no_cache
+            .then(|| Directives::cache_control(&request.parts.headers));
+        let wants_fresh = client_cc.is_some() && policy::client_wants_fresh(&request.parts.headers);
+        let acceptable = |entry: &Entry, now: Instant| {
+            client_cc.as_ref().is_none_or(|d| {
+                policy::client_accepts_fresh(d, entry.age(now), entry.ttl_left(now))
+            })
+        };
         if !wants_fresh {
             let now = Instant::now();
-            match self.store.get(&request.key, now) {
-                Lookup::Fresh(entry) => {
+            match self.lookup(&request.key, now) {
+                Lookup::Fresh(entry) if acceptable(&entry, now) => {
                     info!(route = &*route_name, key = %request.key.short(), "Cache HIT for {route_name}");
                     return hit(&entry, &request.ask, route_name);
                 }
                 Lookup::Stale(entry) if entry.serves_while_revalidating(now) => {
                     return self.revalidate(&entry, request, route, route_name, client);
                 }
-                // Kept for stale-if-error: the fill falls back on it if the
-                // upstream fails.
-                Lookup::Stale(_) | Lookup::Miss => {}
+                // Kept for stale-if-error or for revalidation: the fill
+                // falls back on it if the upstream fails, or asks the
+                // upstream whether it changed.
+                Lookup::Fresh(_) | Lookup::Stale(_) | Lookup::Miss => {}
             }
         }
         info!(route = &*route_name, key = %request.key.short(), "Cache MISS for {route_name} - forwarding upstream");
@@ -362,9 +398,12 @@ impl Proxy {
             Join::Leader(guard) => {
                 // A fill may have stored the key between our lookup and our join.
                 if !wants_fresh {
-                    if let Lookup::Fresh(entry) = self.store.get(&request.key, Instant::now()) {
-                        guard.publish(FillOutcome::Stored(entry.clone()));
-                        return hit(&entry, &request.ask, route_name);
+                    let now = Instant::now();
+                    if let Lookup::Fresh(entry) = self.lookup(&request.key, now) {
+                        if acceptable(&entry, now) {
+                            guard.publish(FillOutcome::Stored(entry.clone()));
+                            return hit(&entry, &request.ask, route_name);
+                        }
                     }
                 }
                 let (response, status) = self
@@ -375,12 +414,15 @@ impl Proxy {
         }
     }
 
-    /// Reads the body and computes the request's keys.
+    /// Reads the body and computes the request's keys: under the route's
+    /// key rules, then its `key_headers`, then credentials, then `Vary`.
     async fn key_request(
         &self,
         request: Request<Incoming>,
         config: &Config,
         shared: bool,
+        route: Option<&Route>,
+        route_name: &Arc<str>,
     ) -> Result<Keyed, ProxyError> {
         let (parts, body) = request.into_parts();
         let body = read_body(&parts.headers, body, config.max_body_bytes).await?;
@@ -392,9 +434,12 @@ impl Proxy {
             parts.method.clone()
         };
         let credential = credential_digest(&parts.headers, &config.cache.credential_headers);
-        let mut base = self
-            .key_memo
-            .key(&method, parts.uri.path(), parts.uri.query(), &body);
+        let rules = route.map_or(KeyRules::none(), |r| &*r.key_rules);
+        let (path, query) = (parts.uri.path(), parts.uri.query());
+        let keyed = self.key_memo.keyed(&method, path, query, &body, rules);
+        let mut base = key_with_headers(keyed, rules, &parts.headers);
+        self.volatile
+            .observe(route_name, rules, &method, path, query, &body);
         if let (false, Some(credential)) = (shared, &credential) {
             base = base.derive(b"credential", &[credential]);
         }
@@ -513,7 +558,7 @@ async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<By
         Err(source) if source.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge { limit })
         }
-        Err(source) => Err(ProxyError::ClientBody { source }),
+        Err(source) => Err(ProxyError::client_body(source)),
     }
 }
 

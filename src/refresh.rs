@@ -316,6 +316,8 @@ async fn refill(proxy: &Arc<Proxy>, entry: &Arc<Entry>) -> Refill {
         stale,
         serve_stale: false,
         replay: Some(replay.clone()),
+        // A refresh fetches the whole answer again, unconditionally.
+        revalidating: None,
     };
     let body = Either::Left(Full::new(replay.body.clone()));
     let upstream_request = proxy.upstream_request(parts, None, body, REFRESH_CLIENT);
@@ -328,7 +330,7 @@ async fn refill(proxy: &Arc<Proxy>, entry: &Arc<Entry>) -> Refill {
         answer_tx,
     ));
     match answer_rx.await {
-        Ok(LeaderAnswer::Outcome(outcome)) => judge(&outcome),
+        Ok(LeaderAnswer::Outcome(outcome, _)) => judge(&outcome),
         Ok(LeaderAnswer::Stream(_)) => Refill::Failed("not-stored"),
         Err(_) => Refill::Failed("abandoned"),
     }

@@ -7,6 +7,7 @@
 //! steps midway; a fill it starts takes the TTL and windows current then.
 //! What is read per request takes effect at once: TTLs, routes, stale
 //! windows, `lock_timeout`, `cacheable_statuses`, `honor_client_no_cache`,
+//! the cache `mode`, `heuristic_freshness`, `targeted_cache_control`,
 //! `credential_headers`, `max_body_bytes`, `enabled`, the admin token.
 //! Settings that shape objects built at start (the listeners and their
 //! limits, the upstream client and its cap, the store's bounds, the purge

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::cache::key_rules::KeyRules;
 use crate::cache::stale::StaleWindows;
 use crate::config::{FileDuration, FileRoute};
 
@@ -75,6 +76,9 @@ pub struct Route {
     pub stale_if_error: Option<Duration>,
     /// Overrides `[cache] stale_while_revalidate` for this route's entries.
     pub stale_while_revalidate: Option<Duration>,
+    /// What the key leaves out or adds (`key_ignore_fields`, `key_unordered`,
+    /// `key_ignore_query`, `key_headers`); shared, so a request borrows it.
+    pub key_rules: Arc<KeyRules>,
 }
 
 impl Route {
@@ -102,6 +106,14 @@ impl Route {
                 "ttl must be greater than zero (use cache = false to turn caching off)".into(),
             );
         }
+        let list = |field: &Option<Vec<String>>| field.clone().unwrap_or_default();
+        let key_rules = KeyRules::new(
+            &list(&raw.key_ignore_fields),
+            &list(&raw.key_unordered),
+            &list(&raw.key_ignore_query),
+            &list(&raw.key_headers),
+        )
+        .map_err(|err| format!("route {:?}: {err}", raw.name))?;
         Ok(Self {
             name: raw.name.as_str().into(),
             path: PathPattern::parse(&raw.path)?,
@@ -111,6 +123,7 @@ impl Route {
             shared: raw.shared.unwrap_or(false),
             stale_if_error: raw.stale_if_error.map(|d| d.0),
             stale_while_revalidate: raw.stale_while_revalidate.map(|d| d.0),
+            key_rules: Arc::new(key_rules),
         })
     }
 
@@ -127,6 +140,10 @@ impl Route {
             shared: self.shared.then_some(true),
             stale_if_error: self.stale_if_error.map(FileDuration),
             stale_while_revalidate: self.stale_while_revalidate.map(FileDuration),
+            key_ignore_fields: listed(self.key_rules.ignore_field_texts()),
+            key_unordered: listed(self.key_rules.unordered_texts()),
+            key_ignore_query: listed(self.key_rules.ignore_query_texts()),
+            key_headers: listed(self.key_rules.header_texts()),
         }
     }
 
@@ -137,6 +154,7 @@ impl Route {
             while_revalidate: self
                 .stale_while_revalidate
                 .unwrap_or(defaults.while_revalidate),
+            ..defaults
         }
     }
 
@@ -149,6 +167,11 @@ impl Route {
             }
         }
     }
+}
+
+/// A list for proxy.toml: left out when empty.
+fn listed(items: Vec<String>) -> Option<Vec<String>> {
+    (!items.is_empty()).then_some(items)
 }
 
 /// The routes in file order; cheap to clone (shared slice).
@@ -237,6 +260,41 @@ mod tests {
         )]);
         assert!(table.lookup(&Method::HEAD, "/api/filter-options").is_some());
         assert!(table.lookup(&Method::POST, "/api/filter-options").is_none());
+    }
+
+    #[test]
+    fn key_rules_are_read_printed_back_and_refused_with_route_and_field() {
+        let raw = FileRoute {
+            name: "get_metrics".into(),
+            path: "/api/metrics".into(),
+            key_ignore_fields: Some(vec!["requestId".into(), "meta.sentAt".into()]),
+            key_unordered: Some(vec!["orgs".into()]),
+            key_ignore_query: Some(vec!["utm_*".into()]),
+            key_headers: Some(vec!["X-Tenant".into()]),
+            ..FileRoute::default()
+        };
+        let route = Route::from_file(&raw).unwrap();
+        let printed = route.to_file();
+        assert_eq!(printed.key_ignore_fields, raw.key_ignore_fields);
+        assert_eq!(printed.key_unordered, raw.key_unordered);
+        assert_eq!(printed.key_ignore_query, raw.key_ignore_query);
+        assert_eq!(printed.key_headers, Some(vec!["x-tenant".into()]));
+        let bad = FileRoute {
+            key_unordered: Some(vec!["filters..orgs".into()]),
+            ..raw
+        };
+        let err = Route::from_file(&bad).unwrap_err();
+        assert!(err.contains("\"get_metrics\""), "{err}");
+        assert!(err.contains("key_unordered"), "{err}");
+        assert!(err.contains("filters..orgs"), "{err}");
+    }
+
+    #[test]
+    fn a_route_without_key_settings_prints_none() {
+        let printed = route("x", "/x", &[]).to_file();
+        assert_eq!(printed.key_ignore_fields, None);
+        assert_eq!(printed.key_headers, None);
+        assert!(route("x", "/x", &[]).key_rules.is_empty());
     }
 
     #[test]

@@ -257,3 +257,72 @@ fn the_printed_config_never_shows_the_admin_token() {
     let output = dashcache(&["--print-config"], &[("CACHE_ADMIN_TOKEN", "env-secret")]);
     assert!(!String::from_utf8_lossy(&output.stdout).contains("env-secret"));
 }
+
+#[test]
+fn print_config_shows_what_the_standard_mode_implies_and_single_settings_override_it() {
+    let standard = printed(&["--cache-mode", "standard"], &[]);
+    let cache = &standard.cache;
+    assert_eq!(cache.mode, Some(dashcache::config::CacheMode::Standard));
+    assert_eq!(cache.heuristic_freshness, Some(true));
+    assert_eq!(cache.honor_client_no_cache, Some(true));
+    assert_eq!(cache.stale_if_error.as_ref().unwrap().0, Duration::ZERO);
+    assert_eq!(
+        cache.cacheable_statuses.as_deref(),
+        Some(&[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501][..])
+    );
+    assert_eq!(
+        cache.targeted_cache_control.as_deref(),
+        Some(&["cdn-cache-control".to_owned()][..])
+    );
+
+    let file = config_file("[cache]\nmode = \"standard\"\nstale_if_error = \"1h\"\n");
+    let overridden = printed(
+        &["--config", file.path().to_str().unwrap()],
+        &[
+            ("DASHCACHE_HEURISTIC_FRESHNESS", "false"),
+            (
+                "DASHCACHE_TARGETED_CACHE_CONTROL",
+                "dashcache-cache-control,cdn-cache-control",
+            ),
+        ],
+    );
+    assert_eq!(
+        overridden.cache.mode,
+        Some(dashcache::config::CacheMode::Standard)
+    );
+    assert_eq!(overridden.cache.heuristic_freshness, Some(false));
+    assert_eq!(
+        overridden.cache.stale_if_error.as_ref().unwrap().0,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        overridden.cache.targeted_cache_control.unwrap(),
+        ["dashcache-cache-control", "cdn-cache-control"]
+    );
+
+    let env = printed(&[], &[("DASHCACHE_CACHE_MODE", "standard")]);
+    assert_eq!(env.cache.mode, Some(dashcache::config::CacheMode::Standard));
+}
+
+#[test]
+fn the_default_mode_is_dashboard_with_the_seeds_settings() {
+    let config = printed(&[], &[]);
+    let cache = &config.cache;
+    assert_eq!(cache.mode, Some(dashcache::config::CacheMode::Dashboard));
+    assert_eq!(cache.heuristic_freshness, Some(false));
+    assert_eq!(cache.honor_client_no_cache, Some(false));
+    assert_eq!(
+        cache.stale_if_error.as_ref().unwrap().0,
+        Duration::from_secs(86_400)
+    );
+    assert_eq!(cache.cacheable_statuses.as_deref(), Some(&[200][..]));
+}
+
+#[test]
+fn an_unknown_cache_mode_is_rejected_by_name() {
+    let output = dashcache(&["--check", "--cache-mode", "strict"], &[]);
+    assert_rejected(&output, &["--cache-mode", "strict"]);
+    let file = config_file("[cache]\nmode = \"strict\"\n");
+    let output = dashcache(&["--check", "--config", file.path().to_str().unwrap()], &[]);
+    assert_rejected(&output, &["mode"]);
+}

@@ -276,3 +276,48 @@ async fn http2_streams_per_connection_are_bounded() {
     }
     assert_eq!(origin.total(), 4);
 }
+
+/// An HTTP/2 connection (prior knowledge) driven by hyper's client; the
+/// returned handle resolves when the server closes the connection.
+async fn http2_connection(
+    proxy: &ServerHandle,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_but_not_a_busy_one() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.on("/api/slow", Behaviour::new().gate(&gate));
+    let proxy = proxy_with(&origin, "header_read_timeout = \"300ms\"").await;
+
+    // Busy: one stream open for several idle timeouts is not cut.
+    let (mut sender, connection) = http2_connection(&proxy).await;
+    let slow = {
+        let request = Request::get(proxy.url("/api/slow"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        tokio::spawn(sender.send_request(request))
+    };
+    origin.wait_for_total(1).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!connection.is_finished(), "closed while a stream was open");
+    gate.open();
+    let answer = tokio::time::timeout(PATIENCE, slow).await.unwrap().unwrap();
+    assert_eq!(answer.unwrap().status(), 200);
+
+    // Idle: no stream open for header_read_timeout closes it, although the
+    // client answers every PING.
+    sender.ready().await.unwrap();
+    let ended = tokio::time::timeout(PATIENCE, connection).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was kept");
+}

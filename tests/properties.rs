@@ -12,7 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use dashcache::cache::credentials::credential_digest;
-use dashcache::cache::key::{canonical_query, CacheKey, KeyBody, KeyMemo, RequestIdentity};
+use dashcache::cache::key::{
+    canonical_query, key_with_headers, CacheKey, KeyBody, KeyMemo, RequestIdentity,
+};
+use dashcache::cache::key_rules::KeyRules;
 use dashcache::cache::vary::{variant_key, vary_names};
 use dashcache::config::FileRoute;
 use dashcache::headers::{prepare_upstream_request, remove_hop_by_hop};
@@ -1088,5 +1091,280 @@ proptest! {
             projection(&a_map, &names) == projection(&b_map, &names),
             digest == credential_digest(&b_map, &names)
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Key rules: ignored fields, unordered arrays, ignored query parameters.
+
+/// One step of a generated rule path.
+#[derive(Debug, Clone, PartialEq)]
+enum RuleSegment {
+    Member(&'static str),
+    Any,
+    Element,
+}
+
+/// One step of a concrete location in a document.
+#[derive(Debug, Clone, PartialEq)]
+enum Place {
+    Member(String),
+    Element,
+}
+
+/// A rule path as proxy.toml writes it (`a.*`, `a[].b`, `[].c`, `b[][]`).
+fn rule_text(path: &[RuleSegment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            RuleSegment::Element => out.push_str("[]"),
+            RuleSegment::Member(name) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(name);
+            }
+            RuleSegment::Any => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('*');
+            }
+        }
+    }
+    out
+}
+
+/// The model's reading of a rule: it names exactly the places of its length
+/// whose steps it matches one by one.
+fn rule_matches(path: &[RuleSegment], place: &[Place]) -> bool {
+    path.len() == place.len()
+        && path
+            .iter()
+            .zip(place)
+            .all(|(rule, step)| match (rule, step) {
+                (RuleSegment::Member(name), Place::Member(member)) => name == member,
+                (RuleSegment::Any, Place::Member(_)) => true,
+                (RuleSegment::Element, Place::Element) => true,
+                _ => false,
+            })
+}
+
+/// The document as the rules key it: ignored members removed, unordered
+/// arrays sorted by their elements' canonical text (serde_json writes
+/// objects with sorted names and, with `arbitrary_precision`, numbers as
+/// written), members sorted.
+fn keyed_model(
+    json: &Json,
+    place: &mut Vec<Place>,
+    ignore: &[Vec<RuleSegment>],
+    unordered: &[Vec<RuleSegment>],
+) -> Json {
+    match json {
+        Json::Object(entries) => {
+            let mut kept = Vec::new();
+            for (name, value) in entries {
+                place.push(Place::Member(name.clone()));
+                if !ignore.iter().any(|rule| rule_matches(rule, place)) {
+                    kept.push((name.clone(), keyed_model(value, place, ignore, unordered)));
+                }
+                place.pop();
+            }
+            kept.sort_by(|a, b| a.0.cmp(&b.0));
+            Json::Object(kept)
+        }
+        Json::Array(items) => {
+            let sort = unordered.iter().any(|rule| rule_matches(rule, place));
+            place.push(Place::Element);
+            let mut items: Vec<Json> = items
+                .iter()
+                .map(|item| keyed_model(item, place, ignore, unordered))
+                .collect();
+            place.pop();
+            if sort {
+                items.sort_by_key(|item| serde_json::to_string(&item.value()).unwrap());
+            }
+            Json::Array(items)
+        }
+        other => other.clone(),
+    }
+}
+
+fn rule_segment() -> impl Strategy<Value = RuleSegment> {
+    prop_oneof![
+        3 => select(vec!["a", "b", "c"]).prop_map(RuleSegment::Member),
+        1 => Just(RuleSegment::Any),
+        2 => Just(RuleSegment::Element),
+    ]
+}
+
+fn rule_paths(ends_in_element: bool) -> impl Strategy<Value = Vec<Vec<RuleSegment>>> {
+    vec(vec(rule_segment(), 1..4), 0..3).prop_map(move |paths| {
+        paths
+            .into_iter()
+            .filter(|path| ends_in_element || path.last() != Some(&RuleSegment::Element))
+            .collect()
+    })
+}
+
+/// Small documents over the names `a`, `b`, `c` and a handful of leaves,
+/// so that rules often apply and two documents are often equal once keyed.
+fn rule_json() -> impl Strategy<Value = Json> {
+    let leaf = prop_oneof![
+        Just(Json::Null),
+        select(vec!["1", "2", "1.0"]).prop_map(|n| Json::Number(n.to_owned())),
+        select(vec!["x", "y"]).prop_map(|t| Json::Text(t.to_owned())),
+    ];
+    leaf.prop_recursive(3, 24, 3, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..4).prop_map(Json::Array),
+            btree_map(select(vec!["a", "b", "c"]), inner, 0..3).prop_map(|entries| {
+                Json::Object(
+                    entries
+                        .into_iter()
+                        .map(|(n, v)| (n.to_owned(), v))
+                        .collect(),
+                )
+            }),
+        ]
+    })
+}
+
+fn key_rules_of(ignore: &[Vec<RuleSegment>], unordered: &[Vec<RuleSegment>]) -> KeyRules {
+    let texts = |paths: &[Vec<RuleSegment>]| paths.iter().map(|p| rule_text(p)).collect::<Vec<_>>();
+    KeyRules::new(&texts(ignore), &texts(unordered), &[], &[]).expect("generated rules are valid")
+}
+
+/// A document changed where the rules say it does not matter: ignored
+/// members given other values, unordered arrays reversed.
+fn disturbed(
+    json: &Json,
+    place: &mut Vec<Place>,
+    ignore: &[Vec<RuleSegment>],
+    unordered: &[Vec<RuleSegment>],
+) -> Json {
+    match json {
+        Json::Object(entries) => Json::Object(
+            entries
+                .iter()
+                .map(|(name, value)| {
+                    place.push(Place::Member(name.clone()));
+                    let value = if ignore.iter().any(|rule| rule_matches(rule, place)) {
+                        Json::Text(format!("changed-{}", place.len()))
+                    } else {
+                        disturbed(value, place, ignore, unordered)
+                    };
+                    place.pop();
+                    (name.clone(), value)
+                })
+                .collect(),
+        ),
+        Json::Array(items) => {
+            let reverse = unordered.iter().any(|rule| rule_matches(rule, place));
+            place.push(Place::Element);
+            let mut items: Vec<Json> = items
+                .iter()
+                .map(|item| disturbed(item, place, ignore, unordered))
+                .collect();
+            place.pop();
+            if reverse {
+                items.reverse();
+            }
+            Json::Array(items)
+        }
+        other => other.clone(),
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn two_bodies_share_a_key_exactly_when_equal_once_ignored_fields_go_and_unordered_arrays_sort(
+        a in rule_json(),
+        b in rule_json(),
+        ignore in rule_paths(false),
+        unordered in rule_paths(true),
+        style_a in choices(),
+        style_b in choices(),
+    ) {
+        let rules = key_rules_of(&ignore, &unordered);
+        let (sent_a, sent_b) = (written(&a, &style_a), written(&b, &style_b));
+        let key = |body: &str| {
+            RequestIdentity::with_rules(&Method::POST, "/q", None, body.as_bytes(), &rules).key()
+        };
+        let model = |json: &Json| keyed_model(json, &mut Vec::new(), &ignore, &unordered);
+        prop_assert_eq!(
+            model(&a) == model(&b),
+            key(&sent_a) == key(&sent_b),
+            "rules {} / {}: {} vs {}", rules, sent_b, sent_a, sent_b
+        );
+        // The keyed text is the model, written canonically.
+        let text = KeyBody::parse_with(sent_a.as_bytes(), &rules).canonical_text().into_owned();
+        let reparsed: Value = serde_json::from_str(&text).expect("keyed text is JSON");
+        prop_assert_eq!(reparsed, model(&a).value());
+    }
+
+    #[test]
+    fn changing_only_what_the_rules_leave_out_never_changes_the_key(
+        json in rule_json(),
+        ignore in rule_paths(false),
+        unordered in rule_paths(true),
+        style in choices(),
+    ) {
+        let rules = key_rules_of(&ignore, &unordered);
+        let other = disturbed(&json, &mut Vec::new(), &ignore, &unordered);
+        let key = |json: &Json| {
+            let body = written(json, &style);
+            RequestIdentity::with_rules(&Method::POST, "/q", None, body.as_bytes(), &rules).key()
+        };
+        prop_assert_eq!(key(&json), key(&other));
+    }
+
+    #[test]
+    fn ignored_query_parameters_never_change_the_key_and_others_always_do(
+        kept in vec(("[a-d]{1,2}", "[0-9]{0,2}"), 0..4),
+        noise in vec((select(vec!["utm_source", "utm_x", "_"]), "[0-9]{1,3}"), 0..4),
+        at in vec(any::<usize>(), 4),
+        extra in ("[a-d]{1,2}", "[0-9]{1,2}"),
+    ) {
+        let rules = KeyRules::new(&[], &[], &["utm_*".into(), "_".into()], &[]).unwrap();
+        let join = |pairs: &[(String, String)]| {
+            pairs.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("&")
+        };
+        let kept: Vec<(String, String)> = kept;
+        let mut noisy = kept.clone();
+        for (i, (name, value)) in noise.iter().enumerate() {
+            let position = at[i % at.len()] % (noisy.len() + 1);
+            noisy.insert(position, (name.to_string(), value.clone()));
+        }
+        let key = |query: &str| {
+            RequestIdentity::with_rules(&Method::GET, "/q", Some(query), b"", &rules).key()
+        };
+        prop_assert_eq!(key(&join(&kept)), key(&join(&noisy)));
+        let mut more = kept.clone();
+        more.push(extra);
+        prop_assert_ne!(key(&join(&kept)), key(&join(&more)));
+    }
+
+    #[test]
+    fn key_headers_split_by_value_and_never_by_name_case(
+        a in "[a-z0-9]{0,6}",
+        b in "[a-z0-9]{0,6}",
+        upper in any::<bool>(),
+    ) {
+        let rules = KeyRules::new(&[], &[], &[], &["X-Tenant".into()]).unwrap();
+        let base = RequestIdentity::new(&Method::POST, "/q", None, b"{}").key();
+        let with = |name: &str, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+            key_with_headers(base, &rules, &headers)
+        };
+        let name = if upper { "X-TENANT" } else { "x-tenant" };
+        prop_assert_eq!(a == b, with(name, &a) == with("x-tenant", &b));
+        prop_assert_ne!(with("x-tenant", &a), key_with_headers(base, &rules, &HeaderMap::new()));
     }
 }

@@ -7,7 +7,7 @@
 //! it and its memory is O(limit), not O(entries).
 
 use std::cmp::{Ordering as Order, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +16,7 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::body::ProxyBody;
+use crate::cache::volatile::VolatileField;
 use crate::cache::Entry;
 use crate::error::ProxyError;
 use crate::proxy::Proxy;
@@ -42,6 +43,8 @@ struct KeysAnswer {
     count: usize,
     sort: KeyOrder,
     keys: Vec<KeyInfo>,
+    /// Per route, the fields suspected of changing on every request.
+    volatile_fields: BTreeMap<String, Vec<VolatileField>>,
 }
 
 #[derive(Serialize)]
@@ -124,6 +127,7 @@ pub(super) async fn keys(
             count: keys.len(),
             sort: order,
             keys,
+            volatile_fields: volatile_fields(proxy),
         },
     ))
 }
@@ -194,4 +198,9 @@ fn best_entries(
     let mut best: Vec<Ranked> = best.into_iter().map(|Reverse(r)| r).collect();
     best.sort_by(|a, b| b.cmp(a));
     (matched, best)
+}
+
+/// Every route's suspected volatile fields (routes without any left out).
+fn volatile_fields(proxy: &Proxy) -> BTreeMap<String, Vec<VolatileField>> {
+    proxy.volatile.reports()
 }

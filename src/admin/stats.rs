@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::body::{self, ProxyBody};
+use crate::cache::volatile::VolatileField;
 use crate::metrics::{StoreFigures, OPENMETRICS_CONTENT_TYPE};
 use crate::proxy::Proxy;
 use crate::refresh::RefreshFigures;
@@ -71,6 +72,8 @@ struct RouteStats {
     avg_hit_ms: f64,
     avg_miss_ms: f64,
     upstream_seconds_saved: f64,
+    /// Fields suspected of changing on every request (`cache::volatile`).
+    volatile_fields: Vec<VolatileField>,
 }
 
 /// Rates to four decimals, seconds to milliseconds: stable, readable JSON.
@@ -133,6 +136,7 @@ pub(super) fn stats(proxy: &Proxy) -> Response<ProxyBody> {
                     avg_hit_ms: r.avg_hit_ms(),
                     avg_miss_ms: r.avg_miss_ms(),
                     upstream_seconds_saved: seconds(r.upstream_seconds_saved()),
+                    volatile_fields: volatile_fields(proxy, name),
                 };
                 (name.to_string(), stats)
             })
@@ -145,6 +149,11 @@ pub(super) fn stats(proxy: &Proxy) -> Response<ProxyBody> {
             cache,
         },
     )
+}
+
+/// A route's suspected volatile fields, for its stats.
+fn volatile_fields(proxy: &Proxy, route: &str) -> Vec<VolatileField> {
+    proxy.volatile.report(route)
 }
 
 /// `GET /api/cache/metrics`: OpenMetrics text for Prometheus.

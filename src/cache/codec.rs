@@ -36,7 +36,7 @@ use http::{HeaderMap, Method, StatusCode};
 
 use super::key::CacheKey;
 use super::replay::Replay;
-use super::stale::StaleWindows;
+use super::stale::{revalidate_window, StaleWindows};
 use super::store::Entry;
 
 /// The format written by [`encode`]; the only one [`decode`] reads.
@@ -304,6 +304,8 @@ impl Parts {
                     StaleWindows {
                         if_error,
                         while_revalidate,
+                        // Derived from the headers once they are read.
+                        revalidate: Duration::ZERO,
                     },
                 )
             }
@@ -337,6 +339,9 @@ impl Parts {
             return Err(DecodeError::Invalid("expires-at before stored-at"));
         }
         let mut stale = self.stale.ok_or(DecodeError::Missing("stale windows"))?;
+        let headers = self.headers.ok_or(DecodeError::Missing("headers"))?;
+        // Not encoded: an entry with a validator is kept for revalidation.
+        stale.revalidate = revalidate_window(crate::headers::has_validator(&headers));
         let mut initial_age = self
             .initial_age
             .ok_or(DecodeError::Missing("initial age"))?;
@@ -350,6 +355,7 @@ impl Parts {
             Err(ago) => now.checked_sub(ago).unwrap_or_else(|| {
                 stale.if_error = stale.if_error.saturating_sub(ago);
                 stale.while_revalidate = stale.while_revalidate.saturating_sub(ago);
+                stale.revalidate = stale.revalidate.saturating_sub(ago);
                 now
             }),
         };
@@ -373,7 +379,7 @@ impl Parts {
             base: self.base.ok_or(DecodeError::Missing("base key"))?,
             vary: self.vary,
             status: self.status.ok_or(DecodeError::Missing("status"))?,
-            headers: self.headers.ok_or(DecodeError::Missing("headers"))?,
+            headers,
             body: self.body.ok_or(DecodeError::Missing("body"))?,
             route: self.route.ok_or(DecodeError::Missing("route"))?,
             description: self
@@ -606,6 +612,7 @@ mod tests {
             stale: StaleWindows {
                 if_error: Duration::from_secs(86_400),
                 while_revalidate: Duration::from_secs(30),
+                revalidate: Duration::ZERO,
             },
             initial_age: 5,
             upstream_time: Duration::from_micros(2_500_123),
@@ -735,6 +742,21 @@ mod tests {
         };
         let decoded = decode(&encode(&entry, &before), &behind).unwrap();
         assert_eq!(decoded.age(behind.mono), entry.initial_age);
+    }
+
+    #[test]
+    fn an_entry_with_a_validator_decodes_with_its_revalidation_window() {
+        let clock = clock();
+        let mut entry = sample(&clock);
+        entry
+            .headers
+            .insert("etag", HeaderValue::from_static("\"v1\""));
+        let decoded = decode(&encode(&entry, &clock), &clock).unwrap();
+        assert_eq!(
+            decoded.stale.revalidate,
+            crate::cache::stale::REVALIDATE_WINDOW
+        );
+        assert_eq!(decoded.stale.if_error, entry.stale.if_error);
     }
 
     #[test]
@@ -933,6 +955,7 @@ mod tests {
         ) {
             let clock = clock();
             let stored_at = clock.mono - Duration::from_millis(stored_ago_ms);
+            let revalidate = revalidate_window(crate::headers::has_validator(&headers));
             let entry = Entry {
                 key: CacheKey::from_bytes(key),
                 base: CacheKey::from_bytes(key),
@@ -947,6 +970,7 @@ mod tests {
                 stale: StaleWindows {
                     if_error: Duration::from_millis(if_error_ms),
                     while_revalidate: Duration::from_millis(swr_ms),
+                    revalidate,
                 },
                 initial_age,
                 upstream_time: Duration::from_micros(upstream_us),

@@ -10,14 +10,21 @@
 //! (a miss too many), never merge two it reads differently (a wrong answer).
 //! The description (`route METHOD path?query body`) is kept with each entry
 //! for `invalidate` and is only built on a miss.
+//!
+//! A route's [`KeyRules`] (`cache::key_rules`) are applied while the
+//! canonical body and query are written: ignored fields and parameters are
+//! left out, unordered arrays are sorted by their elements' canonical text,
+//! so the key and the description both show the request as keyed.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use http::Method;
+use http::{HeaderMap, Method};
 use jiter::{Jiter, JiterError, Peek};
 use md5::{Digest, Md5};
+
+use super::key_rules::{Cursor, KeyRules};
 
 /// 128-bit md5 of a request's identity; shown as 32 hex chars.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,11 +88,17 @@ pub enum KeyBody<'a> {
 
 impl<'a> KeyBody<'a> {
     pub fn parse(body: &'a [u8]) -> Self {
+        Self::parse_with(body, &KeyRules::default())
+    }
+
+    /// The body as keyed under `rules`: a JSON body without its ignored
+    /// fields and with its unordered arrays sorted; anything else as sent.
+    pub fn parse_with(body: &'a [u8], rules: &KeyRules) -> Self {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         match first {
             None if body.is_empty() => Self::Empty,
             Some(b'{' | b'[' | b'"') | Some(b'0'..=b'9' | b'-' | b't' | b'f' | b'n') => {
-                match canonical_json(body) {
+                match canonical_json_with(body, rules) {
                     Ok(text) => Self::Json(text),
                     Err(_) => Self::Raw(body),
                 }
@@ -150,15 +163,43 @@ const MAX_DEPTH: usize = 128;
 /// which serde_json cannot: its `arbitrary_precision` mode rewrites
 /// exponents (`1E5` becomes `1e+5`) and reads an object whose only name is
 /// `$serde_json::private::Number` as a number, merging it with one.
+#[cfg(test)]
 fn canonical_json(body: &[u8]) -> Result<String, NotCanonical> {
+    canonical_json_with(body, &KeyRules::default())
+}
+
+/// [`canonical_json`] with a route's rules applied. Paths are matched
+/// against the body as sent; an ignored value is still read whole (and a
+/// body refused for its syntax, depth or repeated names anywhere), so the
+/// rules never change which bodies count as JSON.
+fn canonical_json_with(body: &[u8], rules: &KeyRules) -> Result<String, NotCanonical> {
     let mut jiter = Jiter::new(body);
     let mut out = Vec::with_capacity(body.len());
     let peek = jiter.peek()?;
-    write_canonical(&mut jiter, peek, 0, &mut out)?;
+    let walk = Walk {
+        rules,
+        at: Cursor::root(rules),
+    };
+    write_canonical(&mut jiter, peek, 0, &walk, &mut out)?;
     jiter.finish()?;
     // Only literals, ASCII numbers and strings serde_json escaped were
     // written, so this never fails.
     String::from_utf8(out).map_err(|_| NotCanonical::Syntax)
+}
+
+/// Where a canonical walk stands against a route's key rules.
+struct Walk<'r> {
+    rules: &'r KeyRules,
+    at: Cursor,
+}
+
+impl<'r> Walk<'r> {
+    fn below(&self, cursor: Cursor) -> Walk<'r> {
+        Walk {
+            rules: self.rules,
+            at: cursor,
+        }
+    }
 }
 
 /// Writes the canonical form of the value `peek` starts.
@@ -166,6 +207,19 @@ fn write_canonical(
     jiter: &mut Jiter,
     peek: Peek,
     depth: usize,
+    walk: &Walk,
+    out: &mut Vec<u8>,
+) -> Result<(), NotCanonical> {
+    write_value(jiter, peek, depth, walk, false, out)
+}
+
+/// Writes one value; `unordered` sorts its elements if it is an array.
+fn write_value(
+    jiter: &mut Jiter,
+    peek: Peek,
+    depth: usize,
+    walk: &Walk,
+    unordered: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), NotCanonical> {
     match peek {
@@ -182,12 +236,15 @@ fn write_canonical(
             out.extend_from_slice(text);
         }
         Peek::String => write_string(out, jiter.known_str()?),
+        Peek::Array if unordered || !walk.at.is_empty() => {
+            write_ruled_array(jiter, nested(depth)?, walk, unordered, out)?;
+        }
         Peek::Array => {
             let depth = nested(depth)?;
             out.push(b'[');
             let mut next = jiter.known_array()?;
             while let Some(peek) = next {
-                write_canonical(jiter, peek, depth, out)?;
+                write_canonical(jiter, peek, depth, walk, out)?;
                 next = jiter.array_step()?;
                 if next.is_some() {
                     out.push(b',');
@@ -195,7 +252,7 @@ fn write_canonical(
             }
             out.push(b']');
         }
-        Peek::Object => write_object(jiter, nested(depth)?, out)?,
+        Peek::Object => write_object(jiter, nested(depth)?, walk, out)?,
         _ if peek.is_num() => out.extend_from_slice(jiter.known_number_bytes(peek)?),
         _ => return Err(NotCanonical::Syntax),
     }
@@ -210,18 +267,78 @@ fn nested(depth: usize) -> Result<usize, NotCanonical> {
     }
 }
 
+/// Writes an array whose elements some rule reaches: each element under
+/// the rules below it, then, when `unordered`, the elements sorted by their
+/// canonical text (duplicates kept: `[a,a,b]` is not `[a,b]`).
+fn write_ruled_array(
+    jiter: &mut Jiter,
+    depth: usize,
+    walk: &Walk,
+    unordered: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), NotCanonical> {
+    let step = walk.at.element(walk.rules);
+    let below = walk.below(step.below);
+    let start = out.len();
+    let mut elements: Vec<Range<usize>> = Vec::new();
+    let mut next = jiter.known_array()?;
+    while let Some(peek) = next {
+        let from = out.len() - start;
+        write_value(jiter, peek, depth, &below, step.unordered, out)?;
+        elements.push(from..out.len() - start);
+        next = jiter.array_step()?;
+    }
+    let values = out.split_off(start);
+    if unordered {
+        elements.sort_unstable_by(|a, b| values[a.clone()].cmp(&values[b.clone()]));
+    }
+    out.push(b'[');
+    for (i, element) in elements.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&values[element]);
+    }
+    out.push(b']');
+    Ok(())
+}
+
 /// Writes an object's members sorted by name. Each value is first written
 /// canonically after `out`'s end, then the values are moved behind their
-/// sorted names.
-fn write_object(jiter: &mut Jiter, depth: usize, out: &mut Vec<u8>) -> Result<(), NotCanonical> {
+/// sorted names. A member an ignore rule names is read (so a repeated name
+/// still refuses the body) but not written.
+fn write_object(
+    jiter: &mut Jiter,
+    depth: usize,
+    walk: &Walk,
+    out: &mut Vec<u8>,
+) -> Result<(), NotCanonical> {
     let start = out.len();
-    let mut members: Vec<(String, Range<usize>)> = Vec::new();
+    let mut members: Vec<(String, Option<Range<usize>>)> = Vec::new();
     let mut name = jiter.known_object()?.map(str::to_owned);
     while let Some(member) = name {
         let from = out.len() - start;
         let peek = jiter.peek()?;
-        write_canonical(jiter, peek, depth, out)?;
-        members.push((member, from..out.len() - start));
+        if walk.at.is_empty() {
+            write_canonical(jiter, peek, depth, walk, out)?;
+            members.push((member, Some(from..out.len() - start)));
+        } else {
+            let step = walk.at.member(walk.rules, &member);
+            write_value(
+                jiter,
+                peek,
+                depth,
+                &walk.below(step.below),
+                step.unordered,
+                out,
+            )?;
+            if step.ignored {
+                out.truncate(start + from);
+                members.push((member, None));
+            } else {
+                members.push((member, Some(from..out.len() - start)));
+            }
+        }
         name = jiter.next_key()?.map(str::to_owned);
     }
     let values = out.split_off(start);
@@ -230,7 +347,10 @@ fn write_object(jiter: &mut Jiter, depth: usize, out: &mut Vec<u8>) -> Result<()
         return Err(NotCanonical::DuplicateName);
     }
     out.push(b'{');
-    for (i, (name, value)) in members.into_iter().enumerate() {
+    let kept = members
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)));
+    for (i, (name, value)) in kept.enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -269,6 +389,22 @@ pub fn canonical_query(query: &str) -> Cow<'_, str> {
     Cow::Owned(segments.join("&"))
 }
 
+/// The query as keyed under `rules`: [`canonical_query`] without the
+/// parameters `key_ignore_query` names (matched by decoded name).
+pub fn canonical_query_with<'q>(query: &'q str, rules: &KeyRules) -> Cow<'q, str> {
+    if !rules.has_query_rules() {
+        return canonical_query(query);
+    }
+    let kept = query
+        .split('&')
+        .filter(|segment| !segment.is_empty() && !rules.ignores_query(&decoded_name(segment)));
+    if kept.clone().count() == query.split('&').count() {
+        return canonical_query(query);
+    }
+    let kept: Vec<&str> = kept.collect();
+    Cow::Owned(canonical_query(&kept.join("&")).into_owned())
+}
+
 /// True when `query` is already sorted and has no empty segment: the common
 /// case, checked without allocating.
 fn is_canonical_query(query: &str) -> bool {
@@ -305,11 +441,23 @@ pub struct RequestIdentity<'a> {
 
 impl<'a> RequestIdentity<'a> {
     pub fn new(method: &'a Method, path: &'a str, query: Option<&'a str>, body: &'a [u8]) -> Self {
+        Self::with_rules(method, path, query, body, &KeyRules::default())
+    }
+
+    /// The identity as a route's `rules` key it (without `key_headers`,
+    /// which [`KeyMemo::keyed`] adds).
+    pub fn with_rules(
+        method: &'a Method,
+        path: &'a str,
+        query: Option<&'a str>,
+        body: &'a [u8],
+        rules: &KeyRules,
+    ) -> Self {
         Self {
             method,
             path,
-            query: query.map_or(Cow::Borrowed(""), canonical_query),
-            body: KeyBody::parse(body),
+            query: query.map_or(Cow::Borrowed(""), |q| canonical_query_with(q, rules)),
+            body: KeyBody::parse_with(body, rules),
         }
     }
 
@@ -339,6 +487,26 @@ impl<'a> RequestIdentity<'a> {
         }
         text
     }
+
+    /// The description, followed by the `key_headers` values that joined
+    /// the key (`get_metrics POST /api/metrics {} x-tenant=acme`).
+    pub fn description_with(&self, route: &str, rules: &KeyRules, headers: &HeaderMap) -> String {
+        let mut text = self.description(route);
+        let named = rules.header_description(headers);
+        if !named.is_empty() {
+            text.push(' ');
+            text.push_str(&named);
+        }
+        text
+    }
+}
+
+/// The key of a request under its route's rules, `key_headers` included.
+pub fn key_with_headers(identity: CacheKey, rules: &KeyRules, headers: &HeaderMap) -> CacheKey {
+    match rules.header_identity(headers) {
+        Some(values) => identity.derive(b"key-headers", &[&values]),
+        None => identity,
+    }
 }
 
 /// Canonical keys remembered by the digest of the request exactly as sent.
@@ -362,12 +530,30 @@ impl KeyMemo {
 
     /// The canonical key of a request, from the memo when it was seen before.
     pub fn key(&self, method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> CacheKey {
+        self.keyed(method, path, query, body, &KeyRules::default())
+    }
+
+    /// The key of a request under its route's `rules` (without
+    /// `key_headers`: see [`key_with_headers`]). The rules' fingerprint
+    /// joins the raw digest, so a reload that changes them never finds a
+    /// key remembered under the old ones.
+    pub fn keyed(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+        rules: &KeyRules,
+    ) -> CacheKey {
         if body.is_empty() {
             // Nothing to parse: the canonical key is as cheap as the memo's.
-            return RequestIdentity::new(method, path, query, body).key();
+            return RequestIdentity::with_rules(method, path, query, body, rules).key();
         }
         let mut raw = Md5::new();
         raw.update(b"raw\n");
+        if !rules.is_empty() {
+            raw.update(rules.fingerprint());
+        }
         raw.update(method.as_str());
         raw.update(b"\n");
         raw.update(path);
@@ -379,7 +565,7 @@ impl KeyMemo {
         if let Some(key) = self.keys.get(&raw) {
             return key;
         }
-        let key = RequestIdentity::new(method, path, query, body).key();
+        let key = RequestIdentity::with_rules(method, path, query, body, rules).key();
         self.keys.insert(raw, key);
         key
     }
@@ -645,6 +831,257 @@ mod tests {
             memo.key(&Method::GET, "/x", Some("b=1&a=2"), b""),
             RequestIdentity::new(&Method::GET, "/x", Some("a=2&b=1"), b"").key()
         );
+    }
+
+    fn rules(ignore: &[&str], unordered: &[&str], query: &[&str], headers: &[&str]) -> KeyRules {
+        let own = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        KeyRules::new(&own(ignore), &own(unordered), &own(query), &own(headers)).unwrap()
+    }
+
+    fn keyed_text(body: &str, rules: &KeyRules) -> String {
+        KeyBody::parse_with(body.as_bytes(), rules)
+            .canonical_text()
+            .into_owned()
+    }
+
+    fn ruled_key(query: Option<&str>, body: &str, rules: &KeyRules) -> CacheKey {
+        RequestIdentity::with_rules(&Method::POST, "/api/metrics", query, body.as_bytes(), rules)
+            .key()
+    }
+
+    #[test]
+    fn ignored_fields_are_left_out_at_the_top_and_nested() {
+        let r = rules(&["requestId", "meta.sentAt"], &[], &[], &[]);
+        assert_eq!(
+            keyed_text(
+                r#"{"requestId":"a1","org":"Vale","meta":{"sentAt":17,"v":"2"}}"#,
+                &r
+            ),
+            r#"{"meta":{"v":"2"},"org":"Vale"}"#
+        );
+        assert_eq!(
+            ruled_key(None, r#"{"requestId":"a1","org":"Vale"}"#, &r),
+            ruled_key(None, r#"{"org":"Vale","requestId":"b2"}"#, &r)
+        );
+        assert_ne!(
+            ruled_key(None, r#"{"requestId":"a1","org":"Vale"}"#, &r),
+            ruled_key(None, r#"{"requestId":"a1","org":"Itau"}"#, &r)
+        );
+    }
+
+    #[test]
+    fn a_wildcard_segment_matches_any_one_member() {
+        let r = rules(&["client.*"], &[], &[], &[]);
+        assert_eq!(
+            keyed_text(r#"{"client":{"v":"1.2","tz":"BRT"},"org":"Vale"}"#, &r),
+            r#"{"client":{},"org":"Vale"}"#
+        );
+        let deeper = rules(&["*.sentAt"], &[], &[], &[]);
+        assert_eq!(
+            keyed_text(
+                r#"{"a":{"sentAt":1,"x":1},"b":{"sentAt":2},"sentAt":3}"#,
+                &deeper
+            ),
+            r#"{"a":{"x":1},"b":{},"sentAt":3}"#
+        );
+    }
+
+    #[test]
+    fn an_element_segment_reaches_into_arrays_of_objects() {
+        let r = rules(&["items[].ts"], &[], &[], &[]);
+        assert_eq!(
+            keyed_text(r#"{"items":[{"id":1,"ts":5},{"id":2,"ts":6},3]}"#, &r),
+            r#"{"items":[{"id":1},{"id":2},3]}"#
+        );
+        let top = rules(&["[].requestId"], &[], &[], &[]);
+        assert_eq!(
+            keyed_text(r#"[{"requestId":1,"q":"a"}]"#, &top),
+            r#"[{"q":"a"}]"#
+        );
+    }
+
+    #[test]
+    fn absent_fields_and_fields_of_another_shape_are_left_alone() {
+        let r = rules(&["meta.sentAt"], &["orgs"], &[], &[]);
+        assert_eq!(keyed_text(r#"{"org":"Vale"}"#, &r), r#"{"org":"Vale"}"#);
+        assert_eq!(
+            keyed_text(r#"{"meta":"x","orgs":"b"}"#, &r),
+            r#"{"meta":"x","orgs":"b"}"#
+        );
+        assert_eq!(keyed_text(r#"["meta"]"#, &r), r#"["meta"]"#);
+    }
+
+    #[test]
+    fn unordered_arrays_of_strings_numbers_and_objects_are_sorted() {
+        let r = rules(&[], &["orgs", "ids", "filters.locations"], &[], &[]);
+        assert_eq!(
+            keyed_text(r#"{"orgs":["Vale","Itau","Vale"]}"#, &r),
+            r#"{"orgs":["Itau","Vale","Vale"]}"#
+        );
+        assert_eq!(
+            keyed_text(r#"{"ids":[10,9,1.0]}"#, &r),
+            r#"{"ids":[1.0,10,9]}"#
+        );
+        assert_eq!(
+            keyed_text(
+                r#"{"filters":{"locations":[{"n":"SP","b":1},{"b":0,"n":"RJ"}]}}"#,
+                &r
+            ),
+            r#"{"filters":{"locations":[{"b":0,"n":"RJ"},{"b":1,"n":"SP"}]}}"#
+        );
+        assert_ne!(
+            ruled_key(None, r#"{"orgs":["Vale","Itau"]}"#, &r),
+            ruled_key(None, r#"{"orgs":["Vale","Itau","Itau"]}"#, &r),
+            "a repeated element still counts"
+        );
+    }
+
+    #[test]
+    fn other_arrays_keep_their_order() {
+        let r = rules(&[], &["orgs"], &[], &[]);
+        assert_ne!(
+            ruled_key(None, r#"{"orgs":[1,2],"range":[1,2]}"#, &r),
+            ruled_key(None, r#"{"orgs":[2,1],"range":[2,1]}"#, &r)
+        );
+        assert_eq!(
+            ruled_key(None, r#"{"orgs":[1,2],"range":[1,2]}"#, &r),
+            ruled_key(None, r#"{"orgs":[2,1],"range":[1,2]}"#, &r)
+        );
+    }
+
+    #[test]
+    fn unordered_elements_are_sorted_after_their_own_rules() {
+        let r = rules(&["items[].ts"], &["items"], &[], &[]);
+        assert_eq!(
+            keyed_text(r#"{"items":[{"id":2,"ts":1},{"id":1,"ts":9}]}"#, &r),
+            r#"{"items":[{"id":1},{"id":2}]}"#
+        );
+        let nested = rules(&[], &["matrix[]"], &[], &[]);
+        assert_eq!(
+            keyed_text(r#"{"matrix":[[2,1],[4,3]]}"#, &nested),
+            r#"{"matrix":[[1,2],[3,4]]}"#
+        );
+    }
+
+    #[test]
+    fn non_json_bodies_are_hashed_as_sent_whatever_the_rules() {
+        let r = rules(&["requestId"], &["orgs"], &[], &[]);
+        for body in ["requestId=1&org=Vale", "{\"requestId\":1,", "\u{0}bin"] {
+            assert!(matches!(
+                KeyBody::parse_with(body.as_bytes(), &r),
+                KeyBody::Raw(_)
+            ));
+        }
+        assert_ne!(
+            ruled_key(None, "requestId=1&org=Vale", &r),
+            ruled_key(None, "requestId=2&org=Vale", &r)
+        );
+    }
+
+    #[test]
+    fn a_repeated_name_refuses_the_body_even_when_it_is_ignored() {
+        let r = rules(&["requestId"], &[], &[], &[]);
+        let body = br#"{"requestId":1,"requestId":2,"org":"Vale"}"#;
+        assert!(matches!(KeyBody::parse_with(body, &r), KeyBody::Raw(_)));
+    }
+
+    #[test]
+    fn ignored_query_parameters_are_left_out_by_decoded_name() {
+        let r = rules(&[], &[], &["utm_*", "_"], &[]);
+        assert_eq!(
+            canonical_query_with("org=Vale&utm_source=mail&_=1712", &r),
+            "org=Vale"
+        );
+        assert_eq!(
+            canonical_query_with("utm%5Fsource=x&b=1&a=2", &r),
+            "a=2&b=1"
+        );
+        assert_eq!(canonical_query_with("__=1&_x=2", &r), "__=1&_x=2");
+        assert_eq!(
+            ruled_key(Some("org=Vale&_=1"), "", &r),
+            ruled_key(Some("_=2&org=Vale&utm_campaign=z"), "", &r)
+        );
+        assert_ne!(
+            ruled_key(Some("org=Vale"), "", &r),
+            ruled_key(Some("org=Itau&_=1"), "", &r)
+        );
+    }
+
+    #[test]
+    fn key_headers_join_the_key_case_insensitively() {
+        let r = rules(&[], &[], &[], &["X-Tenant"]);
+        let identity = ruled_key(None, "{}", &r);
+        let mut acme = HeaderMap::new();
+        acme.insert("x-tenant", http::HeaderValue::from_static("acme"));
+        let mut globex = HeaderMap::new();
+        globex.insert("X-TENANT", http::HeaderValue::from_static("globex"));
+        let a = key_with_headers(identity, &r, &acme);
+        assert_ne!(a, key_with_headers(identity, &r, &globex));
+        assert_ne!(a, key_with_headers(identity, &r, &HeaderMap::new()));
+        assert_eq!(a, key_with_headers(identity, &r, &acme.clone()));
+        assert_eq!(
+            key_with_headers(identity, KeyRules::none(), &acme),
+            identity,
+            "no key_headers, no change"
+        );
+    }
+
+    #[test]
+    fn the_description_shows_the_request_as_keyed() {
+        let r = rules(&["requestId"], &["orgs"], &["utm_*"], &["x-tenant"]);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tenant", http::HeaderValue::from_static("acme"));
+        let id = RequestIdentity::with_rules(
+            &Method::POST,
+            "/api/metrics",
+            Some("utm_source=x&v=1"),
+            br#"{"requestId":"r-9","orgs":["Vale","Itau"]}"#,
+            &r,
+        );
+        assert_eq!(
+            id.description_with("get_metrics", &r, &headers),
+            r#"get_metrics POST /api/metrics?v=1 {"orgs":["Itau","Vale"]} x-tenant=acme"#
+        );
+    }
+
+    #[test]
+    fn no_rules_key_exactly_as_before() {
+        let body = br#"{"b":[2,1],"a":1}"#;
+        assert_eq!(
+            RequestIdentity::with_rules(
+                &Method::POST,
+                "/q",
+                Some("b=1&a=2"),
+                body,
+                KeyRules::none()
+            )
+            .key(),
+            RequestIdentity::new(&Method::POST, "/q", Some("b=1&a=2"), body).key()
+        );
+    }
+
+    #[test]
+    fn the_memo_never_answers_with_a_key_made_under_other_rules() {
+        let memo = KeyMemo::new(100);
+        let body = br#"{"requestId":"a","org":"Vale"}"#;
+        let plain = memo.keyed(&Method::POST, "/q", None, body, KeyRules::none());
+        let ignoring = rules(&["requestId"], &[], &[], &[]);
+        let ruled = memo.keyed(&Method::POST, "/q", None, body, &ignoring);
+        assert_ne!(plain, ruled);
+        assert_eq!(ruled, ruled_key_at("/q", body, &ignoring));
+        assert_eq!(
+            memo.keyed(&Method::POST, "/q", None, body, KeyRules::none()),
+            plain
+        );
+        let other = br#"{"requestId":"b","org":"Vale"}"#;
+        assert_eq!(
+            memo.keyed(&Method::POST, "/q", None, other, &ignoring),
+            ruled
+        );
+    }
+
+    fn ruled_key_at(path: &str, body: &[u8], rules: &KeyRules) -> CacheKey {
+        RequestIdentity::with_rules(&Method::POST, path, None, body, rules).key()
     }
 
     #[test]

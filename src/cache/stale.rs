@@ -12,8 +12,25 @@
 
 use std::time::Duration;
 
-use http::header::CACHE_CONTROL;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
+
+use super::directives::Directives;
+
+/// How long past its expiry an entry that carries a validator (`ETag`,
+/// `Last-Modified`) is kept so that it can be revalidated with a
+/// conditional request instead of fetched again (RFC 9111 §4.3.1); the
+/// store's bounds still evict it earlier when space is needed.
+pub const REVALIDATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The revalidation window of an entry with (`validated`) or without a
+/// validator. Derived, never stored: `cache::codec` recomputes it on decode.
+pub fn revalidate_window(validated: bool) -> Duration {
+    if validated {
+        REVALIDATE_WINDOW
+    } else {
+        Duration::ZERO
+    }
+}
 
 /// How long past its expiry an entry may still be served, and for what.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,46 +39,41 @@ pub struct StaleWindows {
     pub if_error: Duration,
     /// Served at once while a background fill refreshes the entry.
     pub while_revalidate: Duration,
+    /// Kept (never served) so a conditional request can revalidate it.
+    pub revalidate: Duration,
 }
 
 impl StaleWindows {
     /// How long past its expiry the store must keep an entry.
     pub fn longest(&self) -> Duration {
-        self.if_error.max(self.while_revalidate)
+        self.if_error
+            .max(self.while_revalidate)
+            .max(self.revalidate)
     }
 
     /// The windows for one answer: `defaults`, overridden by the answer's
-    /// own `Cache-Control` directives.
-    pub fn for_answer(defaults: StaleWindows, headers: &HeaderMap) -> StaleWindows {
-        let mut windows = defaults;
-        let directives = headers
-            .get_all(CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim);
-        for directive in directives {
-            let (name, value) = match directive.split_once('=') {
-                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
-                None => (directive, None),
+    /// own directives (RFC 5861). `must-revalidate`, `proxy-revalidate`,
+    /// `s-maxage` and an unqualified `no-cache` forbid serving it stale at
+    /// all; `validated` (it has a validator) keeps it for revalidation.
+    pub fn for_answer(
+        defaults: StaleWindows,
+        directives: &Directives,
+        validated: bool,
+    ) -> StaleWindows {
+        let revalidate = revalidate_window(validated);
+        let no_cache = matches!(&directives.no_cache, Some(fields) if fields.is_empty());
+        if directives.forbids_stale() || no_cache {
+            return StaleWindows {
+                revalidate,
+                ..StaleWindows::default()
             };
-            let seconds = || value.and_then(|v| v.parse::<u64>().ok());
-            match name.to_ascii_lowercase().as_str() {
-                "must-revalidate" | "proxy-revalidate" => return StaleWindows::default(),
-                "stale-if-error" => {
-                    if let Some(s) = seconds() {
-                        windows.if_error = Duration::from_secs(s);
-                    }
-                }
-                "stale-while-revalidate" => {
-                    if let Some(s) = seconds() {
-                        windows.while_revalidate = Duration::from_secs(s);
-                    }
-                }
-                _ => {}
-            }
         }
-        windows
+        let seconds = |value: Option<u64>, default| value.map_or(default, Duration::from_secs);
+        StaleWindows {
+            if_error: seconds(directives.stale_if_error, defaults.if_error),
+            while_revalidate: seconds(directives.stale_while_revalidate, defaults.while_revalidate),
+            revalidate,
+        }
     }
 }
 
@@ -100,32 +112,27 @@ impl StaleReason {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     const DEFAULTS: StaleWindows = StaleWindows {
         if_error: Duration::from_secs(86_400),
         while_revalidate: Duration::ZERO,
+        revalidate: Duration::ZERO,
     };
 
-    fn cache_control(value: &'static str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static(value));
-        headers
+    fn windows(cache_control: &str, validated: bool) -> StaleWindows {
+        StaleWindows::for_answer(DEFAULTS, &Directives::parse(cache_control), validated)
     }
 
     #[test]
     fn without_directives_the_defaults_apply() {
-        assert_eq!(
-            StaleWindows::for_answer(DEFAULTS, &HeaderMap::new()),
-            DEFAULTS
-        );
+        assert_eq!(windows("", false), DEFAULTS);
     }
 
     #[test]
     fn origin_directives_override_the_defaults() {
-        let windows = StaleWindows::for_answer(
-            DEFAULTS,
-            &cache_control("max-age=60, stale-while-revalidate=30, stale-if-error=\"600\""),
+        let windows = windows(
+            "max-age=60, stale-while-revalidate=30, stale-if-error=\"600\"",
+            false,
         );
         assert_eq!(windows.if_error, Duration::from_secs(600));
         assert_eq!(windows.while_revalidate, Duration::from_secs(30));
@@ -134,17 +141,32 @@ mod tests {
 
     #[test]
     fn must_revalidate_forbids_serving_stale() {
-        let windows = StaleWindows::for_answer(
-            DEFAULTS,
-            &cache_control("max-age=60, stale-if-error=600, must-revalidate"),
+        assert_eq!(
+            windows("max-age=60, stale-if-error=600, must-revalidate", false),
+            StaleWindows::default()
         );
-        assert_eq!(windows, StaleWindows::default());
+    }
+
+    #[test]
+    fn s_maxage_and_no_cache_forbid_serving_stale_too() {
+        assert_eq!(
+            windows("s-maxage=5, stale-if-error=600", false).if_error,
+            Duration::ZERO
+        );
+        assert_eq!(windows("no-cache", false).if_error, Duration::ZERO);
+    }
+
+    #[test]
+    fn an_entry_with_a_validator_is_kept_for_revalidation_but_not_served() {
+        let windows = windows("max-age=60, must-revalidate", true);
+        assert_eq!(windows.revalidate, REVALIDATE_WINDOW);
+        assert_eq!(windows.if_error, Duration::ZERO);
+        assert_eq!(windows.longest(), REVALIDATE_WINDOW);
     }
 
     #[test]
     fn a_malformed_directive_keeps_the_default() {
-        let windows = StaleWindows::for_answer(DEFAULTS, &cache_control("stale-if-error=soon"));
-        assert_eq!(windows, DEFAULTS);
+        assert_eq!(windows("stale-if-error=soon", false), DEFAULTS);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use bytesize::ByteSize;
 use clap::builder::BoolishValueParser;
 use clap::Parser;
 
-use super::LogFormat;
+use super::{CacheMode, LogFormat};
 
 /// Command line flags; each also reads the env var it names.
 #[derive(Debug, Clone, Default, Parser)]
@@ -93,6 +93,40 @@ pub struct Cli {
     #[arg(long, value_name = "N", env = "DASHCACHE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Longest wait for request body bytes; 408 beyond.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_BODY_READ_TIMEOUT", value_parser = parse_duration)]
+    pub body_read_timeout: Option<Duration>,
+
+    /// Bytes per second a request body must average after its first
+    /// body_read_timeout ("1KiB"); 0 turns the rate off.
+    #[arg(long, value_name = "SIZE", env = "DASHCACHE_BODY_MIN_RATE")]
+    pub body_min_rate: Option<ByteSize>,
+
+    /// Longest a client may leave its answer unread before the connection is closed.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_SEND_TIMEOUT", value_parser = parse_duration)]
+    pub send_timeout: Option<Duration>,
+
+    /// HTTP/2 PING period, to find dead peers.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_HTTP2_KEEP_ALIVE_INTERVAL", value_parser = parse_duration)]
+    pub http2_keep_alive_interval: Option<Duration>,
+
+    /// How long an HTTP/2 PING may stay unanswered before the connection is closed.
+    #[arg(long, value_name = "DURATION", env = "DASHCACHE_HTTP2_KEEP_ALIVE_TIMEOUT", value_parser = parse_duration)]
+    pub http2_keep_alive_timeout: Option<Duration>,
+
+    /// Requests one HTTP/2 connection may have open at once.
+    #[arg(long, value_name = "N", env = "DASHCACHE_HTTP2_MAX_CONCURRENT_STREAMS")]
+    pub http2_max_concurrent_streams: Option<u32>,
+
+    /// HTTP/2 streams a client may open and reset before they are served;
+    /// beyond, the connection is closed.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DASHCACHE_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS"
+    )]
+    pub http2_max_pending_accept_reset_streams: Option<usize>,
+
     /// Bearer token required by the admin API's mutations.
     #[arg(
         long,
@@ -109,6 +143,26 @@ pub struct Cli {
     /// Log line format: "text" (readable) or "json" (one object per line).
     #[arg(long, value_name = "FORMAT", env = "DASHCACHE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// Cache rules: "dashboard" (the default: cache header-less answers for
+    /// the TTL) or "standard" (a shared HTTP cache per RFC 9111/9213).
+    #[arg(long, value_name = "MODE", env = "DASHCACHE_CACHE_MODE")]
+    pub cache_mode: Option<CacheMode>,
+
+    /// Give answers without explicit freshness a heuristic lifetime from
+    /// Last-Modified instead of the TTL (default: on in standard mode).
+    #[arg(long, value_name = "BOOL", env = "DASHCACHE_HEURISTIC_FRESHNESS", value_parser = BoolishValueParser::new())]
+    pub heuristic_freshness: Option<bool>,
+
+    /// Targeted cache-control fields obeyed before Cache-Control, comma
+    /// separated, first present wins (default: CDN-Cache-Control).
+    #[arg(
+        long,
+        value_name = "FIELDS",
+        env = "DASHCACHE_TARGETED_CACHE_CONTROL",
+        value_delimiter = ','
+    )]
+    pub targeted_cache_control: Option<Vec<String>>,
 
     /// Write the cache to this file on shutdown and load it at start.
     #[arg(long, value_name = "FILE", env = "DASHCACHE_SNAPSHOT_FILE")]

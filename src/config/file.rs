@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
-use super::{parse_duration, ConfigError, LogFormat};
+use super::{parse_duration, CacheMode, ConfigError, LogFormat};
 
 /// A duration in the file: an integer of seconds or a string such as "4h".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,14 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http2_max_concurrent_streams: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_read_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_min_rate: Option<FileSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_timeout: Option<FileDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_max_pending_accept_reset_streams: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     #[serde(default)]
     pub cache: FileCache,
@@ -157,6 +165,12 @@ pub struct FileCache {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_concurrency: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<CacheMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heuristic_freshness: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targeted_cache_control: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_file: Option<PathBuf>,
 }
 
@@ -177,6 +191,18 @@ pub struct FileRoute {
     pub stale_if_error: Option<FileDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_while_revalidate: Option<FileDuration>,
+    /// JSON body fields left out of the key (`cache::key_rules`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_ignore_fields: Option<Vec<String>>,
+    /// JSON arrays whose element order is not part of the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_unordered: Option<Vec<String>>,
+    /// Query parameters left out of the key (names, or prefixes ending in `*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_ignore_query: Option<Vec<String>>,
+    /// Request headers whose values join the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_headers: Option<Vec<String>>,
 }
 
 impl FileConfig {

@@ -18,6 +18,7 @@ use http::header::HeaderName;
 use http::{StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
+pub use crate::cache::policy::CacheMode;
 use crate::cache::stale::StaleWindows;
 use crate::routes::RouteTable;
 
@@ -55,6 +56,12 @@ pub const DEFAULT_UPSTREAM_CONCURRENCY: usize = 32;
 pub const DEFAULT_UPSTREAM_QUEUE: usize = 256;
 /// How long a queued caller waits before its 503.
 pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Targeted cache-control fields obeyed by default (RFC 9213).
+pub const DEFAULT_TARGETED_CACHE_CONTROL: [&str; 1] = ["cdn-cache-control"];
+/// Statuses RFC 9110 §15.1 makes heuristically cacheable (206 left out:
+/// ranges are not stored); the standard mode's default list.
+pub const STANDARD_CACHEABLE_STATUSES: [u16; 11] =
+    [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +69,16 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Longest wait for request body bytes (nginx's `client_body_timeout`).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes per second a request body must average after its first
+/// `body_read_timeout` (Apache's `MinRate` is 500).
+pub const DEFAULT_BODY_MIN_RATE: u64 = 1024;
+/// Longest a client may leave its answer unread (nginx's `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 streams a client may open and reset before the server has
+/// accepted them (h2's default; the rapid-reset bound).
+pub const DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// hyper's HTTP/1 read buffer cannot be smaller than this.
 pub const MIN_MAX_HEADER_BYTES: u64 = 8 * 1024;
 /// HTTP/2 carries the header list limit in a 32-bit setting; far below that,
@@ -156,6 +173,15 @@ pub struct CacheConfig {
     pub lock_timeout: Duration,
     /// Refreshes asking the upstream at once (at least 1).
     pub refresh_concurrency: usize,
+    /// Which rules the cache follows; sets the defaults of the fields above.
+    pub mode: CacheMode,
+    /// Answers without explicit freshness get 10 % of their
+    /// `Last-Modified` age (at most `ttl`) instead of `ttl`, or are not
+    /// stored without `Last-Modified` (RFC 9111 §4.2.2).
+    pub heuristic_freshness: bool,
+    /// Targeted `Cache-Control` fields this cache obeys before
+    /// `Cache-Control`, first present wins (RFC 9213).
+    pub targeted_cache_control: Vec<HeaderName>,
     /// Where the store is written at shutdown and read at start
     /// (`cache::snapshot`); `None`: a restart starts cold.
     pub snapshot_file: Option<PathBuf>,
@@ -187,6 +213,17 @@ pub struct Limits {
     pub http2_keep_alive_timeout: Duration,
     /// Requests one HTTP/2 connection may have open at once.
     pub http2_max_concurrent_streams: u32,
+    /// Longest wait for request body bytes (HTTP/1), answered 408 beyond.
+    pub body_read_timeout: Duration,
+    /// Bytes per second a request body must average past its first
+    /// `body_read_timeout`; 0 turns the rate off.
+    pub body_min_rate: u64,
+    /// Longest a write to the client may make no progress before the
+    /// connection is closed.
+    pub send_timeout: Duration,
+    /// HTTP/2 streams opened and reset by the client before being served;
+    /// past it the connection is closed (GOAWAY).
+    pub http2_max_pending_accept_reset_streams: usize,
 }
 
 /// The validated configuration every other module reads.

@@ -19,6 +19,12 @@ impl Config {
             http2_keep_alive_interval: Some(FileDuration(limits.http2_keep_alive_interval)),
             http2_keep_alive_timeout: Some(FileDuration(limits.http2_keep_alive_timeout)),
             http2_max_concurrent_streams: Some(limits.http2_max_concurrent_streams),
+            body_read_timeout: Some(FileDuration(limits.body_read_timeout)),
+            body_min_rate: Some(FileSize(limits.body_min_rate)),
+            send_timeout: Some(FileDuration(limits.send_timeout)),
+            http2_max_pending_accept_reset_streams: Some(
+                limits.http2_max_pending_accept_reset_streams,
+            ),
             log_format: Some(self.log_format),
             upstream: Some(self.upstream.display()),
             upstream_ca_file: self.upstream.ca_file.clone(),
@@ -57,6 +63,15 @@ impl Config {
                 stale_while_revalidate: Some(FileDuration(self.cache.stale.while_revalidate)),
                 lock_timeout: Some(FileDuration(self.cache.lock_timeout)),
                 refresh_concurrency: Some(self.cache.refresh_concurrency),
+                mode: Some(self.cache.mode),
+                heuristic_freshness: Some(self.cache.heuristic_freshness),
+                targeted_cache_control: Some(
+                    self.cache
+                        .targeted_cache_control
+                        .iter()
+                        .map(|n| n.as_str().to_owned())
+                        .collect(),
+                ),
                 snapshot_file: self.cache.snapshot_file.clone(),
             },
             routes: self.routes.iter().map(Route::to_file).collect(),

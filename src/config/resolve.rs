@@ -11,16 +11,18 @@ use http::header::HeaderName;
 use http::{StatusCode, Uri};
 
 use super::{
-    CacheConfig, Cli, Config, ConfigError, FileConfig, Limits, TlsFiles, UpstreamConfig,
-    DEFAULT_AUTH_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CREDENTIAL_HEADERS,
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
-    DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_LISTEN,
-    DEFAULT_LOCK_TIMEOUT, DEFAULT_MAXSIZE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_OBJECT_BYTES,
-    DEFAULT_PURGE_INTERVAL, DEFAULT_REFRESH_CONCURRENCY, DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL, DEFAULT_UPSTREAM,
-    DEFAULT_UPSTREAM_CONCURRENCY, DEFAULT_UPSTREAM_QUEUE, DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
-    DEFAULT_UPSTREAM_TIMEOUT, MAX_MAX_HEADER_BYTES, MIN_MAX_HEADER_BYTES,
+    CacheConfig, CacheMode, Cli, Config, ConfigError, FileConfig, Limits, TlsFiles, UpstreamConfig,
+    DEFAULT_AUTH_TTL, DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_CREDENTIAL_HEADERS, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
+    DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+    DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS, DEFAULT_LISTEN, DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAXSIZE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_OBJECT_BYTES, DEFAULT_PURGE_INTERVAL,
+    DEFAULT_REFRESH_CONCURRENCY, DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TARGETED_CACHE_CONTROL,
+    DEFAULT_TTL, DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_CONCURRENCY, DEFAULT_UPSTREAM_QUEUE,
+    DEFAULT_UPSTREAM_QUEUE_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT, MAX_MAX_HEADER_BYTES,
+    MIN_MAX_HEADER_BYTES, STANDARD_CACHEABLE_STATUSES,
 };
 use crate::cache::stale::StaleWindows;
 use crate::routes::{Route, RouteTable};
@@ -116,9 +118,17 @@ impl Config {
                 ),
             ));
         }
+        let mode = cli.cache_mode.or(fc.mode).unwrap_or_default();
+        let standard = mode == CacheMode::Standard;
         let cacheable_statuses = fc
             .cacheable_statuses
-            .unwrap_or_else(|| vec![200])
+            .unwrap_or_else(|| {
+                if standard {
+                    STANDARD_CACHEABLE_STATUSES.to_vec()
+                } else {
+                    vec![200]
+                }
+            })
             .into_iter()
             .map(|code| {
                 StatusCode::from_u16(code)
@@ -143,7 +153,7 @@ impl Config {
             max_bytes,
             max_object_bytes,
             cacheable_statuses,
-            honor_client_no_cache: fc.honor_client_no_cache.unwrap_or(false),
+            honor_client_no_cache: fc.honor_client_no_cache.unwrap_or(standard),
             purge_interval: positive(
                 "cache.purge_interval",
                 fc.purge_interval.map(|d| d.0),
@@ -164,10 +174,19 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()?,
             auth_ttl: positive("cache.auth_ttl", fc.auth_ttl.map(|d| d.0), DEFAULT_AUTH_TTL)?,
             stale: StaleWindows {
-                if_error: fc.stale_if_error.map_or(DEFAULT_STALE_IF_ERROR, |d| d.0),
+                // Standard: only what the origin's stale-if-error allows.
+                if_error: fc.stale_if_error.map_or(
+                    if standard {
+                        Duration::ZERO
+                    } else {
+                        DEFAULT_STALE_IF_ERROR
+                    },
+                    |d| d.0,
+                ),
                 while_revalidate: fc
                     .stale_while_revalidate
                     .map_or(DEFAULT_STALE_WHILE_REVALIDATE, |d| d.0),
+                revalidate: Duration::ZERO,
             },
             lock_timeout: positive(
                 "cache.lock_timeout",
@@ -184,6 +203,27 @@ impl Config {
                 Some(n) => n,
                 None => DEFAULT_REFRESH_CONCURRENCY,
             },
+            mode,
+            heuristic_freshness: cli
+                .heuristic_freshness
+                .or(fc.heuristic_freshness)
+                .unwrap_or(standard),
+            targeted_cache_control: cli
+                .targeted_cache_control
+                .clone()
+                .or(fc.targeted_cache_control)
+                .unwrap_or_else(|| DEFAULT_TARGETED_CACHE_CONTROL.map(String::from).to_vec())
+                .iter()
+                .filter(|name| !name.trim().is_empty())
+                .map(|name| {
+                    HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                        ConfigError::invalid(
+                            "cache.targeted_cache_control (DASHCACHE_TARGETED_CACHE_CONTROL, --targeted-cache-control)",
+                            format!("{name:?} is not a header name"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
             snapshot_file: snapshot_file(cli, fc.snapshot_file)?,
         };
 
@@ -236,24 +276,57 @@ impl Config {
                 None => DEFAULT_MAX_CONNECTIONS,
             },
             http2_keep_alive_interval: positive(
-                "http2_keep_alive_interval",
-                file.http2_keep_alive_interval.map(|d| d.0),
+                "http2_keep_alive_interval (DASHCACHE_HTTP2_KEEP_ALIVE_INTERVAL, --http2-keep-alive-interval)",
+                cli.http2_keep_alive_interval
+                    .or(file.http2_keep_alive_interval.map(|d| d.0)),
                 DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
             )?,
             http2_keep_alive_timeout: positive(
-                "http2_keep_alive_timeout",
-                file.http2_keep_alive_timeout.map(|d| d.0),
+                "http2_keep_alive_timeout (DASHCACHE_HTTP2_KEEP_ALIVE_TIMEOUT, --http2-keep-alive-timeout)",
+                cli.http2_keep_alive_timeout
+                    .or(file.http2_keep_alive_timeout.map(|d| d.0)),
                 DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
             )?,
-            http2_max_concurrent_streams: match file.http2_max_concurrent_streams {
+            http2_max_concurrent_streams: match cli
+                .http2_max_concurrent_streams
+                .or(file.http2_max_concurrent_streams)
+            {
                 Some(0) => {
                     return Err(ConfigError::invalid(
-                        "http2_max_concurrent_streams",
+                        "http2_max_concurrent_streams (DASHCACHE_HTTP2_MAX_CONCURRENT_STREAMS, --http2-max-concurrent-streams)",
                         "must be at least 1",
                     ))
                 }
                 Some(n) => n,
                 None => DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+            },
+            body_read_timeout: positive(
+                "body_read_timeout (DASHCACHE_BODY_READ_TIMEOUT, --body-read-timeout)",
+                cli.body_read_timeout.or(file.body_read_timeout.map(|d| d.0)),
+                DEFAULT_BODY_READ_TIMEOUT,
+            )?,
+            body_min_rate: cli
+                .body_min_rate
+                .map(|b| b.0)
+                .or(file.body_min_rate.map(|b| b.0))
+                .unwrap_or(DEFAULT_BODY_MIN_RATE),
+            send_timeout: positive(
+                "send_timeout (DASHCACHE_SEND_TIMEOUT, --send-timeout)",
+                cli.send_timeout.or(file.send_timeout.map(|d| d.0)),
+                DEFAULT_SEND_TIMEOUT,
+            )?,
+            http2_max_pending_accept_reset_streams: match cli
+                .http2_max_pending_accept_reset_streams
+                .or(file.http2_max_pending_accept_reset_streams)
+            {
+                Some(0) => {
+                    return Err(ConfigError::invalid(
+                        "http2_max_pending_accept_reset_streams (DASHCACHE_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS, --http2-max-pending-accept-reset-streams)",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS,
             },
         };
 
@@ -459,6 +532,10 @@ mod tests {
         assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
         assert_eq!(limits.max_connections, 10_000);
         assert!(limits.http2_max_concurrent_streams >= 100);
+        assert_eq!(limits.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(limits.body_min_rate, 1024);
+        assert_eq!(limits.send_timeout, Duration::from_secs(30));
+        assert_eq!(limits.http2_max_pending_accept_reset_streams, 20);
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct Metrics {
     upstream_seconds: Histogram,
     pub stored: AtomicU64,
     pub not_stored: AtomicU64,
+    /// Request bodies cut for arriving too slowly (`body_read_timeout`).
+    pub body_timeouts: AtomicU64,
+    /// Connections closed because the client left its answer unread (`send_timeout`).
+    pub send_timeouts: AtomicU64,
 }
 
 /// One route's figures.
@@ -178,6 +182,8 @@ pub struct Snapshot {
     pub upstream_errors: u64,
     pub stored: u64,
     pub not_stored: u64,
+    pub body_timeouts: u64,
+    pub send_timeouts: u64,
     pub uptime: Duration,
 }
 
@@ -203,6 +209,8 @@ impl Default for Metrics {
             upstream_seconds: Histogram::new(BUCKETS),
             stored: AtomicU64::new(0),
             not_stored: AtomicU64::new(0),
+            body_timeouts: AtomicU64::new(0),
+            send_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -307,6 +315,8 @@ impl Metrics {
             upstream_errors: load(&self.upstream_errors),
             stored: load(&self.stored),
             not_stored: load(&self.not_stored),
+            body_timeouts: load(&self.body_timeouts),
+            send_timeouts: load(&self.send_timeouts),
             uptime: self.started.elapsed(),
         }
     }

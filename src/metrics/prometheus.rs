@@ -187,6 +187,18 @@ impl Collector for Scrape {
         )?;
         Scrape::counter(
             e,
+            "client_body_timeouts",
+            "Request bodies cut for arriving too slowly (body_read_timeout, body_min_rate).",
+            snap.body_timeouts,
+        )?;
+        Scrape::counter(
+            e,
+            "client_send_timeouts",
+            "Connections closed because the client left its answer unread (send_timeout).",
+            snap.send_timeouts,
+        )?;
+        Scrape::counter(
+            e,
             "evictions",
             "Entries evicted to stay within maxsize / max_bytes.",
             self.store.evictions,

@@ -6,17 +6,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::Response;
+use http::{Method, Response};
 use http_body_util::{Either, Full};
 use tokio::sync::oneshot;
 use tracing::info;
 
-use super::{ClientInfo, Keyed, Proxy, Served, Trace};
+use super::{serves, ClientInfo, Keyed, Proxy, Served, Trace};
 use crate::body::ProxyBody;
 use crate::cache::flight::{FillGuard, Join};
+use crate::cache::key_rules::KeyRules;
 use crate::cache::replay::Replay;
 use crate::cache::stale::{StaleReason, StaleWindows};
-use crate::cache::{Entry, RequestIdentity};
+use crate::cache::{Entry, Lookup, RequestIdentity};
 use crate::error::ProxyError;
 use crate::fill::{self, FillPlan};
 use crate::headers;
@@ -96,6 +97,22 @@ impl Proxy {
         serve_stale: bool,
     ) -> oneshot::Receiver<fill::LeaderAnswer> {
         let shared = route.is_some_and(|r| r.shared);
+        // A stored answer with a validator is revalidated rather than
+        // fetched again (RFC 9111 §4.3.1). Only for GET (and HEAD, sent as
+        // GET): a precondition on a POST read would be answered 412 by an
+        // origin that honours it (RFC 9110 §13.1.2). Not on a solo fill
+        // either, whose 304 could not vouch for the caller's credential.
+        let revalidating = match self.lookup(&request.key, Instant::now()) {
+            Lookup::Fresh(entry) | Lookup::Stale(entry)
+                if serve_stale
+                    && request.method == Method::GET
+                    && serves(&entry, &request)
+                    && headers::has_validator(&entry.headers) =>
+            {
+                Some(entry)
+            }
+            _ => None,
+        };
         let Keyed {
             mut parts,
             body,
@@ -108,8 +125,18 @@ impl Proxy {
         let plan = FillPlan {
             route: route_name.clone(),
             ttl,
-            description: RequestIdentity::new(&method, parts.uri.path(), parts.uri.query(), &body)
-                .description(route_name),
+            description: RequestIdentity::with_rules(
+                &method,
+                parts.uri.path(),
+                parts.uri.query(),
+                &body,
+                route.map_or(KeyRules::none(), |r| &*r.key_rules),
+            )
+            .description_with(
+                route_name,
+                route.map_or(KeyRules::none(), |r| &*r.key_rules),
+                &parts.headers,
+            ),
             base,
             request_headers: parts.headers.clone(),
             vouch_for: credential.filter(|_| shared),
@@ -122,8 +149,12 @@ impl Proxy {
                 &parts.headers,
                 &self.config().cache.credential_headers,
             ),
+            revalidating: revalidating.clone(),
         };
         headers::remove_conditionals(&mut parts.headers);
+        if let Some(entry) = &revalidating {
+            headers::add_validators(&mut parts.headers, &entry.headers);
+        }
         let upstream_request =
             self.upstream_request(parts, Some(method), Either::Left(Full::new(body)), client);
         let (answer_tx, answer_rx) = oneshot::channel();

@@ -1,0 +1,510 @@
+//! A client connection's byte stream, as hyper reads and writes it: the
+//! request framing followed in place (`framing.rs`), the deadline of a
+//! request body, and the deadline of an answer the client does not read.
+//!
+//! hyper bounds the request head (`header_read_timeout`) but nothing after
+//! it, so [`ClientIo`] adds, on the same bytes and without copying them:
+//!
+//! - `body_read_timeout` and `body_min_rate`: once the proxy waits for body
+//!   bytes, the client may not keep it waiting longer than
+//!   `body_read_timeout` between two reads, and the body must arrive within
+//!   `body_read_timeout` plus one second per `body_min_rate` bytes received
+//!   (Apache's `mod_reqtimeout` rule), so a body trickled a byte at a time
+//!   cannot hold a connection slot. Past either, the read fails with
+//!   [`BodyReadTimeout`], which the pipeline answers 408 and hyper follows by
+//!   closing the connection.
+//! - `send_timeout`: a write (or flush) that cannot make progress for that
+//!   long fails with [`SendTimeout`] and hyper drops the connection: a client
+//!   that never reads its answer cannot pin the answer's memory.
+//!
+//! Both timers exist only while the proxy is actually waiting on the client,
+//! so an idle keep-alive connection carries none.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::framing::{FramingScanner, Phase};
+
+/// The client-side deadlines of one listener (from `config::Limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientDeadlines {
+    pub max_header_bytes: usize,
+    pub body_read_timeout: Duration,
+    /// Bytes per second a body must average past its first
+    /// `body_read_timeout`; 0 turns the rate off (the gap still applies).
+    pub body_min_rate: u64,
+    pub send_timeout: Duration,
+}
+
+/// Which client deadline ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// The request body (`body_read_timeout`, `body_min_rate`).
+    Body,
+    /// Writing the answer (`send_timeout`).
+    Send,
+}
+
+impl Stall {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Body => "body",
+            Self::Send => "send",
+        }
+    }
+}
+
+/// Called once per stall (for the counter and the log line).
+pub type OnStall = Arc<dyn Fn(Stall) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body too slow: {received} bytes in {waited:?} (body_read_timeout {timeout:?}, body_min_rate {rate} bytes/s)")]
+pub struct BodyReadTimeout {
+    received: u64,
+    waited: Duration,
+    timeout: Duration,
+    rate: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("client did not read the answer for {0:?} (send_timeout)")]
+pub struct SendTimeout(Duration);
+
+/// True when `err`'s chain holds a [`BodyReadTimeout`]. `io::Error` hides
+/// the error it wraps from `source()`, so each one is opened by hand.
+pub fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if err.is::<BodyReadTimeout>() {
+            return true;
+        }
+        if let Some(inner) = err.downcast_ref::<io::Error>().and_then(|e| e.get_ref()) {
+            if inner.is::<BodyReadTimeout>() {
+                return true;
+            }
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// What the connection's service and its I/O learn about each other. Both
+/// run on the connection's task, except a response body that hyper may
+/// finish from the same task too, so relaxed atomics suffice.
+#[derive(Debug)]
+pub struct ConnectionWatch {
+    /// When the connection started; `last_activity` counts from it.
+    epoch: Instant,
+    /// Requests handed to the service so far.
+    requests: AtomicU64,
+    /// 1-based number of the request whose head carried both
+    /// `Content-Length` and `Transfer-Encoding`; 0 for none.
+    conflict: AtomicU64,
+    /// HTTP/2 requests whose answer is not finished yet.
+    open_streams: AtomicU64,
+    /// Milliseconds from `epoch` to the last HTTP/2 request start or answer end.
+    last_activity: AtomicU64,
+    /// Whether the connection speaks HTTP/2 (known at its first request).
+    http2: AtomicBool,
+}
+
+impl Default for ConnectionWatch {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            requests: AtomicU64::new(0),
+            conflict: AtomicU64::new(0),
+            open_streams: AtomicU64::new(0),
+            last_activity: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
+        }
+    }
+}
+
+impl ConnectionWatch {
+    /// Counts a request handed to the service; true when its head had both
+    /// framing fields.
+    pub fn next_request_conflicts(&self) -> bool {
+        let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        self.conflict.load(Ordering::Relaxed) == number
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+
+    /// An HTTP/2 request started; [`ConnectionWatch::stream_done`] ends it.
+    pub fn stream_opened(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    pub fn stream_done(&self) {
+        self.touch();
+        self.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Since when no HTTP/2 request has been open; `None` while one is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.open_streams.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let ms = self.last_activity.load(Ordering::Relaxed);
+        Some(self.epoch + Duration::from_millis(ms))
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// Since when the proxy has been waiting on the current request body.
+#[derive(Debug, Clone, Copy)]
+struct BodyClock {
+    started: Instant,
+    last: Instant,
+    received: u64,
+}
+
+/// A client connection read and written through the deadlines above.
+pub struct ClientIo<IO> {
+    inner: IO,
+    scanner: FramingScanner,
+    deadlines: ClientDeadlines,
+    watch: Arc<ConnectionWatch>,
+    on_stall: OnStall,
+    body: Option<BodyClock>,
+    read_timer: Option<Pin<Box<Sleep>>>,
+    write_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<IO> ClientIo<IO> {
+    pub fn new(
+        inner: IO,
+        deadlines: ClientDeadlines,
+        watch: Arc<ConnectionWatch>,
+        on_stall: OnStall,
+    ) -> Self {
+        Self {
+            inner,
+            scanner: FramingScanner::new(deadlines.max_header_bytes),
+            deadlines,
+            watch,
+            on_stall,
+            body: None,
+            read_timer: None,
+            write_timer: None,
+        }
+    }
+
+    fn observe(&mut self, bytes: &[u8]) {
+        let body_bytes = self.scanner.observe(bytes);
+        if let Some(clock) = &mut self.body {
+            if body_bytes > 0 {
+                clock.last = Instant::now();
+                clock.received += body_bytes;
+            }
+        }
+        if self.scanner.phase() != Phase::Body {
+            self.body = None;
+            self.read_timer = None;
+        }
+        if let Some(number) = self.scanner.conflict() {
+            self.watch.conflict.store(number, Ordering::Relaxed);
+        }
+    }
+
+    /// When the body being waited for is too late.
+    fn body_deadline(&mut self) -> Instant {
+        let clock = *self.body.get_or_insert_with(|| {
+            let now = Instant::now();
+            BodyClock {
+                started: now,
+                last: now,
+                received: 0,
+            }
+        });
+        let ClientDeadlines {
+            body_read_timeout: timeout,
+            body_min_rate: rate,
+            ..
+        } = self.deadlines;
+        let gap = clock.last + timeout;
+        if rate == 0 {
+            return gap;
+        }
+        let earned = Duration::from_secs_f64(clock.received as f64 / rate as f64);
+        gap.min(clock.started + timeout + earned)
+    }
+
+    fn poll_body_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let deadline = self.body_deadline();
+        let timer = self
+            .read_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let clock = self.body.take().expect("set by body_deadline");
+        self.read_timer = None;
+        (self.on_stall)(Stall::Body);
+        // Not `TimedOut`: on a streamed request the error surfaces from the
+        // upstream client, which would take that kind for its own timeout.
+        Poll::Ready(Err(io::Error::other(BodyReadTimeout {
+            received: clock.received,
+            waited: clock.started.elapsed(),
+            timeout: self.deadlines.body_read_timeout,
+            rate: self.deadlines.body_min_rate,
+        })))
+    }
+
+    /// After a write or flush made no progress: fails once `send_timeout`
+    /// has passed since the first such attempt.
+    fn poll_send_deadline<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timeout = self.deadlines.send_timeout;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.write_timer = None;
+        (self.on_stall)(Stall::Send);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            SendTimeout(timeout),
+        )))
+    }
+
+    fn wrote<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => self.poll_send_deadline(cx),
+            ready => {
+                self.write_timer = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for ClientIo<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                // Judged where hyper will parse it: no copy.
+                let read = &buf.filled()[before..];
+                if !read.is_empty() {
+                    this.observe(read);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.scanner.phase() == Phase::Body => this.poll_body_deadline(cx),
+            other => other,
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ClientIo<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.wrote(cx, polled)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.wrote(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.wrote(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn deadlines() -> ClientDeadlines {
+        ClientDeadlines {
+            max_header_bytes: 64 * 1024,
+            body_read_timeout: Duration::from_secs(10),
+            body_min_rate: 100,
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn counting() -> (OnStall, Arc<AtomicU64>) {
+        let count = Arc::new(AtomicU64::new(0));
+        let seen = count.clone();
+        (
+            Arc::new(move |_| {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }),
+            count,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_trickled_below_the_minimum_rate_times_out() {
+        let (client, server) = tokio::io::duplex(1024);
+        let (on_stall, stalls) = counting();
+        let mut io = ClientIo::new(server, deadlines(), Arc::default(), on_stall);
+        let (_reader, mut writer) = tokio::io::split(client);
+        writer
+            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 100000\r\n\r\n")
+            .await
+            .unwrap();
+        let trickle = tokio::spawn(async move {
+            // A byte every 5 s: never a 10 s gap, far below 100 bytes/s.
+            for _ in 0..100 {
+                if writer.write_all(b"x").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        let err = loop {
+            match io.read(&mut buf).await {
+                Ok(n) => assert!(n > 0),
+                Err(err) => break err,
+            }
+        };
+        assert!(is_body_timeout(&err), "{err}");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(10), "{waited:?}");
+        assert!(waited < Duration::from_secs(12), "{waited:?}");
+        assert_eq!(stalls.load(Ordering::Relaxed), 1);
+        trickle.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_at_the_minimum_rate_is_read_whole() {
+        let (client, server) = tokio::io::duplex(1024);
+        let (on_stall, stalls) = counting();
+        let mut io = ClientIo::new(server, deadlines(), Arc::default(), on_stall);
+        let (_reader, mut writer) = tokio::io::split(client);
+        let send = tokio::spawn(async move {
+            writer
+                .write_all(b"POST / HTTP/1.1\r\nContent-Length: 3000\r\n\r\n")
+                .await
+                .unwrap();
+            // 200 bytes/s, twice the minimum, for 15 s.
+            for _ in 0..30 {
+                writer.write_all(&[b'x'; 100]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            writer
+        });
+        let mut total = 0;
+        let mut buf = [0u8; 4096];
+        while total < 3000 + 41 {
+            total += io.read(&mut buf).await.expect("no timeout");
+        }
+        assert_eq!(stalls.load(Ordering::Relaxed), 0);
+        drop(send.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_between_requests_has_no_body_deadline() {
+        let (client, server) = tokio::io::duplex(1024);
+        let (on_stall, stalls) = counting();
+        let mut io = ClientIo::new(server, deadlines(), Arc::default(), on_stall);
+        let (_reader, mut writer) = tokio::io::split(client);
+        writer
+            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let head = io.read(&mut buf).await.unwrap();
+        assert!(head > 0);
+        let idle = tokio::time::timeout(Duration::from_secs(600), io.read(&mut buf)).await;
+        assert!(idle.is_err(), "still waiting after 10 minutes, no error");
+        assert_eq!(stalls.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_the_client_never_reads_times_out() {
+        let (_client, server) = tokio::io::duplex(64);
+        let (on_stall, stalls) = counting();
+        let mut io = ClientIo::new(server, deadlines(), Arc::default(), on_stall);
+        let err = io.write_all(&[0u8; 4096]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.get_ref().unwrap().is::<SendTimeout>());
+        assert_eq!(stalls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_watch_names_the_conflicting_request_only() {
+        let watch = ConnectionWatch::default();
+        watch.conflict.store(2, Ordering::Relaxed);
+        assert!(!watch.next_request_conflicts());
+        assert!(watch.next_request_conflicts());
+        assert!(!watch.next_request_conflicts());
+        assert_eq!(watch.requests(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_only_with_no_open_stream() {
+        let watch = ConnectionWatch::default();
+        assert!(!watch.is_http2());
+        watch.stream_opened();
+        assert!(watch.is_http2());
+        assert_eq!(watch.idle_since(), None);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        watch.stream_done();
+        let since = watch.idle_since().expect("idle once the answer ended");
+        assert_eq!(since, watch.epoch + Duration::from_secs(5));
+    }
+}
