@@ -101,6 +101,14 @@ pub enum ProxyError {
 
     #[error("the shared cache tier (redis) cannot be reached; nothing was changed there")]
     SharedTierUnavailable,
+    /// A store walk run off the request workers (keys, invalidate) did not
+    /// finish: it panicked, or the runtime is shutting down.
+    #[error("admin {task} did not complete")]
+    AdminTask {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// What is wrong with a request's `Host` (see `admission.rs`).
@@ -159,6 +167,7 @@ impl ProxyError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::AdminNotFound { .. } => StatusCode::NOT_FOUND,
             Self::SharedTierUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AdminTask { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -184,6 +193,7 @@ impl ProxyError {
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::AdminNotFound { .. } => "admin-not-found",
             Self::SharedTierUnavailable => "shared-tier-unavailable",
+            Self::AdminTask { .. } => "admin-task",
         }
     }
 
@@ -219,6 +229,7 @@ impl ProxyError {
             Self::SharedTierUnavailable => {
                 Cow::Borrowed("shared cache tier unavailable; nothing was changed")
             }
+            Self::AdminTask { .. } => Cow::Borrowed("admin task did not complete"),
             Self::BodyTooLarge { .. }
             | Self::ClientBodyTimeout { .. }
             | Self::InvalidHost { .. }

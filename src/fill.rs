@@ -369,23 +369,26 @@ async fn store(
     };
     let validated = parts.headers.contains_key(ETAG) || parts.headers.contains_key(LAST_MODIFIED);
     let stale = StaleWindows::for_answer(plan.stale, &storable.directives, validated);
-    let entry = Arc::new(Entry {
-        key,
-        base: plan.base,
-        vary: vary.clone(),
-        status: parts.status,
-        headers: parts.headers,
-        body,
-        route: plan.route,
-        description: plan.description,
-        stored_at: now,
-        expires_at: now + storable.ttl,
-        stale,
-        initial_age: storable.initial_age,
-        upstream_time: now - started,
-        hits: std::sync::atomic::AtomicU64::new(0),
-        replay: plan.replay,
-    });
+    let entry = Arc::new(
+        Entry {
+            key,
+            base: plan.base,
+            vary: vary.clone(),
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            route: plan.route,
+            description: plan.description,
+            stored_at: now,
+            expires_at: now + storable.ttl,
+            stale,
+            initial_age: storable.initial_age,
+            upstream_time: now - started,
+            hits: std::sync::atomic::AtomicU64::new(0),
+            replay: plan.replay,
+        }
+        .compacted(),
+    );
     insert(proxy, entry, generation, storable.ttl).await
 }
 
@@ -440,23 +443,26 @@ async fn freshen(
     let own = leader_only(&mut headers, &storable.strip);
     let now = Instant::now();
     info!(route = &*plan.route, key = %stored.key.short(), "upstream answered 304; stored entry freshened");
-    let entry = Arc::new(Entry {
-        key: stored.key,
-        base: stored.base,
-        vary: stored.vary.clone(),
-        status: stored.status,
-        headers,
-        body: stored.body.clone(),
-        route: plan.route,
-        description: plan.description,
-        stored_at: now,
-        expires_at: now + storable.ttl,
-        stale: StaleWindows::for_answer(plan.stale, &storable.directives, true),
-        initial_age: storable.initial_age,
-        upstream_time: now - started,
-        hits: std::sync::atomic::AtomicU64::new(0),
-        replay: plan.replay,
-    });
+    let entry = Arc::new(
+        Entry {
+            key: stored.key,
+            base: stored.base,
+            vary: stored.vary.clone(),
+            status: stored.status,
+            headers,
+            body: stored.body.clone(),
+            route: plan.route,
+            description: plan.description,
+            stored_at: now,
+            expires_at: now + storable.ttl,
+            stale: StaleWindows::for_answer(plan.stale, &storable.directives, true),
+            initial_age: storable.initial_age,
+            upstream_time: now - started,
+            hits: std::sync::atomic::AtomicU64::new(0),
+            replay: plan.replay,
+        }
+        .compacted(),
+    );
     (insert(proxy, entry, generation, storable.ttl).await, own)
 }
 

@@ -17,6 +17,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: with glibc, memory freed by a
+/// `clear` stayed in the per-thread arenas (RSS did not come down), and
+/// many small entries cost more RSS than their bytes; figures in
+/// docs/performance.md. `--no-default-features` builds with glibc's.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long `--healthcheck` waits for the proxy's answer.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -149,13 +149,13 @@ impl Proxy {
         let cache = &config.cache;
         let memory = Store::new(cache.maxsize, cache.max_bytes, cache.max_object_bytes);
         let store = match &config.redis {
-            None => Storage::Memory(memory),
+            None => Storage::Memory(Arc::new(memory)),
             Some(redis) => match RedisTier::new(redis.clone(), memory.max_entry_bytes()) {
                 Ok(tier) => Storage::tiered(memory, tier),
                 Err(err) => {
                     // Checked when the config was resolved; keep serving anyway.
                     tracing::error!(error = %err, "redis tier not started; caching in memory only");
-                    Storage::Memory(memory)
+                    Storage::Memory(Arc::new(memory))
                 }
             },
         };

@@ -624,7 +624,13 @@ async fn purge_expired(proxy: Arc<Proxy>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let removed = proxy.store.purge_expired(Instant::now());
+        // A walk of the store: on a blocking thread, never a request worker.
+        let walker = proxy.clone();
+        let Ok(removed) =
+            tokio::task::spawn_blocking(move || walker.store.purge_expired(Instant::now())).await
+        else {
+            continue;
+        };
         if removed > 0 {
             debug!(removed, "expired entries purged");
         }

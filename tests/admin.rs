@@ -370,3 +370,55 @@ async fn clear_also_covers_a_fill_in_flight() {
     assert_eq!(next.x_cache(), "MISS", "next requests hit the database");
     assert_eq!(origin.count("/api/metrics"), 2);
 }
+
+/// The figures stats reports are counters kept as entries come and go; a
+/// walk of the store must agree with them after every kind of removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_figures_agree_with_a_walk_after_evictions_invalidate_and_clear() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), "[cache]\nmaxsize = 64\n").await;
+    let client = Client::new();
+    let agree = |what: &str, stats: &serde_json::Value| {
+        let walked = proxy
+            .proxy
+            .store
+            .memory()
+            .walk_census(std::time::Instant::now());
+        assert_eq!(stats["size"], walked.fresh as u64, "{what}: {stats}");
+        assert_eq!(
+            stats["stale_entries"], walked.stale as u64,
+            "{what}: {stats}"
+        );
+        assert_eq!(stats["bytes"], walked.bytes, "{what}: {stats}");
+    };
+    for i in 0..200 {
+        let org = if i % 4 == 0 { "Vale" } else { "Acme" };
+        client
+            .get(&proxy.url(&format!("/api/report?page={i}&org={org}")))
+            .await;
+    }
+    let stats = proxy.stats().await;
+    assert!(stats["evictions"].as_u64().unwrap() > 0, "{stats}");
+    agree("after evictions", &stats);
+
+    let invalidated = client
+        .send(
+            Method::POST,
+            &proxy.url("/api/cache/invalidate?pattern=org=Vale"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(invalidated.status, StatusCode::OK);
+    assert!(invalidated.json()["keys_deleted"].as_u64().unwrap() > 0);
+    agree("after invalidate", &proxy.stats().await);
+
+    client
+        .send(Method::POST, &proxy.url("/api/cache/clear"), &[], "")
+        .await;
+    let stats = proxy.stats().await;
+    assert_eq!(stats["size"], 0, "{stats}");
+    agree("after clear", &stats);
+    client.get(&proxy.url("/api/report?page=1")).await;
+    agree("after a store following the clear", &proxy.stats().await);
+}

@@ -250,3 +250,47 @@ async fn a_miss_during_a_refresh_joins_it_instead_of_asking_again() {
         "one upstream request for the refresh and the miss"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_during_a_refresh_counts_the_rest_as_cancelled_not_done() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), "[cache]\nrefresh_concurrency = 2\n").await;
+    let client = Client::new();
+    for i in 0..20 {
+        client
+            .get(&proxy.url(&format!("/api/report?page={i}")))
+            .await;
+    }
+    let gate = Gate::new();
+    origin.on("/api/report", Behaviour::new().gate(&gate));
+    let accepted = refresh(&proxy, "").await;
+    assert_eq!(accepted.json()["keys_scheduled"], 20);
+    origin.wait_for_total(22).await;
+    assert_eq!(refresh_stats(&proxy).running, 2);
+    assert_eq!(refresh_stats(&proxy).queued, 18);
+
+    let cleared = Client::new()
+        .send(Method::POST, &proxy.url("/api/cache/clear"), &[], "")
+        .await;
+    assert_eq!(cleared.status, StatusCode::OK);
+    gate.open();
+    eventually("the refresh to wind down", || {
+        let figures = refresh_stats(&proxy);
+        figures.running == 0 && figures.queued == 0
+    })
+    .await;
+    let figures = refresh_stats(&proxy);
+    assert_eq!(figures.scheduled, 20);
+    assert_eq!(
+        figures.done, 0,
+        "nothing refreshed survived the clear: {figures:?}"
+    );
+    assert_eq!(figures.cancelled, 20, "{figures:?}");
+    assert_eq!(figures.failed, 0, "{figures:?}");
+    assert_eq!(
+        origin.total(),
+        22,
+        "the queued refreshes never reached the upstream"
+    );
+    assert_eq!(proxy.proxy.store.len(), 0);
+}

@@ -1,9 +1,15 @@
 //! `GET /api/cache/keys`: the live entries, filtered by `pattern`, sorted
 //! newest or hottest first, and bounded by `limit`.
+//!
+//! The listing walks the store (the `matched` count and the order need
+//! every entry), but on a blocking thread, one entry under a shard lock at
+//! a time, keeping only the best `limit` in a heap: a hit never waits for
+//! it and its memory is O(limit), not O(entries).
 
-use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::cmp::{Ordering as Order, Reverse};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Response, StatusCode};
@@ -11,6 +17,7 @@ use serde::Serialize;
 
 use crate::body::ProxyBody;
 use crate::cache::volatile::VolatileField;
+use crate::cache::Entry;
 use crate::error::ProxyError;
 use crate::proxy::Proxy;
 use crate::respond;
@@ -53,7 +60,10 @@ struct KeyInfo {
 
 /// `GET /api/cache/keys?pattern=&limit=&sort=newest|hottest`: the live
 /// entries whose description contains `pattern` (all when absent).
-pub(super) fn keys(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyBody>, ProxyError> {
+pub(super) async fn keys(
+    proxy: &Arc<Proxy>,
+    query: Option<&str>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let mut pattern = String::new();
     let mut limit = DEFAULT_KEYS_LIMIT;
     let mut order = KeyOrder::Newest;
@@ -89,25 +99,17 @@ pub(super) fn keys(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyB
         }
     }
     let now = Instant::now();
-    let mut entries: Vec<_> = proxy
-        .store
-        .entries()
+    let walker = proxy.clone();
+    let (matched, best) =
+        tokio::task::spawn_blocking(move || best_entries(&walker, &pattern, order, limit, now))
+            .await
+            .map_err(|source| ProxyError::AdminTask {
+                task: "keys listing",
+                source,
+            })?;
+    let keys: Vec<KeyInfo> = best
         .into_iter()
-        .filter(|e| e.is_fresh(now) && e.description.contains(&pattern))
-        .map(|e| (e.hits.load(Ordering::Relaxed), e))
-        .collect();
-    match order {
-        KeyOrder::Newest => entries.sort_by_key(|e| Reverse(e.1.stored_at)),
-        KeyOrder::Hottest => entries.sort_by(|a, b| {
-            b.0.cmp(&a.0)
-                .then_with(|| b.1.stored_at.cmp(&a.1.stored_at))
-        }),
-    }
-    let matched = entries.len();
-    let keys: Vec<KeyInfo> = entries
-        .into_iter()
-        .take(limit)
-        .map(|(hits, e)| KeyInfo {
+        .map(|Ranked { hits, entry: e, .. }| KeyInfo {
             key: e.key.to_string(),
             route: e.route.to_string(),
             description: e.description.clone(),
@@ -128,6 +130,74 @@ pub(super) fn keys(proxy: &Proxy, query: Option<&str>) -> Result<Response<ProxyB
             volatile_fields: volatile_fields(proxy),
         },
     ))
+}
+
+/// One listed entry with what it is ranked by; `Ord` puts the entry that
+/// should be listed first as the greatest.
+struct Ranked {
+    hits: u64,
+    order: KeyOrder,
+    entry: Arc<Entry>,
+}
+
+impl Ranked {
+    fn rank(&self) -> (u64, Instant) {
+        match self.order {
+            KeyOrder::Newest => (0, self.entry.stored_at),
+            KeyOrder::Hottest => (self.hits, self.entry.stored_at),
+        }
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Order::Equal
+    }
+}
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Order {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+/// Walks the store for the fresh entries matching `pattern`: how many
+/// there are, and the first `limit` of them in `order`.
+fn best_entries(
+    proxy: &Proxy,
+    pattern: &str,
+    order: KeyOrder,
+    limit: usize,
+    now: Instant,
+) -> (usize, Vec<Ranked>) {
+    let mut matched = 0;
+    // A min-heap of the best `limit` so far: its top is the one to drop.
+    let mut best: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(limit + 1);
+    proxy.store.memory().visit(|entry| {
+        if entry.is_fresh(now) && entry.description.contains(pattern) {
+            matched += 1;
+            best.push(Reverse(Ranked {
+                hits: entry.hits.load(Ordering::Relaxed),
+                order,
+                entry: entry.clone(),
+            }));
+            if best.len() > limit {
+                best.pop();
+            }
+        }
+        true
+    });
+    let mut best: Vec<Ranked> = best.into_iter().map(|Reverse(r)| r).collect();
+    best.sort_by(|a, b| b.cmp(a));
+    (matched, best)
 }
 
 /// Every route's suspected volatile fields (routes without any left out).

@@ -68,9 +68,12 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
             }
             Err(err) => Err(err),
         },
-        "/keys" => readable
-            .and_then(|()| authorize(proxy, request.headers(), client, path))
-            .and_then(|()| keys(proxy, request.uri().query())),
+        "/keys" => {
+            match readable.and_then(|()| authorize(proxy, request.headers(), client, path)) {
+                Ok(()) => keys(proxy, request.uri().query()).await,
+                Err(err) => Err(err),
+            }
+        }
         "/clear" => match allow(&request, &[Method::POST], "POST")
             .and_then(|()| authorize(proxy, request.headers(), client, path))
         {
@@ -87,7 +90,8 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
             .and_then(|()| authorize(proxy, request.headers(), client, path))
         {
             Ok(()) => {
-                refresher::accept(proxy, query_pattern(request.uri().query()).as_deref()).await
+                let pattern = query_pattern(request.uri().query());
+                refresher::accept(proxy, pattern.as_deref()).await
             }
             Err(err) => Err(err),
         },

@@ -1,6 +1,10 @@
 //! The seed's mutations: `POST /api/cache/clear` empties the store and
 //! `POST /api/cache/invalidate?pattern=` drops the entries whose
 //! description contains the pattern, both with the seed's exact JSON shapes.
+//!
+//! Neither holds a request worker for a walk of the store: `clear` is O(1)
+//! (a new store epoch) and hands the memory back from a blocking thread;
+//! `invalidate` walks on a blocking thread, one entry under a lock at a time.
 
 use http::{Response, StatusCode};
 use serde::Serialize;

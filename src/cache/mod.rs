@@ -21,6 +21,7 @@ pub mod snapshot;
 pub mod stale;
 pub mod storage;
 pub mod store;
+mod tally;
 pub mod vary;
 pub mod volatile;
 

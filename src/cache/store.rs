@@ -11,19 +11,31 @@
 //! ends, and [`Store::purge_expired`] (run by a background task) removes
 //! entries only past that, so memory is returned without losing the
 //! answers that keep the dashboard up while the upstream is down.
+//!
+//! Nothing here walks the store on a request worker. The figures (entries,
+//! bytes, fresh and stale) are a [`Tally`] kept as entries come and go.
+//! `clear` is O(1): it starts a new *epoch*, entries of older epochs read
+//! as misses at once, and [`Store::sweep`] returns their memory later.
+//! The walks that remain (`invalidate`, `purge_expired`, `sweep`, `visit`)
+//! hold a shard lock for one entry at a time, never a whole shard, so a
+//! hit waits for one step of a walk at most; callers run them off the
+//! request workers (`spawn_blocking`).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
-use quick_cache::sync::Cache;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use super::key::CacheKey;
 use super::replay::Replay;
 use super::stale::StaleWindows;
+pub use super::tally::Census;
+use super::tally::Tally;
 use super::vary::VaryNames;
 
 /// A complete upstream answer, shared by every hit (the body is never copied).
@@ -58,15 +70,53 @@ pub struct Entry {
     pub replay: Option<Replay>,
 }
 
-/// Bookkeeping bytes per entry beyond body, headers and description.
-const ENTRY_OVERHEAD: u64 = 256;
+/// What the allocator spends per heap block beyond the bytes asked for
+/// (its header and the rounding to a size class), on average.
+const BLOCK_OVERHEAD: u64 = 16;
+
+/// What the store's own bookkeeping costs per entry: quick_cache's slot
+/// (key, [`Slot`], links), its index, and its ghost record of evicted keys.
+const SLOT_OVERHEAD: u64 = 128;
+
+/// What one `HeaderMap` bucket costs: name, value, hash and links.
+const HEADER_BUCKET: u64 =
+    (std::mem::size_of::<http::HeaderName>() + std::mem::size_of::<HeaderValue>() + 32) as u64;
 
 impl Entry {
-    /// Bytes this entry holds in memory, as counted against `max_bytes`.
+    /// Bytes this entry holds in memory, as counted against `max_bytes`:
+    /// every heap block it owns, its share of the store, and the
+    /// allocator's overhead per block (after [`Entry::compacted`], which
+    /// makes that the truth; computed once per insert, not per lookup).
     pub fn size(&self) -> u64 {
-        let headers = headers_size(&self.headers);
-        let replay = self.replay.as_ref().map_or(0, Replay::size);
-        self.body.len() as u64 + self.description.len() as u64 + headers + replay + ENTRY_OVERHEAD
+        let fixed = std::mem::size_of::<Self>() as u64 + 16 + BLOCK_OVERHEAD + SLOT_OVERHEAD;
+        let replay = self.replay.as_ref().map_or(0, |r| {
+            block(r.path_and_query.capacity() as u64)
+                + block(r.body.len() as u64)
+                + headers_size(&r.headers)
+        });
+        // A shared body also gets a small control block on its first clone.
+        let body = block(self.body.len() as u64) + if self.body.is_empty() { 0 } else { 32 };
+        fixed
+            + body
+            + block(self.description.capacity() as u64)
+            + headers_size(&self.headers)
+            + replay
+    }
+
+    /// The same answer in exact-size buffers. A body or header value that
+    /// hyper handed over is a slice of its read buffer, and a slice keeps
+    /// the whole buffer (8 KiB and up) alive for as long as the entry lives;
+    /// copies make what the entry holds what [`Entry::size`] counts.
+    pub fn compacted(mut self) -> Self {
+        self.body = exact_bytes(&self.body);
+        self.headers = exact_headers(&self.headers);
+        self.description.shrink_to_fit();
+        if let Some(replay) = &mut self.replay {
+            replay.body = exact_bytes(&replay.body);
+            replay.headers = exact_headers(&replay.headers);
+            replay.path_and_query.shrink_to_fit();
+        }
+        self
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
@@ -109,35 +159,112 @@ impl Entry {
     }
 }
 
-/// Bytes a header map is counted for: names, values and 32 bytes each of
-/// bookkeeping.
+/// Bytes a header map holds: its buckets and index (by capacity), and
+/// each name and value in its own block.
 pub(crate) fn headers_size(headers: &HeaderMap) -> u64 {
-    headers
+    if headers.capacity() == 0 {
+        return 0;
+    }
+    let capacity = headers.capacity() as u64;
+    let index = (capacity + capacity / 3).next_power_of_two() * 4;
+    let fields: u64 = headers
         .iter()
-        .map(|(name, value)| (name.as_str().len() + value.len() + 32) as u64)
-        .sum()
+        .map(|(name, value)| block(name.as_str().len() as u64) + block(value.len() as u64))
+        .sum();
+    block(capacity * HEADER_BUCKET) + block(index) + fields
 }
 
-#[derive(Clone)]
-struct EntryWeighter {
-    unit: u64,
-}
-
-impl Weighter<CacheKey, Arc<Entry>> for EntryWeighter {
-    fn weight(&self, _key: &CacheKey, entry: &Arc<Entry>) -> u64 {
-        entry.size().max(self.unit)
+/// A heap block of `len` bytes, as the allocator spends it (none for 0).
+fn block(len: u64) -> u64 {
+    if len == 0 {
+        0
+    } else {
+        len + BLOCK_OVERHEAD
     }
 }
 
-/// Counts evictions (quick_cache reports them through its lifecycle hooks).
-#[derive(Clone, Default)]
-struct EvictionCounter(Arc<AtomicU64>);
+fn exact_bytes(bytes: &Bytes) -> Bytes {
+    if bytes.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(bytes)
+    }
+}
 
-impl Lifecycle<CacheKey, Arc<Entry>> for EvictionCounter {
+/// A copy of `headers` with every value in its own exact-size buffer and
+/// no spare capacity in the map.
+fn exact_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut exact = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        exact.append(name.clone(), copy);
+    }
+    exact
+}
+
+/// What the store keeps under a key: the entry, what it was counted for,
+/// and the epoch it was counted in. Cloned on every hit, so it holds no
+/// pointer shared by all entries (a shared reference count would be one
+/// contended cache line on every hit).
+#[derive(Clone)]
+struct Slot {
+    entry: Arc<Entry>,
+    /// [`Entry::size`], computed once: quick_cache weighs values under its
+    /// shard lock, repeatedly.
+    bytes: u64,
+    epoch: u64,
+}
+
+#[derive(Clone)]
+struct SlotWeighter {
+    unit: u64,
+}
+
+impl Weighter<CacheKey, Slot> for SlotWeighter {
+    fn weight(&self, _key: &CacheKey, slot: &Slot) -> u64 {
+        slot.bytes.max(self.unit)
+    }
+}
+
+/// State the store shares with quick_cache's eviction hook.
+struct Shared {
+    /// The current clear epoch; slots of older ones are cleared entries.
+    epoch: AtomicU64,
+    /// The current epoch's figures; swapped by `clear`. Slots of older
+    /// epochs are no longer counted anywhere.
+    tally: ArcSwap<Tally>,
+    /// Current-epoch entries evicted to make room.
+    evictions: AtomicU64,
+    /// The epoch the last full walk (sweep or purge) left the store in:
+    /// when it is the current one, no cleared entry is left to drop.
+    swept: AtomicU64,
+}
+
+impl Shared {
+    /// Takes a removed slot off the tally it was counted in, if that is
+    /// still the current one.
+    fn uncount(&self, slot: &Slot) {
+        let tally = self.tally.load();
+        if tally.epoch == slot.epoch {
+            tally.remove(slot.bytes, slot.entry.expires_at);
+        }
+    }
+}
+
+/// Takes evicted entries off their tally (quick_cache reports evictions
+/// through its lifecycle hooks, and drops them after the shard lock).
+#[derive(Clone)]
+struct EvictionHook(Arc<Shared>);
+
+impl Lifecycle<CacheKey, Slot> for EvictionHook {
     type RequestState = ();
 
-    fn on_evict(&self, _state: &mut (), _key: CacheKey, _entry: Arc<Entry>) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+    fn on_evict(&self, _state: &mut (), _key: CacheKey, slot: Slot) {
+        self.0.uncount(&slot);
+        if slot.epoch == self.0.epoch.load(Ordering::Relaxed) {
+            self.0.evictions.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -159,19 +286,15 @@ pub enum Lookup {
     Miss,
 }
 
-/// Entries by state, for stats (one walk of the store).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Census {
-    pub fresh: usize,
-    /// Expired entries kept for their stale windows.
-    pub stale: usize,
-    /// Bytes held by all of them.
-    pub bytes: u64,
-}
+/// Entries per shard the store aims for: a shard's lock is held for one
+/// entry at a time by walks, but inserts and evictions scan within a shard.
+const ENTRIES_PER_SHARD: u64 = 4096;
 
 pub struct Store {
-    entries: Cache<CacheKey, Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>,
-    evictions: Arc<AtomicU64>,
+    entries: Cache<CacheKey, Slot, SlotWeighter, DefaultHashBuilder, EvictionHook>,
+    shared: Arc<Shared>,
+    /// When the store started: the origin of the tallies' expiry buckets.
+    started: Instant,
     /// Entries dropped because their TTL and stale windows ran out (on
     /// lookup or by the purge).
     expirations: AtomicU64,
@@ -190,15 +313,26 @@ impl Store {
         let unit = (max_bytes / maxsize).max(1);
         // Shards split both budgets; keep each holding >= 32 entries (else
         // quick_cache merges shards itself) and able to take one whole
-        // max-size object.
+        // max-size object; past that, about ENTRIES_PER_SHARD each, so that
+        // an insert's eviction scan stays short at a million entries.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        let mut shards = (cores * 4).min(maxsize / 32).max(1).next_power_of_two();
+        let mut shards = (cores * 4)
+            .max(maxsize / ENTRIES_PER_SHARD)
+            .min(maxsize / 32)
+            .max(1)
+            .next_power_of_two();
         while shards > 1 && (shards * 32 > maxsize || (maxsize / shards) * unit < max_object_bytes)
         {
             shards /= 2;
         }
         let shard_weight = (maxsize / shards) * unit;
-        let evictions = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            tally: ArcSwap::from_pointee(Tally::new(0, started)),
+            evictions: AtomicU64::new(0),
+            swept: AtomicU64::new(0),
+        });
         let options = OptionsBuilder::new()
             .shards(shards as usize)
             .estimated_items_capacity(maxsize as usize)
@@ -207,14 +341,15 @@ impl Store {
             .expect("store options are valid");
         let entries = Cache::with_options(
             options,
-            EntryWeighter { unit },
+            SlotWeighter { unit },
             DefaultHashBuilder::default(),
-            EvictionCounter(evictions.clone()),
+            EvictionHook(shared.clone()),
         );
         debug_assert_eq!(entries.num_shards() as u64, shards);
         Self {
             entries,
-            evictions,
+            shared,
+            started,
             expirations: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             maxsize,
@@ -223,14 +358,31 @@ impl Store {
         }
     }
 
+    fn epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::Acquire)
+    }
+
+    /// The slot under `key`, unless a clear has retired it.
+    fn slot(&self, key: &CacheKey) -> Option<Slot> {
+        let slot = self.entries.get(key)?;
+        (slot.epoch == self.epoch()).then_some(slot)
+    }
+
+    /// Removes the slot under `key` if `keep` says no, taking it off its
+    /// tally; the entry is dropped after the shard lock is released.
+    fn remove_slot_if(&self, key: &CacheKey, remove: impl FnOnce(&Slot) -> bool) -> Option<Slot> {
+        let (_, slot) = self.entries.remove_if(key, remove)?;
+        self.shared.uncount(&slot);
+        Some(slot)
+    }
+
     pub fn get(&self, key: &CacheKey, now: Instant) -> Lookup {
-        match self.entries.get(key) {
-            Some(entry) if entry.is_fresh(now) => Lookup::Fresh(entry),
-            Some(entry) if now < entry.keep_until() => Lookup::Stale(entry),
+        match self.slot(key) {
+            Some(slot) if slot.entry.is_fresh(now) => Lookup::Fresh(slot.entry),
+            Some(slot) if now < slot.entry.keep_until() => Lookup::Stale(slot.entry),
             Some(_) => {
                 if self
-                    .entries
-                    .remove_if(key, |e| now >= e.keep_until())
+                    .remove_slot_if(key, |s| now >= s.entry.keep_until())
                     .is_some()
                 {
                     self.expirations.fetch_add(1, Ordering::Relaxed);
@@ -243,21 +395,27 @@ impl Store {
 
     /// The expired entry under `key` that may answer for a failing upstream.
     pub fn stale_if_error(&self, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
-        self.entries.get(key).filter(|e| e.serves_if_error(now))
+        self.slot(key)
+            .map(|s| s.entry)
+            .filter(|e| e.serves_if_error(now))
+    }
+
+    /// The entry stored under `key` now, fresh or not (no hit recorded).
+    pub fn peek(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let slot = self.entries.peek(key)?;
+        (slot.epoch == self.epoch()).then_some(slot.entry)
     }
 
     /// Whether `entry` is still the one stored under its key.
     pub fn holds(&self, entry: &Arc<Entry>) -> bool {
-        self.entries
-            .peek(&entry.key)
+        self.peek(&entry.key)
             .is_some_and(|e| Arc::ptr_eq(&e, entry))
     }
 
     /// Removes `entry` if it is still the one stored under its key (a newer
     /// answer stored meanwhile stays); true when it was removed.
     pub fn remove_entry(&self, entry: &Arc<Entry>) -> bool {
-        self.entries
-            .remove_if(&entry.key, |e| Arc::ptr_eq(e, entry))
+        self.remove_slot_if(&entry.key, |s| Arc::ptr_eq(&s.entry, entry))
             .is_some()
     }
 
@@ -275,93 +433,214 @@ impl Store {
     /// Stores `entry`, fetched since `generation`, unless it is too heavy or
     /// a clear/invalidate ran since.
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>, generation: u64) -> Result<(), Refused> {
-        if entry.size() > self.max_entry_bytes {
+        let bytes = entry.size();
+        if bytes > self.max_entry_bytes {
             return Err(Refused::TooLarge);
         }
         if self.generation() != generation {
             return Err(Refused::Outdated);
         }
-        self.entries.insert(key, entry.clone());
+        let tally = self.shared.tally.load_full();
+        let slot = Slot {
+            entry: entry.clone(),
+            bytes,
+            epoch: tally.epoch,
+        };
+        // Counted before it goes in, so an eviction of the new slot itself
+        // (or a concurrent removal) never takes a tally below zero.
+        tally.add(bytes, entry.expires_at);
+        drop(tally);
+        if let Some(replaced) = self.put(key, slot) {
+            self.shared.uncount(&replaced);
+        }
         // A clear that ran during the insert must win: it bumps the
-        // generation before emptying the store, so one of the two sees it.
+        // generation before starting a new epoch, so one of the two sees it.
         if self.generation() != generation {
-            self.entries.remove_if(&key, |e| Arc::ptr_eq(e, &entry));
+            self.remove_slot_if(&key, |s| Arc::ptr_eq(&s.entry, &entry));
             return Err(Refused::Outdated);
         }
         Ok(())
     }
 
-    /// Removes every entry; returns how many there were.
+    /// Puts `slot` under `key`; returns the slot it replaced. quick_cache's
+    /// plain `insert` drops a replaced value without telling anyone; its
+    /// `entry` API hands it over, so the tally stays exact. A replacement
+    /// is made in place (no instant without an entry, so a refresh never
+    /// causes a miss); if the new answer is heavier, the shard may sit one
+    /// entry's difference over its share until its next insert evicts.
+    fn put(&self, key: CacheKey, slot: Slot) -> Option<Slot> {
+        let mut new = Some(slot);
+        loop {
+            let mut replaced = None;
+            let result = self
+                .entries
+                .entry(&key, Some(Duration::ZERO), |_, current| {
+                    if let Some(slot) = new.take() {
+                        replaced = Some(std::mem::replace(current, slot));
+                    }
+                    EntryAction::Retain(())
+                });
+            match result {
+                EntryResult::Retained(()) => return replaced,
+                EntryResult::Vacant(guard) => {
+                    if let Some(slot) = new.take() {
+                        // Err when the placeholder was removed meanwhile:
+                        // the slot never went in, so it is not counted.
+                        if let Err(slot) = guard.insert(slot) {
+                            self.shared.uncount(&slot);
+                        }
+                    }
+                    return None;
+                }
+                EntryResult::Removed(_, slot) | EntryResult::Replaced(_, slot) => {
+                    // Not asked for by the closure above; keep the books right.
+                    self.shared.uncount(&slot);
+                    return None;
+                }
+                // Another insert of the same key holds its placeholder for
+                // an instant: try again.
+                EntryResult::Timeout => std::thread::yield_now(),
+            }
+        }
+    }
+
+    /// Empties the store in O(1): a new epoch starts, every entry of the
+    /// previous one reads as a miss from now on, and [`Store::sweep`]
+    /// returns their memory. Returns how many entries there were.
     pub fn clear(&self) -> usize {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        let before = self.entries.len();
-        self.entries.clear();
-        before
+        let epoch = self.epoch() + 1;
+        let previous = self
+            .shared
+            .tally
+            .swap(Arc::new(Tally::new(epoch, self.started)));
+        self.shared.epoch.store(epoch, Ordering::Release);
+        previous.entries()
     }
 
-    /// Removes the entries whose description contains `pattern`; returns how many.
+    /// Removes the entries of epochs before the current one (left by
+    /// `clear`); returns how many. Walks the store: run it off the request
+    /// workers.
+    pub fn sweep(&self) -> usize {
+        let epoch = self.epoch();
+        let mut removed = 0;
+        for (key, slot) in self.entries.iter() {
+            if slot.epoch != epoch
+                && self
+                    .remove_slot_if(&key, |s| Arc::ptr_eq(&s.entry, &slot.entry))
+                    .is_some()
+            {
+                removed += 1;
+            }
+        }
+        self.shared.swept.store(epoch, Ordering::Release);
+        removed
+    }
+
+    /// Removes the entries whose description contains `pattern`; returns
+    /// how many. Walks the store: run it off the request workers.
     pub fn invalidate(&self, pattern: &str) -> usize {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        let removed = AtomicUsize::new(0);
-        self.entries.retain(|_, entry| {
-            let keep = !entry.description.contains(pattern);
-            if !keep {
-                removed.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.epoch();
+        let mut removed = 0;
+        for (key, slot) in self.entries.iter() {
+            if slot.epoch == epoch
+                && slot.entry.description.contains(pattern)
+                && self
+                    .remove_slot_if(&key, |s| Arc::ptr_eq(&s.entry, &slot.entry))
+                    .is_some()
+            {
+                removed += 1;
             }
-            keep
-        });
-        removed.into_inner()
+        }
+        removed
     }
 
-    /// Removes entries whose TTL and stale windows have run out; returns how many.
+    /// Removes entries whose TTL and stale windows have run out, and those
+    /// a clear left behind; returns how many expired. Walks the store: run
+    /// it off the request workers.
     pub fn purge_expired(&self, now: Instant) -> usize {
-        let removed = AtomicUsize::new(0);
-        self.entries.retain(|_, entry| {
-            let keep = now < entry.keep_until();
-            if !keep {
-                removed.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.epoch();
+        // Nothing expired and nothing left by a clear: no walk at all.
+        if self.shared.tally.load().census(now).stale == 0
+            && self.shared.swept.load(Ordering::Acquire) == epoch
+        {
+            return 0;
+        }
+        let mut removed = 0;
+        for (key, slot) in self.entries.iter() {
+            let cleared = slot.epoch != epoch;
+            if !cleared && now < slot.entry.keep_until() {
+                continue;
             }
-            keep
-        });
-        let removed = removed.into_inner();
+            let gone = self.remove_slot_if(&key, |s| Arc::ptr_eq(&s.entry, &slot.entry));
+            if gone.is_some() && !cleared {
+                removed += 1;
+            }
+        }
+        self.shared.swept.store(epoch, Ordering::Release);
         self.expirations
             .fetch_add(removed as u64, Ordering::Relaxed);
         removed
     }
 
-    /// Entries held, stale ones included (what the bounds count).
-    pub fn len(&self) -> usize {
-        self.entries.len()
+    /// Calls `visit` with every live entry, expired ones included, until it
+    /// returns false. Walks the store, one entry under a shard lock at a
+    /// time: run it off the request workers.
+    pub fn visit(&self, mut visit: impl FnMut(&Arc<Entry>) -> bool) {
+        let epoch = self.epoch();
+        for (_, slot) in self.entries.iter() {
+            if slot.epoch == epoch && !visit(&slot.entry) {
+                return;
+            }
+        }
     }
 
-    /// Fresh and stale entries and their bytes (walks the store: for stats,
-    /// not the hot path).
+    /// Every live entry, expired ones included. Walks the store and holds
+    /// them all: for the shutdown snapshot and tests, never a request.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        let mut entries = Vec::with_capacity(self.len());
+        self.visit(|entry| {
+            entries.push(entry.clone());
+            true
+        });
+        entries
+    }
+
+    /// Entries held, stale ones included (what the bounds count). O(1).
+    pub fn len(&self) -> usize {
+        self.shared.tally.load().entries()
+    }
+
+    /// Fresh and stale entries and their bytes, from the running tally
+    /// (stale ones counted at most 10 ms after their TTL ends). O(1).
     pub fn census(&self, now: Instant) -> Census {
+        self.shared.tally.load().census(now)
+    }
+
+    /// The same figures as [`Store::census`], counted by walking every
+    /// entry: for tests and diagnostics, never a request.
+    pub fn walk_census(&self, now: Instant) -> Census {
         let mut census = Census::default();
-        for (_, entry) in self.entries.iter() {
+        self.visit(|entry| {
             if entry.is_fresh(now) {
                 census.fresh += 1;
             } else {
                 census.stale += 1;
             }
             census.bytes += entry.size();
-        }
+            true
+        });
         census
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// Every stored entry, expired ones included (walks the store: for the
-    /// admin listing, not the hot path).
-    pub fn entries(&self) -> Vec<Arc<Entry>> {
-        self.entries.iter().map(|(_, entry)| entry).collect()
-    }
-
-    /// Bytes held by live entries (walks the store: for stats, not the hot path).
+    /// Bytes held by live entries. O(1).
     pub fn bytes(&self) -> u64 {
-        self.entries.iter().map(|(_, entry)| entry.size()).sum()
+        self.shared.tally.load().bytes()
     }
 
     pub fn maxsize(&self) -> u64 {
@@ -377,11 +656,17 @@ impl Store {
     }
 
     pub fn evictions(&self) -> u64 {
-        self.evictions.load(Ordering::Relaxed)
+        self.shared.evictions.load(Ordering::Relaxed)
     }
 
     pub fn expirations(&self) -> u64 {
         self.expirations.load(Ordering::Relaxed)
+    }
+
+    /// The current clear epoch: a refresh started before a clear stops
+    /// when this changes.
+    pub fn clear_epoch(&self) -> u64 {
+        self.epoch()
     }
 }
 
@@ -548,5 +833,111 @@ mod tests {
         assert_eq!(store.generation(), 1);
         assert_eq!(store.invalidate("get_metrics"), 1);
         assert_eq!(store.len(), 0);
+    }
+
+    fn assert_tally_matches_a_walk(store: &Store, now: Instant) {
+        assert_eq!(store.census(now), store.walk_census(now));
+        let walked = store.walk_census(now);
+        assert_eq!(store.len(), walked.fresh + walked.stale);
+        assert_eq!(store.bytes(), walked.bytes);
+    }
+
+    #[test]
+    fn the_tally_agrees_with_a_walk_through_replacements_and_evictions() {
+        let store = Store::new(64, 1 << 20, 1 << 12);
+        for i in 0..1_000 {
+            store
+                .insert(key(i % 300), entry(10 + (i % 7) as usize, "d", HOUR), 0)
+                .unwrap();
+        }
+        assert!(store.evictions() > 0);
+        assert!(store.len() <= 64);
+        assert_tally_matches_a_walk(&store, Instant::now());
+    }
+
+    #[test]
+    fn the_tally_agrees_with_a_walk_after_invalidate() {
+        let store = Store::new(1000, 1 << 20, 1 << 12);
+        for i in 0..200 {
+            let description = if i % 10 == 0 {
+                "get_metrics Vale"
+            } else {
+                "get_actions Acme"
+            };
+            store
+                .insert(key(i), entry(10, description, HOUR), 0)
+                .unwrap();
+        }
+        assert_eq!(store.invalidate("Vale"), 20);
+        assert_eq!(store.len(), 180);
+        assert_tally_matches_a_walk(&store, Instant::now());
+    }
+
+    #[test]
+    fn the_tally_agrees_with_a_walk_after_expiry_and_purge() {
+        let store = Store::new(1000, 1 << 20, 1 << 12);
+        let mut windowed = Arc::into_inner(entry(10, "w", Duration::from_millis(1))).unwrap();
+        windowed.stale.if_error = HOUR;
+        store.insert(key(0), Arc::new(windowed), 0).unwrap();
+        for i in 1..50 {
+            let ttl = if i % 2 == 0 {
+                Duration::from_millis(1)
+            } else {
+                HOUR
+            };
+            store.insert(key(i), entry(10, "d", ttl), 0).unwrap();
+        }
+        let later = Instant::now() + Duration::from_secs(2);
+        let census = store.census(later);
+        assert_eq!((census.fresh, census.stale), (25, 25));
+        assert_tally_matches_a_walk(&store, later);
+        assert!(matches!(store.get(&key(2), later), Lookup::Miss));
+        assert_tally_matches_a_walk(&store, later);
+        assert_eq!(store.purge_expired(later), 23);
+        assert_eq!(store.expirations(), 24);
+        assert_eq!(store.census(later).stale, 1, "kept for stale-if-error");
+        assert_tally_matches_a_walk(&store, later);
+    }
+
+    #[test]
+    fn clear_empties_at_once_and_the_sweep_returns_the_entries() {
+        let store = Store::new(1000, 1 << 20, 1 << 12);
+        for i in 0..300 {
+            store.insert(key(i), entry(10, "d", HOUR), 0).unwrap();
+        }
+        assert_eq!(store.clear(), 300);
+        let now = Instant::now();
+        assert_eq!(store.len(), 0);
+        assert!(matches!(store.get(&key(1), now), Lookup::Miss));
+        assert!(store.peek(&key(1)).is_none());
+        assert_eq!(
+            store.entries.len(),
+            300,
+            "released by the sweep, not by clear"
+        );
+        store
+            .insert(key(1), entry(10, "d", HOUR), store.generation())
+            .unwrap();
+        assert_eq!(store.sweep(), 299);
+        assert_eq!(store.entries.len(), 1);
+        assert_eq!(store.evictions(), 0, "cleared entries are not evictions");
+        assert!(matches!(store.get(&key(1), now), Lookup::Fresh(_)));
+        assert_tally_matches_a_walk(&store, now);
+    }
+
+    #[test]
+    fn compacting_copies_a_slice_out_of_its_buffer() {
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let mut loose = Arc::into_inner(entry(0, "d", HOUR)).unwrap();
+        loose.body = buffer.slice(0..10);
+        loose.headers.insert(
+            "x-a",
+            HeaderValue::from_maybe_shared(buffer.slice(10..20)).unwrap(),
+        );
+        let compact = loose.compacted();
+        assert_eq!(compact.body.len(), 10);
+        assert_eq!(compact.headers["x-a"].len(), 10);
+        // The only owner of the big buffer left is `buffer` itself.
+        assert!(Vec::<u8>::from(buffer).capacity() >= 64 * 1024);
     }
 }

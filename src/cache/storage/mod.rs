@@ -33,9 +33,19 @@ pub use self::redis::{L2Error, RedisTier};
 use super::store::Refused;
 use super::{CacheKey, Entry, Lookup, Store};
 
+/// Why [`Storage::matching_keys`] found nothing to list.
+#[derive(Debug)]
+pub enum KeysError {
+    /// The shared tier could not be asked.
+    Shared(L2Error),
+    /// The in-memory walk did not complete (it panicked, or the runtime is
+    /// shutting down).
+    Walk(tokio::task::JoinError),
+}
+
 /// Where entries live: memory alone, or memory in front of Redis.
 pub enum Storage {
-    Memory(Store),
+    Memory(Arc<Store>),
     Tiered(Tiered),
 }
 
@@ -74,6 +84,39 @@ impl Storage {
             Self::Memory(store) => store,
             Self::Tiered(tiered) => &tiered.l1,
         }
+    }
+
+    /// The in-memory store as a handle a blocking walk can own.
+    fn memory_handle(&self) -> Arc<Store> {
+        match self {
+            Self::Memory(store) => store.clone(),
+            Self::Tiered(tiered) => tiered.l1.clone(),
+        }
+    }
+
+    /// Removes `pattern`'s entries from memory on a blocking thread (the
+    /// walk visits every entry: never on a request worker).
+    async fn invalidate_memory(&self, pattern: &str) -> usize {
+        let store = self.memory_handle();
+        let pattern = pattern.to_owned();
+        tokio::task::spawn_blocking(move || store.invalidate(&pattern))
+            .await
+            .unwrap_or_else(|err| {
+                warn!(error = %err, "in-memory invalidate did not complete");
+                0
+            })
+    }
+
+    /// Empties memory at once (by epoch) and releases the cleared entries
+    /// on a blocking thread; returns how many entries memory held.
+    fn clear_memory(&self) -> usize {
+        let store = self.memory_handle();
+        let removed = store.clear();
+        tokio::task::spawn_blocking(move || {
+            let swept = store.sweep();
+            tracing::debug!(swept, "cleared entries released");
+        });
+        removed
     }
 
     /// The shared tier, when there is one.
@@ -153,13 +196,13 @@ impl Storage {
     /// shared tier cannot be reached: other replicas would keep them.
     pub async fn invalidate(&self, pattern: &str) -> Result<usize, L2Error> {
         match self {
-            Self::Memory(store) => Ok(store.invalidate(pattern)),
+            Self::Memory(_) => Ok(self.invalidate_memory(pattern).await),
             Self::Tiered(tiered) => {
-                let local = tiered.l1.invalidate(pattern);
+                let local = self.invalidate_memory(pattern).await;
                 let shared = tiered.l2.delete_matching(Some(pattern)).await?;
                 // Fills that started before the walk are refused by L1's
                 // generation; say it again for replicas that stored meanwhile.
-                tiered.l1.invalidate(pattern);
+                self.invalidate_memory(pattern).await;
                 let event = Event::Invalidated(pattern.to_owned()).message(&tiered.l2.replica);
                 tiered.announce(&event).await;
                 tracing::debug!(
@@ -175,11 +218,11 @@ impl Storage {
     /// Removes every entry; returns how many the shared tier (else memory) held.
     pub async fn clear(&self) -> Result<usize, L2Error> {
         match self {
-            Self::Memory(store) => Ok(store.clear()),
+            Self::Memory(_) => Ok(self.clear_memory()),
             Self::Tiered(tiered) => {
-                tiered.l1.clear();
+                self.clear_memory();
                 let shared = tiered.l2.delete_matching(None).await?;
-                tiered.l1.clear();
+                self.clear_memory();
                 tiered
                     .announce(&Event::Cleared.message(&tiered.l2.replica))
                     .await;
@@ -188,27 +231,28 @@ impl Storage {
         }
     }
 
-    /// The entries whose description contains `pattern` (all for ""), for
-    /// refresh: every shared entry when tiered, whichever replica stored it.
-    pub async fn list(&self, pattern: &str) -> Result<Vec<Arc<Entry>>, L2Error> {
+    /// The keys of the entries whose description contains `pattern` (all
+    /// for ""), for refresh: every shared entry when tiered, whichever
+    /// replica stored it. Memory is walked on a blocking thread.
+    pub async fn matching_keys(&self, pattern: &str) -> Result<Vec<CacheKey>, KeysError> {
         match self {
-            Self::Memory(store) => Ok(store
-                .entries()
-                .into_iter()
-                .filter(|e| e.description.contains(pattern))
-                .collect()),
-            Self::Tiered(tiered) => {
-                let keys = tiered.l2.matching(pattern).await?;
-                let mut entries = Vec::with_capacity(keys.len());
-                for key in keys {
-                    match tiered.l2.get(&key).await {
-                        Ok(Some(entry)) => entries.push(Arc::new(entry)),
-                        Ok(None) => {}
-                        Err(err) => return Err(err),
-                    }
-                }
-                Ok(entries)
+            Self::Memory(store) => {
+                let store = store.clone();
+                let pattern = pattern.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let mut keys = Vec::new();
+                    store.visit(|entry| {
+                        if entry.description.contains(&pattern) {
+                            keys.push(entry.key);
+                        }
+                        true
+                    });
+                    keys
+                })
+                .await
+                .map_err(KeysError::Walk)
             }
+            Self::Tiered(tiered) => tiered.l2.matching(pattern).await.map_err(KeysError::Shared),
         }
     }
 

@@ -1,0 +1,168 @@
+//! Memory as the OS measures it: the dashcache binary (its own process, its
+//! own allocator) filled with many small entries over real sockets grows by
+//! at most 1.5x the bytes its store counts plus a fixed allowance, so
+//! `max_bytes` bounds its RSS even when far more answers pass through than
+//! it holds, and what a `clear` frees is reused by the next fill.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::Method;
+use support::{Client, Origin};
+
+const MIB: u64 = 1024 * 1024;
+const MAX_BYTES: u64 = 8 * MIB;
+
+/// The binary, killed when dropped.
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Binary {
+    fn start(upstream: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dashcache"))
+            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(["--log-level", "warn,dashcache::server=info"])
+            .args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the dashcache binary starts");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut lines = stderr.lines().map_while(Result::ok);
+        let addr = lines
+            .by_ref()
+            .find_map(|line| listen_address(&line))
+            .expect("a \"dashcache listening\" line");
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Resident memory, from /proc/<pid>/status.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
+    }
+
+    async fn cache_stats(&self, client: &Client) -> serde_json::Value {
+        client.get(&self.url("/api/cache/stats")).await.json()["cache"].clone()
+    }
+}
+
+fn listen_address(line: &str) -> Option<SocketAddr> {
+    if !line.contains("dashcache listening") {
+        return None;
+    }
+    let start = line
+        .find("\"listen\":\"")
+        .map(|i| i + "\"listen\":\"".len())
+        .or_else(|| line.find(" listen=").map(|i| i + " listen=".len()))?;
+    let rest = &line[start..];
+    let end = rest.find([' ', '"']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Sends GETs for `pages` (distinct URLs, misses) over `connections`
+/// keep-alive connections.
+async fn load_from(
+    binary: &Binary,
+    client: &Client,
+    pages: std::ops::Range<usize>,
+    connections: usize,
+) {
+    let count = pages.end;
+    let next = Arc::new(AtomicUsize::new(pages.start));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (client, next) = (client.clone(), next.clone());
+        let base = binary.url("/api/report");
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return;
+                }
+                let reply = client
+                    .send(Method::GET, &format!("{base}?page={i}"), &[], "")
+                    .await;
+                assert_eq!(reply.status, 200);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rss_stays_within_the_store_bytes_across_evictions_and_clear() {
+    let origin = Origin::start().await;
+    let binary = Binary::start(
+        &origin.url(),
+        &["--maxsize", "100000", "--max-bytes", "8MiB"],
+    );
+    let client = Client::new();
+    let idle = binary.rss();
+
+    // Far more answers than max_bytes holds: the store evicts, and the
+    // process must not keep what it evicted either.
+    load_from(&binary, &client, 0..12_000, 16).await;
+    let stats = binary.cache_stats(&client).await;
+    let bytes = stats["bytes"].as_u64().unwrap();
+    let size = stats["size"].as_u64().unwrap();
+    assert!(bytes <= MAX_BYTES, "{stats}");
+    assert!(size > 2_000, "the store holds many small entries: {stats}");
+    assert!(stats["evictions"].as_u64().unwrap() > 0, "{stats}");
+    let full = binary.rss();
+    // Beyond the idle process, a fixed allowance: the eviction policy's
+    // ghost records and table index for maxsize = 100,000 (about 50 bytes
+    // each), and the buffers of 16 client and 16 upstream connections.
+    let grown = full.saturating_sub(idle);
+    assert!(
+        grown <= bytes * 3 / 2 + 10 * MIB,
+        "RSS grew by {} MiB for {size} entries counted as {} MiB: over 1.5x bytes + 10 MiB",
+        grown / MIB,
+        bytes / MIB,
+    );
+
+    let cleared = client
+        .send(Method::POST, &binary.url("/api/cache/clear"), &[], "")
+        .await;
+    assert_eq!(cleared.status, 200);
+    assert_eq!(binary.cache_stats(&client).await["size"], 0);
+    // What a clear freed is reused: filling the store again with as many
+    // new answers does not grow the process past where the first fill left it.
+    load_from(&binary, &client, 12_000..24_000, 16).await;
+    let refilled = binary.rss();
+    assert!(
+        refilled <= full + 4 * MIB,
+        "RSS after clear and refill {} MiB, after the first fill {} MiB (idle {} MiB)",
+        refilled / MIB,
+        full / MIB,
+        idle / MIB
+    );
+}
