@@ -513,6 +513,56 @@ async fn keys_default_limit_is_100() {
     assert_eq!(answer["count"], 100);
 }
 
+#[tokio::test]
+async fn keys_without_a_pattern_lists_the_newest_and_the_hottest_from_counts() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let client = Client::new();
+    let url = proxy.url("/api/metrics");
+    for i in 0..300 {
+        client.post(&url, &format!(r#"{{"page":{i}}}"#)).await;
+    }
+    let pages = |answer: &Value| -> Vec<String> {
+        answer["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let d = k["description"].as_str().unwrap();
+                d.rsplit_once("\"page\":")
+                    .unwrap()
+                    .1
+                    .trim_end_matches('}')
+                    .to_owned()
+            })
+            .collect()
+    };
+    let newest = keys(&proxy, "?limit=10", &[]).await.json();
+    assert_eq!(newest["matched"], 300);
+    assert_eq!(newest["count"], 10);
+    assert_eq!(
+        pages(&newest),
+        ["299", "298", "297", "296", "295", "294", "293", "292", "291", "290"]
+    );
+    // Known hit counts: page 5 three times, page 250 twice, page 7 once.
+    for (page, times) in [(5, 3), (250, 2), (7, 1)] {
+        for _ in 0..times {
+            client.post(&url, &format!(r#"{{"page":{page}}}"#)).await;
+        }
+    }
+    let hottest = keys(&proxy, "?sort=hottest&limit=3", &[]).await.json();
+    assert_eq!(hottest["matched"], 300);
+    assert_eq!(pages(&hottest), ["5", "250", "7"], "{hottest}");
+    // Asked again inside the list's age: the counts are read as they are now.
+    for _ in 0..5 {
+        client.post(&url, r#"{"page":7}"#).await;
+    }
+    let again = keys(&proxy, "?sort=hottest&limit=3", &[]).await.json();
+    assert_eq!(pages(&again), ["7", "5", "250"], "{again}");
+    assert_eq!(again["keys"][0]["hits"], 6);
+    assert_eq!(origin.total(), 300, "hits only after the fill");
+}
+
 // ---------------------------------------------------------------- health
 
 #[tokio::test]

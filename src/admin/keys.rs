@@ -1,10 +1,14 @@
 //! `GET /api/cache/keys`: the live entries, filtered by `pattern`, sorted
 //! newest or hottest first, and bounded by `limit`.
 //!
-//! The listing walks the store (the `matched` count and the order need
-//! every entry), but on a blocking thread, one entry under a shard lock at
-//! a time, keeping only the best `limit` in a heap: a hit never waits for
-//! it and its memory is O(limit), not O(entries).
+//! Without a pattern, nothing walks the store: `matched` is the fresh-entry
+//! counter, `sort=newest` reads the ring of recent inserts and
+//! `sort=hottest` the top list recomputed at most every 10 s
+//! (`cache::listing`, whose docs give the staleness bound). With a pattern
+//! the listing walks the store (matching needs every description), so its
+//! cost is proportional to the store's size; it runs on a blocking thread,
+//! one entry under a shard lock at a time, keeping only the best `limit` in
+//! a heap: a hit never waits for it and its memory is O(limit).
 
 use std::cmp::{Ordering as Order, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
@@ -16,6 +20,7 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::body::ProxyBody;
+use crate::cache::listing;
 use crate::cache::volatile::VolatileField;
 use crate::cache::Entry;
 use crate::error::ProxyError;
@@ -34,6 +39,9 @@ enum KeyOrder {
 
 const DEFAULT_KEYS_LIMIT: usize = 100;
 const MAX_KEYS_LIMIT: usize = 10_000;
+// The ring and the top list must be able to answer the largest limit.
+const _: () = assert!(listing::RING_CAPACITY >= 4 * MAX_KEYS_LIMIT);
+const _: () = assert!(listing::HOT_LIST_LEN >= MAX_KEYS_LIMIT);
 
 #[derive(Serialize)]
 struct KeysAnswer {
@@ -101,7 +109,7 @@ pub(super) async fn keys(
     let now = Instant::now();
     let walker = proxy.clone();
     let (matched, best) =
-        tokio::task::spawn_blocking(move || best_entries(&walker, &pattern, order, limit, now))
+        tokio::task::spawn_blocking(move || list(&walker, &pattern, order, limit, now))
             .await
             .map_err(|source| ProxyError::AdminTask {
                 task: "keys listing",
@@ -167,6 +175,51 @@ impl Ord for Ranked {
     fn cmp(&self, other: &Self) -> Order {
         self.rank().cmp(&other.rank())
     }
+}
+
+/// How many fresh entries match `pattern`, and the first `limit` of them
+/// in `order`: without a pattern from the counters, the ring and the top
+/// list; with one (or when the ring holds fewer live entries than asked and
+/// the store has more) by a walk.
+fn list(
+    proxy: &Proxy,
+    pattern: &str,
+    order: KeyOrder,
+    limit: usize,
+    now: Instant,
+) -> (usize, Vec<Ranked>) {
+    if !pattern.is_empty() {
+        return best_entries(proxy, pattern, order, limit, now);
+    }
+    let store = proxy.store.memory();
+    let matched = store.census(now).fresh;
+    let ranked = match order {
+        KeyOrder::Newest => {
+            let newest = store.newest(limit, now);
+            if newest.len() < limit.min(matched) {
+                tracing::debug!(
+                    listed = newest.len(),
+                    fresh = matched,
+                    "recent inserts too few for the keys listing; walking the store"
+                );
+                return best_entries(proxy, pattern, order, limit, now);
+            }
+            newest
+                .into_iter()
+                .map(|entry| Ranked {
+                    hits: entry.hits.load(Ordering::Relaxed),
+                    order,
+                    entry,
+                })
+                .collect()
+        }
+        KeyOrder::Hottest => store
+            .hottest(limit, now)
+            .into_iter()
+            .map(|(hits, entry)| Ranked { hits, order, entry })
+            .collect(),
+    };
+    (matched, ranked)
 }
 
 /// Walks the store for the fresh entries matching `pattern`: how many

@@ -13,6 +13,7 @@ pub mod freshness;
 pub mod invalidation;
 pub mod key;
 pub mod key_rules;
+pub mod listing;
 pub mod lock;
 pub mod policy;
 pub mod replay;

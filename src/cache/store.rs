@@ -32,6 +32,7 @@ use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use super::key::CacheKey;
+use super::listing::{Listing, RING_CAPACITY};
 use super::replay::Replay;
 use super::stale::StaleWindows;
 pub use super::tally::Census;
@@ -305,6 +306,9 @@ pub struct Store {
     max_bytes: u64,
     /// The heaviest entry a shard can take; larger answers are not stored.
     max_entry_bytes: u64,
+    /// The recent inserts and the hottest list that `keys` reads without
+    /// walking (`cache::listing`); pushed on insert, never on a lookup.
+    pub(super) listing: Listing,
 }
 
 impl Store {
@@ -355,6 +359,7 @@ impl Store {
             maxsize,
             max_bytes,
             max_entry_bytes: shard_weight.min(max_object_bytes),
+            listing: Listing::new((maxsize as usize).saturating_mul(4).min(RING_CAPACITY)),
         }
     }
 
@@ -459,6 +464,7 @@ impl Store {
             self.remove_slot_if(&key, |s| Arc::ptr_eq(&s.entry, &entry));
             return Err(Refused::Outdated);
         }
+        self.listing.record(&entry);
         Ok(())
     }
 
