@@ -152,7 +152,7 @@ impl Store {
         let records = lock(&self.listing.ring).newest_first();
         let mut entries = resolve(self, &records, limit, now);
         // Entries copied in (snapshot, shared tier) keep their own store time.
-        entries.sort_by(|a, b| b.stored_at.cmp(&a.stored_at));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.stored_at));
         entries
     }
 
