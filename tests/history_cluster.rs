@@ -1,7 +1,8 @@
 //! The history's cluster view on a real redis-server: two replicas sharing
 //! one Redis publish their 10 s intervals there, and each one's history
-//! answer shows the merged series and both replicas' own lines; Redis
-//! going down and coming back leaves markers.
+//! answer shows the merged series and both replicas' own lines, skipping
+//! hostile values planted in Redis; Redis going down and coming back
+//! leaves markers.
 
 mod support;
 
@@ -64,6 +65,30 @@ async fn replicas_on_one_redis_see_the_cluster_and_each_other() {
         post(&b, org, "HIT").await;
     }
     assert_eq!(origin.count("/api/metrics"), 3);
+    // Hostile fields beside the replicas' own, in every interval around now:
+    // not JSON, and a record far over the size read back. Neither may show.
+    let mut conn = redis.connection().await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let current = now_ms / 10_000 * 10_000;
+    let huge = format!(r#"{{"t":0,"pad":"{}"}}"#, "x".repeat(100 << 10));
+    for k in 0..12u64 {
+        let key = format!(
+            "dashcache:history:{{dashcache}}:{}",
+            current + 30_000 - k * 10_000
+        );
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg("evil:1")
+            .arg("not json")
+            .arg("huge:1")
+            .arg(&huge)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 
     // The sampler publishes on the wall clock's 10 s boundaries.
     let mut json = Value::Null;
@@ -78,6 +103,11 @@ async fn replicas_on_one_redis_see_the_cluster_and_each_other() {
     }
     let cluster = &json["cluster"];
     assert!(cluster.get("error").is_none(), "{cluster}");
+    assert_eq!(
+        cluster["replicas"].as_array().unwrap().len(),
+        2,
+        "{cluster}"
+    );
     assert_eq!(total(&cluster["points"], "hits"), 7, "{cluster}");
     assert_eq!(total(&cluster["points"], "misses"), 3, "{cluster}");
     let me = cluster["replica"].as_str().unwrap().to_owned();
