@@ -426,7 +426,7 @@ impl Store {
 
     /// Removes whatever is stored under `key`; true when something was.
     pub fn remove(&self, key: &CacheKey) -> bool {
-        self.entries.remove(key).is_some()
+        self.remove_slot_if(key, |_| true).is_some()
     }
 
     /// The current clear/invalidate generation; a fill reads it before asking
@@ -876,6 +876,20 @@ mod tests {
         }
         assert_eq!(store.invalidate("Vale"), 20);
         assert_eq!(store.len(), 180);
+        assert_tally_matches_a_walk(&store, Instant::now());
+    }
+
+    #[test]
+    fn the_tally_agrees_with_a_walk_after_removals_by_key() {
+        let store = Store::new(1000, 1 << 20, 1 << 12);
+        for i in 0..20 {
+            store.insert(key(i), entry(10, "d", HOUR), 0).unwrap();
+        }
+        for i in 0..5 {
+            assert!(store.remove(&key(i)));
+        }
+        assert!(!store.remove(&key(0)));
+        assert_eq!(store.len(), 15);
         assert_tally_matches_a_walk(&store, Instant::now());
     }
 
