@@ -219,6 +219,10 @@ impl Server {
         );
         let purge = tokio::spawn(purge_expired(proxy.clone()));
         let history = tokio::spawn(crate::admin::history::sample(proxy.clone()));
+        let redis_watch = crate::admin::history::join_shared_tier(
+            &proxy,
+            main.local_addr().map_or(config.listen.port(), |a| a.port()),
+        );
         #[cfg(unix)]
         let reload =
             hangup.map(|hangup| tokio::spawn(reload_on_hangup(hangup, proxy.clone(), tls.clone())));
@@ -283,6 +287,9 @@ impl Server {
         drop((main, admin));
         purge.abort();
         history.abort();
+        if let Some(watch) = redis_watch {
+            watch.abort();
+        }
         #[cfg(unix)]
         if let Some(reload) = reload {
             reload.abort();

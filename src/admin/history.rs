@@ -145,6 +145,44 @@ fn cluster_view(
     }
 }
 
+/// With the shared tier configured: publishes this replica's intervals to
+/// Redis as `host:port` and shows the cluster in the history; records
+/// `redis_down` / `redis_up` markers as the tier's state changes (read
+/// every 250 ms). Returns the watcher task, to abort at shutdown.
+pub fn join_shared_tier(proxy: &Arc<Proxy>, port: u16) -> Option<tokio::task::JoinHandle<()>> {
+    let tier = proxy.store.shared()?.clone();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "replica".to_owned());
+    let replica = format!("{host}:{port}");
+    let source = Arc::new(super::history_redis::RedisHistory::new(tier.clone()));
+    proxy.metrics.history().join_cluster(source, replica);
+    let proxy = proxy.clone();
+    Some(tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut seen_up = false;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let up = tier.is_up();
+            seen_up |= up;
+            // The first connection takes a moment: not an outage.
+            if !seen_up && started.elapsed() < Duration::from_secs(5) {
+                continue;
+            }
+            let events = &proxy.metrics.history().events;
+            events.redis_reachable(up, || {
+                if up {
+                    "redis answering again".to_owned()
+                } else {
+                    format!("redis unreachable ({})", tier.config().redacted_urls())
+                }
+            });
+        }
+    }))
+}
+
 /// Closes one interval on every 10 s boundary until the task is aborted.
 pub async fn sample(proxy: Arc<Proxy>) {
     loop {

@@ -30,6 +30,7 @@ use crate::respond::{self, CacheStatus};
 
 mod health;
 pub mod history;
+mod history_redis;
 mod keys;
 mod purge;
 mod stats;

@@ -9,6 +9,8 @@
 //! - `PREFIX:index:{PREFIX}`: hash of `HEX` → `EXPIRY_MS DESCRIPTION`, so
 //!   `invalidate`, `clear` and `refresh` walk descriptions, not the keyspace;
 //! - `PREFIX:secret:{PREFIX}`: the credential digest key (`cache::credentials`);
+//! - `PREFIX:history:{PREFIX}:<start ms>`: each replica's figures for one
+//!   10 s interval, kept an hour (`admin::history_redis`);
 //! - channel `PREFIX:events`: invalidations and fill news (`storage::events`).
 //!
 //! Redis down or slow is never worse than no Redis: every call made for a
