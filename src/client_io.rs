@@ -74,6 +74,19 @@ pub struct BodyReadTimeout {
     rate: u64,
 }
 
+impl BodyReadTimeout {
+    /// `received` bytes in `waited`, under these rules (`body_deadline.rs`
+    /// raises it for HTTP/2 bodies).
+    pub fn new(received: u64, waited: Duration, timeout: Duration, rate: u64) -> Self {
+        Self {
+            received,
+            waited,
+            timeout,
+            rate,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("client did not read the answer for {0:?} (send_timeout)")]
 pub struct SendTimeout(Duration);

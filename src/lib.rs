@@ -40,6 +40,7 @@ mod access;
 pub mod admin;
 pub mod admission;
 pub mod body;
+pub mod body_deadline;
 pub mod cache;
 pub mod client_io;
 pub mod config;

@@ -32,6 +32,7 @@ use crate::access;
 use crate::admin;
 use crate::admission;
 use crate::body::{ProxyBody, UpstreamBody};
+use crate::body_deadline::{BodyRules, DeadlineBody, RequestBody};
 use crate::cache::credentials::{credential_digest, Grants};
 use crate::cache::flight::{FillOutcome, Flights, Join};
 use crate::cache::invalidation::Invalidations;
@@ -42,6 +43,7 @@ use crate::cache::storage::RedisTier;
 use crate::cache::vary::{variant_key, VaryIndex};
 use crate::cache::volatile::VolatileDetector;
 use crate::cache::{CacheKey, Entry, KeyMemo, Lookup, Storage, Store};
+use crate::client_io::OnStall;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, Validators};
@@ -267,6 +269,7 @@ impl Proxy {
     async fn proxy(self: &Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Served {
         // One snapshot for the whole request: a reload does not change it midway.
         let config = self.config();
+        let request = self.with_body_deadline(request, &config, client);
         let route = config.routes.lookup(request.method(), request.uri().path());
         let route_name = route.map_or_else(|| self.default_route.clone(), |r| r.name.clone());
         let cacheable = config.cache.enabled
@@ -290,13 +293,44 @@ impl Proxy {
         Served::traced(response, CacheStatus::Bypass, route_name, trace)
     }
 
+    /// Holds an HTTP/2 request body to `body_read_timeout` and
+    /// `body_min_rate` frame by frame (`body_deadline.rs`). An HTTP/1 body
+    /// is left as it is: its connection's bytes already carry that deadline
+    /// (`client_io.rs`), which counts and logs the stall itself.
+    fn with_body_deadline(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        config: &Config,
+        client: ClientInfo,
+    ) -> Request<RequestBody> {
+        if request.version() != Version::HTTP_2 {
+            return request.map(DeadlineBody::untimed);
+        }
+        let rules = BodyRules {
+            body_read_timeout: config.limits.body_read_timeout,
+            body_min_rate: config.limits.body_min_rate,
+        };
+        let proxy = self.clone();
+        let path = request.uri().path().to_owned();
+        let on_stall: OnStall = Arc::new(move |stall| {
+            Metrics::bump(&proxy.metrics.body_timeouts);
+            info!(
+                client = %client.addr.ip(),
+                stall = stall.as_str(),
+                path = %path,
+                "http/2 request body too slow (body_read_timeout, body_min_rate); answering 408 and resetting the stream"
+            );
+        });
+        request.map(|body| DeadlineBody::timed(body, rules, on_stall))
+    }
+
     /// Sends the request upstream and streams the answer back, storing
     /// nothing. An idempotent request's body is read first (within
     /// `max_body_bytes`), so that it can be sent again if a pooled upstream
     /// connection dies under it; any other body streams through.
     async fn pass_through(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         config: &Config,
         client: ClientInfo,
     ) -> Response<ProxyBody> {
@@ -341,7 +375,7 @@ impl Proxy {
 
     async fn cached(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         config: &Config,
         route: Option<&Route>,
         route_name: Arc<str>,
@@ -458,7 +492,7 @@ impl Proxy {
     /// key rules, then its `key_headers`, then credentials, then `Vary`.
     async fn key_request(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         config: &Config,
         shared: bool,
         route: Option<&Route>,
@@ -592,7 +626,11 @@ impl Proxy {
 }
 
 /// Reads a cacheable request's body whole, within `limit` (`max_body_bytes`).
-async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: RequestBody,
+    limit: u64,
+) -> Result<Bytes, ProxyError> {
     check_declared_length(headers, limit)?;
     let limit = limit as usize;
     match Limited::new(body, limit).collect().await {

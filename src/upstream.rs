@@ -34,11 +34,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use crate::body_deadline::RequestBody;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 
 /// Buffered (cacheable requests, replayable) or streamed (pass-through).
-pub type UpstreamRequestBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub type UpstreamRequestBody = Either<Full<Bytes>, Limited<RequestBody>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamSetupError {

@@ -430,3 +430,123 @@ async fn http2_requests_are_judged_by_their_authority() {
         .await;
     assert_eq!(mismatched.status.as_u16(), 400);
 }
+
+/// An HTTP/2 request body that sends what the test puts in its channel and
+/// waits, with the stream open, while the channel stays empty.
+struct StalledBody(tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>);
+
+impl http_body::Body for StalledBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+/// Sends `method path` over HTTP/2 (prior knowledge) with one body chunk,
+/// then stalls; returns the status and body of the answer.
+async fn stalled_http2_request(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        StalledBody,
+    >,
+    method: http::Method,
+    url: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(bytes::Bytes::from_static(b"{\"a\":")).unwrap();
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(StalledBody(rx))
+        .unwrap();
+    let response = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .expect("the stalled HTTP/2 body was never cut off")
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    drop(tx);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn http2_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    StalledBody,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+#[tokio::test]
+async fn a_stalled_http2_body_is_cut_with_408_and_the_connection_serves_on() {
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "body_read_timeout = \"300ms\"\nbody_min_rate = 0").await;
+    let client = http2_client();
+
+    // A cacheable POST: its body is read whole before anything else.
+    let (status, body) =
+        stalled_http2_request(&client, http::Method::POST, &proxy.url("/api/metrics")).await;
+    assert_eq!(status, 408, "{body}");
+    assert!(
+        body.contains(r#"{"status":"error","message":"request body not received in time"#),
+        "{body}"
+    );
+    assert_eq!(origin.total(), 0, "no half body reached the upstream");
+    assert_eq!(proxy.proxy.metrics.body_timeouts.load(Ordering::Relaxed), 1);
+    let metrics = Client::http2()
+        .get(&proxy.url("/api/cache/metrics"))
+        .await
+        .text();
+    assert!(
+        metrics.contains("dashcache_client_body_timeouts_total 1"),
+        "{metrics}"
+    );
+
+    // The same connection still answers a request whose body is complete.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(bytes::Bytes::from_static(b"{}")).unwrap();
+    drop(tx);
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(proxy.url("/api/metrics"))
+        .header("content-type", "application/json")
+        .body(StalledBody(rx))
+        .unwrap();
+    let fine = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fine.status().as_u16(), 200);
+    assert_eq!(proxy.proxy.metrics.body_timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_stalled_http2_body_on_a_streamed_request_is_cut_with_408() {
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "body_read_timeout = \"300ms\"\nbody_min_rate = 0").await;
+    // PUT streams to the upstream as it arrives: the stall surfaces there.
+    let (status, body) = stalled_http2_request(
+        &http2_client(),
+        http::Method::PUT,
+        &proxy.url("/api/things/1"),
+    )
+    .await;
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains(r#""status":"error""#), "{body}");
+    assert_eq!(proxy.proxy.metrics.body_timeouts.load(Ordering::Relaxed), 1);
+}
