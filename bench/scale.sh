@@ -6,7 +6,7 @@
 #
 # Build first (this script builds nothing of dashcache itself unless BUILD=1):
 #   cargo build --release --bin dashcache --example scale --example probe
-#   bench/scale.sh                              # every section, ~10 minutes
+#   bench/scale.sh                              # every section, ~4 minutes
 #   SECTIONS="h2 miss" bench/scale.sh           # some sections
 #
 # Sections (SECTIONS, default "scale idle h2 miss"):
@@ -14,7 +14,7 @@
 #          proxy): fill, admin call latencies, hit p50/p99 on random stored
 #          keys, invalidate 1 %, refresh, clear and the hits after it, RSS.
 #          Outputs side by side, then the hit p50/p99 ratio of the largest
-#          size to the smallest. About 15 s at 1,000 and 2-5 min at 1,000,000
+#          size to the smallest. About 10 s at 1,000 and 2 min at 1,000,000
 #          entries (1.5 GB of RSS).
 #   idle   docs/bench/idle_connections.py with IDLE_CONNECTIONS idle
 #          keep-alive connections (ulimit -n raised): RSS per connection.
@@ -393,7 +393,7 @@ h2run() {
     rps="$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$out")"
     ok="$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' "$out")"
     failed="$(sed -n 's/^requests: .* succeeded, \([0-9]*\) failed, \([0-9]*\) errored.*/\1+\2/p' "$out")"
-    mean="$(awk '/^time for request:/ { print $4 }' "$out")"
+    mean="$(awk '/^time for request:/ { print $6 }' "$out")"
     cpu="$(awk -v t=$((k1 - k0)) -v hz="$HZ" -v n="${ok:-0}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')"
     say "| $mode | $target | ${proto:-?} | ${rps:-n/a} | ${mean:-n/a} | ${ok:-0} | ${failed:-?} | $cpu | $((c1 - c0)) |"
 }
