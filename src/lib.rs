@@ -35,6 +35,8 @@
 //! - [`metrics`]: counters behind stats and the Prometheus exposition, and
 //!   the last hour of them with event markers (`metrics::history`)
 //! - [`error`]: the request path's error enum and its HTTP mapping
+//! - `priority`: low scheduling priority for background walks (the sweep
+//!   after `clear`)
 
 mod access;
 pub mod admin;
@@ -49,6 +51,7 @@ mod fill;
 pub mod framing;
 pub mod headers;
 pub mod metrics;
+mod priority;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;

@@ -305,7 +305,9 @@ impl Proxy {
         config: &Config,
         client: ClientInfo,
     ) -> Request<RequestBody> {
-        if request.version() != Version::HTTP_2 {
+        // A request whose HEADERS frame ended its stream (every GET) has
+        // no body to time.
+        if request.version() != Version::HTTP_2 || http_body::Body::is_end_stream(request.body()) {
             return request.map(DeadlineBody::untimed);
         }
         let rules = BodyRules {

@@ -108,14 +108,24 @@ impl Storage {
     }
 
     /// Empties memory at once (by epoch) and releases the cleared entries
-    /// on a blocking thread; returns how many entries memory held.
+    /// on a thread of their own, at low priority; returns how many entries
+    /// memory held.
     fn clear_memory(&self) -> usize {
         let store = self.memory_handle();
         let removed = store.clear();
-        tokio::task::spawn_blocking(move || {
-            let swept = store.sweep();
-            tracing::debug!(swept, "cleared entries released");
-        });
+        let sweeper = std::thread::Builder::new()
+            .name("dashcache-sweep".into())
+            .spawn(move || {
+                // Request workers come first: the sweep only returns memory.
+                crate::priority::lower_this_thread();
+                let started = std::time::Instant::now();
+                let swept = store.sweep();
+                tracing::info!(swept, elapsed = ?started.elapsed(), "cleared entries released");
+            });
+        if let Err(err) = sweeper {
+            // The entries stay until the next purge walk removes them.
+            tracing::warn!(error = %err, "could not start the sweep of cleared entries");
+        }
         removed
     }
 
