@@ -35,12 +35,13 @@
 //! - [`metrics`]: counters behind stats and the Prometheus exposition, and
 //!   the last hour of them with event markers (`metrics::history`)
 //! - [`error`]: the request path's error enum and its HTTP mapping
-//! - `priority`: low scheduling priority for background walks (the sweep
-//!   after `clear`)
+//! - `background`: walks of the store on threads of their own, below the
+//!   request workers' priority
 
 mod access;
 pub mod admin;
 pub mod admission;
+mod background;
 pub mod body;
 pub mod body_deadline;
 pub mod cache;
@@ -51,7 +52,6 @@ mod fill;
 pub mod framing;
 pub mod headers;
 pub mod metrics;
-mod priority;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;

@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::background;
 use crate::body::ProxyBody;
 use crate::cache::snapshot;
 use crate::client_io::{ClientDeadlines, ClientIo, ConnectionWatch, OnStall, Stall};
@@ -631,10 +632,10 @@ async fn purge_expired(proxy: Arc<Proxy>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        // A walk of the store: on a blocking thread, never a request worker.
+        // A walk of the store: on a background thread, never a request worker.
         let walker = proxy.clone();
-        let Ok(removed) =
-            tokio::task::spawn_blocking(move || walker.store.purge_expired(Instant::now())).await
+        let Some(removed) =
+            background::run("purge", move || walker.store.purge_expired(Instant::now())).await
         else {
             continue;
         };

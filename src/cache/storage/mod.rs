@@ -32,6 +32,7 @@ use self::events::Event;
 pub use self::redis::{L2Error, RedisTier};
 use super::store::Refused;
 use super::{CacheKey, Entry, Lookup, Store};
+use crate::background;
 
 /// Why [`Storage::matching_keys`] found nothing to list.
 #[derive(Debug)]
@@ -94,38 +95,28 @@ impl Storage {
         }
     }
 
-    /// Removes `pattern`'s entries from memory on a blocking thread (the
+    /// Removes `pattern`'s entries from memory on a background thread (the
     /// walk visits every entry: never on a request worker).
     async fn invalidate_memory(&self, pattern: &str) -> usize {
         let store = self.memory_handle();
         let pattern = pattern.to_owned();
-        tokio::task::spawn_blocking(move || store.invalidate(&pattern))
+        background::run("invalidate", move || store.invalidate(&pattern))
             .await
-            .unwrap_or_else(|err| {
-                warn!(error = %err, "in-memory invalidate did not complete");
-                0
-            })
+            .unwrap_or(0)
     }
 
     /// Empties memory at once (by epoch) and releases the cleared entries
-    /// on a thread of their own, at low priority; returns how many entries
-    /// memory held.
+    /// on a background thread; returns how many entries memory held.
     fn clear_memory(&self) -> usize {
         let store = self.memory_handle();
         let removed = store.clear();
-        let sweeper = std::thread::Builder::new()
-            .name("dashcache-sweep".into())
-            .spawn(move || {
-                // Request workers come first: the sweep only returns memory.
-                crate::priority::lower_this_thread();
-                let started = std::time::Instant::now();
-                let swept = store.sweep();
-                tracing::info!(swept, elapsed = ?started.elapsed(), "cleared entries released");
-            });
-        if let Err(err) = sweeper {
-            // The entries stay until the next purge walk removes them.
-            tracing::warn!(error = %err, "could not start the sweep of cleared entries");
-        }
+        // Not awaited: the entries already read as misses; this only
+        // returns their memory.
+        drop(background::run("sweep", move || {
+            let started = std::time::Instant::now();
+            let swept = store.sweep();
+            tracing::info!(swept, elapsed = ?started.elapsed(), "cleared entries released");
+        }));
         removed
     }
 
