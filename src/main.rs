@@ -79,8 +79,14 @@ fn main() -> ExitCode {
     }
 
     // Log lines go through a background writer so a slow terminal or pipe
-    // never stalls a request; the guard flushes them at exit.
-    let (writer, _flush_guard) = tracing_appender::non_blocking(std::io::stderr());
+    // never stalls a request; the guard flushes them at exit. The writer
+    // buffers what it takes off the channel at once and flushes when the
+    // channel is empty: under load one write(2) carries many lines (one
+    // per request otherwise), and a quiet proxy's lines still go out at once.
+    let (writer, _flush_guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stderr(),
+    ));
     // --log-level (or DASHCACHE_LOG) wins over RUST_LOG; a filter that does
     // not parse is an error, not a silent fallback.
     let (source, directives) = match (&cli.log_level, std::env::var("RUST_LOG")) {
