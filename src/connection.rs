@@ -243,7 +243,8 @@ async fn serve_http<IO: ClientStream>(
     debug!(client = %addr, protocol = protocol.as_str(), "connection serving");
     match protocol {
         Protocol::Http1 => {
-            crate::keep_alive::serve(io, service, deadline, &settings, drain, addr).await
+            let start = Box::new((io, service));
+            crate::keep_alive::serve(start, deadline, &settings, drain, addr).await
         }
         // Boxed: an HTTP/2 connection's state is large, and would otherwise
         // size the task of every HTTP/1 connection too.

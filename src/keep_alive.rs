@@ -60,14 +60,18 @@ enum Run<IO> {
 
 /// Serves an HTTP/1 connection to its end, parking it whenever it is idle.
 /// `first_deadline` bounds the first request head.
+///
+/// The stream and service come boxed: an async fn keeps its arguments for
+/// its whole life next to the locals they are moved to, so a large argument
+/// would be stored twice in every connection's task.
 pub(crate) async fn serve<IO: ClientStream>(
-    mut io: ClientIo<IO>,
-    mut service: ProxyService,
+    start: Box<(ClientIo<IO>, ProxyService)>,
     first_deadline: Instant,
     settings: &Settings,
     mut drain: DrainWatch,
     client: SocketAddr,
 ) {
+    let (mut io, mut service) = *start;
     let watch = io.watch().clone();
     // A request head must be complete (the request count pass the second
     // field) by the first field's instant.
@@ -89,13 +93,22 @@ pub(crate) async fn serve<IO: ClientStream>(
             Run::Ended => return,
             Run::Parked(parts) => parts,
         };
-        io = parts.io.into_inner();
-        service = parts.service;
+        // Taken apart at once: even empty, `read_buf` holds hyper's 8 KiB
+        // read buffer, which must not stay with a parked connection.
+        let http1::Parts {
+            io: parked,
+            read_buf,
+            service: kept,
+            ..
+        } = parts;
+        io = parked.into_inner();
+        service = kept;
         let idle_until = match watch.requests() {
             0 => first_deadline,
             _ => watch.rested_at() + settings.idle_timeout,
         };
-        if parts.read_buf.is_empty() {
+        if read_buf.is_empty() {
+            drop(read_buf);
             debug!(client = %client, "idle connection parked");
             tokio::select! {
                 biased;
@@ -117,7 +130,7 @@ pub(crate) async fn serve<IO: ClientStream>(
         } else {
             // Not expected at rest, but those bytes are the client's next
             // request: hand them to hyper at once.
-            io.replay(parts.read_buf);
+            io.replay(read_buf);
         }
         // The new hyper connection starts its head timer now; the head it
         // reads must still be done when the parked connection's would be.
@@ -160,7 +173,7 @@ async fn run<IO: ClientStream>(
         };
         if let Some(ended) = ended {
             let unused = woken && watch.requests() == requests_at_start;
-            return finish(*conn, ended, unused, client).await;
+            return finish(conn, ended, unused, client).await;
         }
         let now = Instant::now();
         if let Some((at, requests)) = *head_due {
@@ -200,7 +213,7 @@ async fn run<IO: ClientStream>(
 /// A hyper connection that ended by itself: the stream is shut down as
 /// hyper would have done (`poll_without_shutdown` leaves that to us).
 async fn finish<IO: ClientStream>(
-    conn: Http1<IO>,
+    conn: Box<Http1<IO>>,
     ended: hyper::Result<()>,
     unused: bool,
     client: SocketAddr,
