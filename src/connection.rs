@@ -141,7 +141,7 @@ impl ClientStream for TcpStream {
     }
 }
 
-impl ClientStream for TlsStream<TcpStream> {
+impl ClientStream for Box<TlsStream<TcpStream>> {
     fn negotiated(&self) -> Option<Protocol> {
         match self.get_ref().1.alpn_protocol()? {
             b"h2" => Some(Protocol::Http2),
@@ -171,20 +171,25 @@ pub(crate) async fn serve_connection(
     match connection.tls.clone() {
         None => serve_http(stream, "http", connection, settings, proxy, drain).await,
         Some(tls) => {
-            match tokio::time::timeout_at(connection.deadline, Box::pin(tls.accept(stream))).await {
-                // Boxed so that the task of every plain connection is not as
-                // large as a TLS session.
-                Ok(Ok(stream)) => {
-                    Box::pin(serve_http(
-                        stream, "https", connection, settings, proxy, drain,
-                    ))
-                    .await
+            // Both boxed, and the handshake's result taken apart before any
+            // other await, so that the task of every plain connection is not
+            // as large as a TLS session.
+            let handshake = Box::pin(tls.accept(stream));
+            let stream = match tokio::time::timeout_at(connection.deadline, handshake).await {
+                Ok(Ok(stream)) => Box::new(stream),
+                Ok(Err(err)) => {
+                    debug!(client = %addr, error = %err, "TLS handshake failed");
+                    return;
                 }
-                Ok(Err(err)) => debug!(client = %addr, error = %err, "TLS handshake failed"),
                 Err(_) => {
-                    debug!(client = %addr, "TLS handshake not done within header_read_timeout; closing")
+                    debug!(client = %addr, "TLS handshake not done within header_read_timeout; closing");
+                    return;
                 }
-            }
+            };
+            let served = Box::pin(serve_http(
+                stream, "https", connection, settings, proxy, drain,
+            ));
+            served.await
         }
     }
 }
@@ -224,7 +229,8 @@ async fn serve_http<IO: ClientStream>(
         Some(protocol) => protocol,
         None => {
             let detected = tokio::select! {
-                detected = tokio::time::timeout_at(deadline, detect(&mut io)) => detected,
+                // Boxed: the task keeps no room for it once it is done.
+                detected = Box::pin(tokio::time::timeout_at(deadline, detect(&mut io))) => detected,
                 () = drain.started() => return,
             };
             match detected {
@@ -249,7 +255,8 @@ async fn serve_http<IO: ClientStream>(
         // Boxed: an HTTP/2 connection's state is large, and would otherwise
         // size the task of every HTTP/1 connection too.
         Protocol::Http2 => {
-            Box::pin(serve_http2(io, service, deadline, &settings, drain, addr)).await
+            let served = Box::pin(serve_http2(io, service, deadline, &settings, drain, addr));
+            served.await
         }
     }
 }

@@ -78,9 +78,10 @@ pub(crate) async fn serve<IO: ClientStream>(
     let mut head_due = Some((first_deadline, 0));
     let mut woken = false;
     loop {
-        // Boxed: parked, the task keeps only the pointer's slot.
+        // Both boxed: parked, the task keeps only their pointers' slots, not
+        // hyper's connection or the state of driving it.
         let conn = Box::new(settings.http1.serve_connection(TokioIo::new(io), service));
-        let run = run(
+        let run = Box::pin(run(
             conn,
             &watch,
             &mut head_due,
@@ -88,7 +89,7 @@ pub(crate) async fn serve<IO: ClientStream>(
             &mut drain,
             woken,
             client,
-        );
+        ));
         let parts = match run.await {
             Run::Ended => return,
             Run::Parked(parts) => parts,
