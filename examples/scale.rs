@@ -3,7 +3,10 @@
 //! entry against the `bytes` stats counts, the latency of stats, metrics,
 //! health and `keys?limit=10`, how long `invalidate` (1 % of the entries),
 //! `refresh` and `clear` take, how long a hit on another key waits while
-//! they run, and the RSS given back after `clear`.
+//! they run, and the RSS given back after `clear`; hit latency percentiles on
+//! random stored keys (run it at 1,000 and at 1,000,000 entries to compare),
+//! and the hits in the seconds after a `clear` while its sweep runs.
+//! `bench/scale.sh` runs it at both sizes side by side.
 //!
 //! ```text
 //! cargo build --release && cargo run --release --example scale             # 100,000 entries
@@ -12,7 +15,10 @@
 //!
 //! Environment: `SCALE_ENTRIES` (100000), `SCALE_MAX_BYTES` (`max_bytes`,
 //! default 4GiB so nothing is evicted), `SCALE_BIN` (target/release/dashcache),
-//! `SCALE_CONCURRENCY` (32 fill connections). The origin runs in this
+//! `SCALE_CONCURRENCY` (32 fill connections), `SCALE_HITS` (20000 timed hits
+//! on random stored keys), `SCALE_HIT_CONNECTIONS` (4 keep-alive connections,
+//! sequential on each), `SCALE_CLEAR_WINDOW_MS` (2000: how long hits are
+//! timed after the `clear` answer). The origin runs in this
 //! process and answers a ~100-byte JSON body per URL; the proxy is a child
 //! process, so its RSS is its own.
 
@@ -102,6 +108,92 @@ async fn call(client: &HttpClient, method: Method, url: &str) -> (u16, Bytes) {
     )
 }
 
+/// Sends a GET and reads the whole answer; true when it was a cache hit
+/// (`X-Cache: HIT`).
+async fn get_hit(client: &HttpClient, url: &str) -> bool {
+    let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let response = client.request(request).await.expect("proxy answers");
+    assert_eq!(response.status(), 200, "GET {url}");
+    let hit = response
+        .headers()
+        .get("x-cache")
+        .is_some_and(|v| v.as_bytes() == b"HIT");
+    response.into_body().collect().await.unwrap();
+    hit
+}
+
+/// The value at percentile `p` (0..=100) of sorted samples, nearest rank.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(mut samples: Vec<f64>) -> Vec<f64> {
+    samples.sort_by(f64::total_cmp);
+    samples
+}
+
+/// A small xorshift generator: random stored keys without a dependency.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// Times `total` GETs of random stored keys over `connections` keep-alive
+/// connections, each sending its requests one after the other (after 50
+/// untimed ones to open it). Returns the sorted latencies of the hits in
+/// ms, and how many answers were misses (keys the store did not keep).
+async fn random_hits(
+    base: &str,
+    entries: usize,
+    total: usize,
+    connections: usize,
+) -> (Vec<f64>, usize) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections)
+        .build(connector);
+    let per = total.div_ceil(connections);
+    let mut tasks = Vec::new();
+    for task in 0..connections {
+        let (client, base) = (client.clone(), base.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ ((task as u64 + 1) * 0x2545_F491));
+            for _ in 0..50 {
+                get_hit(&client, &url(&base, rng.below(entries))).await;
+            }
+            let (mut samples, mut misses) = (Vec::with_capacity(per), 0);
+            for _ in 0..per {
+                let key = url(&base, rng.below(entries));
+                let started = Instant::now();
+                if get_hit(&client, &key).await {
+                    samples.push(started.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    misses += 1;
+                }
+            }
+            (samples, misses)
+        }));
+    }
+    let (mut all, mut misses) = (Vec::with_capacity(per * connections), 0);
+    for task in tasks {
+        let (samples, task_misses) = task.await.unwrap();
+        all.extend(samples);
+        misses += task_misses;
+    }
+    (sorted(all), misses)
+}
+
 /// Milliseconds one call takes, best and worst of `rounds`.
 async fn timed(client: &HttpClient, method: Method, url: &str, rounds: u32) -> (f64, f64, Value) {
     let (mut best, mut worst, mut last) = (f64::MAX, 0f64, Value::Null);
@@ -116,35 +208,101 @@ async fn timed(client: &HttpClient, method: Method, url: &str, rounds: u32) -> (
     (best, worst, last)
 }
 
-/// Hits one hot key in a loop until `stop`; the slowest hit, in ms.
-async fn hit_loop(client: HttpClient, url: String, stop: Arc<AtomicBool>) -> (f64, u64) {
-    let (mut worst, mut count) = (0f64, 0);
-    while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
-        call(&client, Method::GET, &url).await;
-        worst = worst.max(started.elapsed().as_secs_f64() * 1000.0);
-        count += 1;
-    }
-    (worst, count)
+/// One request of a hit loop: when it started, how long it took (ms), and
+/// whether it was a hit.
+struct Sample {
+    at: Instant,
+    ms: f64,
+    hit: bool,
 }
 
-/// Runs `operation` while a hit loop on another key runs; returns the
-/// operation's time, its answer, and the slowest hit meanwhile.
-async fn with_hits(client: &HttpClient, hot: &str, method: Method, url: &str) -> (f64, Value, f64) {
+/// Hits one hot key in a loop until `stop`; every request's sample.
+async fn sample_loop(client: HttpClient, url: String, stop: Arc<AtomicBool>) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let at = Instant::now();
+        let hit = get_hit(&client, &url).await;
+        let ms = at.elapsed().as_secs_f64() * 1000.0;
+        samples.push(Sample { at, ms, hit });
+    }
+    samples
+}
+
+/// Hits one hot key in a loop until `stop`; the slowest hit, in ms.
+async fn hit_loop(client: HttpClient, url: String, stop: Arc<AtomicBool>) -> (f64, u64) {
+    let samples = sample_loop(client, url, stop).await;
+    let worst = samples.iter().map(|s| s.ms).fold(0f64, f64::max);
+    (worst, samples.len() as u64)
+}
+
+/// What `with_samples` measured: the operation's time and answer, when the
+/// answer came, the proxy's RSS 300 ms after it, and the hit loop's samples.
+struct Timed {
+    ms: f64,
+    answer: Value,
+    answered: Instant,
+    rss_kib: u64,
+    samples: Vec<Sample>,
+}
+
+impl Timed {
+    /// The slowest request of the loop that started before `after` past the
+    /// answer (the loop starts 200 ms before the operation).
+    fn worst_until(&self, after: Duration) -> f64 {
+        let end = self.answered + after;
+        self.samples
+            .iter()
+            .filter(|s| s.at < end)
+            .map(|s| s.ms)
+            .fold(0f64, f64::max)
+    }
+}
+
+/// Runs `operation` while a hit loop on another key runs (from 200 ms
+/// before it to `after` past its answer).
+async fn with_samples(
+    pid: u32,
+    client: &HttpClient,
+    hot: &str,
+    method: Method,
+    url: &str,
+    after: Duration,
+) -> Timed {
     let stop = Arc::new(AtomicBool::new(false));
-    let hits = tokio::spawn(hit_loop(client.clone(), hot.to_owned(), stop.clone()));
+    let hits = tokio::spawn(sample_loop(client.clone(), hot.to_owned(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let (_, body) = call(client, method, url).await;
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answered = Instant::now();
+    let ms = (answered - started).as_secs_f64() * 1000.0;
+    let first = after.min(Duration::from_millis(300));
+    tokio::time::sleep(first).await;
+    let rss_kib = rss_kib(pid);
+    tokio::time::sleep(after - first).await;
     stop.store(true, Ordering::Relaxed);
-    let (worst, _) = hits.await.unwrap();
-    (
+    Timed {
         ms,
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-        worst,
-    )
+        answer: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        answered,
+        rss_kib,
+        samples: hits.await.unwrap(),
+    }
+}
+
+/// Runs `operation` while a hit loop on another key runs; returns the
+/// operation's time, its answer, and the slowest hit meanwhile (up to
+/// 300 ms after the answer).
+async fn with_hits(
+    pid: u32,
+    client: &HttpClient,
+    hot: &str,
+    method: Method,
+    url: &str,
+) -> (f64, Value, f64) {
+    let after = Duration::from_millis(300);
+    let timed = with_samples(pid, client, hot, method, url, after).await;
+    let worst = timed.worst_until(after);
+    (timed.ms, timed.answer, worst)
 }
 
 fn url(base: &str, i: usize) -> String {
@@ -165,13 +323,18 @@ async fn main() {
     let entries = env("SCALE_ENTRIES", 100_000) as usize;
     let max_bytes = env("SCALE_MAX_BYTES", 4 << 30);
     let concurrency = env("SCALE_CONCURRENCY", 32) as usize;
+    let hit_count = env("SCALE_HITS", 20_000) as usize;
+    let hit_connections = env("SCALE_HIT_CONNECTIONS", 4).max(1) as usize;
+    let clear_window = Duration::from_millis(env("SCALE_CLEAR_WINDOW_MS", 2000));
     let bin = std::env::var("SCALE_BIN").unwrap_or_else(|_| "target/release/dashcache".into());
     let origin = origin().await;
     let port = free_port();
     let child = Command::new(&bin)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", &format!("http://{origin}")])
-        .args(["--maxsize", &(entries + 1000).to_string()])
+        // 2 % headroom: the store's shards fill unevenly, and a full shard
+        // evicts before `maxsize` is reached.
+        .args(["--maxsize", &(entries + entries / 50 + 1000).to_string()])
         .args(["--max-bytes", &max_bytes.to_string()])
         .args(["--max-object-bytes", "1MiB"])
         .args(["--ttl", "4h", "--log-level", "warn"])
@@ -262,8 +425,17 @@ async fn main() {
         "hit on the hot key, nothing else running: worst {idle_worst:.2} ms over {idle_count} hits"
     );
 
+    let (latencies, misses) = random_hits(&base, entries, hit_count, hit_connections).await;
+    println!(
+        "hit latency, random stored keys: p50 {:.3} ms, p99 {:.3} ms, max {:.2} ms over {} hits ({hit_connections} connections, sequential on each; {misses} misses left out)",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        latencies.last().copied().unwrap_or(0.0),
+        latencies.len()
+    );
+
     let invalidate = format!("{base}/api/cache/invalidate?pattern=g%3D007x");
-    let (ms, answer, worst) = with_hits(&client, &hot, Method::POST, &invalidate).await;
+    let (ms, answer, worst) = with_hits(pid, &client, &hot, Method::POST, &invalidate).await;
     println!(
         "POST invalidate (1 %): {ms:.0} ms, keys_deleted {}, worst hit meanwhile {worst:.2} ms",
         answer["keys_deleted"]
@@ -271,7 +443,7 @@ async fn main() {
 
     let before = rss_kib(pid);
     let refresh = format!("{base}/api/cache/refresh");
-    let (ms, answer, worst) = with_hits(&client, &hot, Method::POST, &refresh).await;
+    let (ms, answer, worst) = with_hits(pid, &client, &hot, Method::POST, &refresh).await;
     let during = rss_kib(pid);
     println!(
         "POST refresh (all): 202 in {ms:.0} ms, keys_scheduled {}, worst hit meanwhile {worst:.2} ms, RSS +{} MiB",
@@ -280,9 +452,40 @@ async fn main() {
     );
 
     let clear = format!("{base}/api/cache/clear");
-    let (ms, _, worst) = with_hits(&client, &hot, Method::POST, &clear).await;
-    println!("POST clear: {ms:.1} ms, worst hit meanwhile {worst:.2} ms");
-    let after_clear = rss_kib(pid);
+    let cleared = with_samples(
+        pid,
+        &client,
+        &hot,
+        Method::POST,
+        &clear,
+        clear_window.max(Duration::from_millis(300)),
+    )
+    .await;
+    let worst = cleared.worst_until(Duration::from_millis(300));
+    println!(
+        "POST clear: {:.1} ms, worst hit meanwhile {worst:.2} ms",
+        cleared.ms
+    );
+    // The window after the answer, while the cleared entries are swept: the
+    // first request refills the hot key (a miss), the rest are hits.
+    let window: Vec<&Sample> = cleared
+        .samples
+        .iter()
+        .filter(|s| s.at >= cleared.answered && s.at < cleared.answered + clear_window)
+        .collect();
+    let hits = sorted(window.iter().filter(|s| s.hit).map(|s| s.ms).collect());
+    let misses = sorted(window.iter().filter(|s| !s.hit).map(|s| s.ms).collect());
+    println!(
+        "clear: {} hits in the {:.1} s after the answer (sweep running): p50 {:.3} ms, p99 {:.3} ms, worst hit meanwhile {:.2} ms; {} misses, worst {:.2} ms",
+        hits.len(),
+        clear_window.as_secs_f64(),
+        percentile(&hits, 50.0),
+        percentile(&hits, 99.0),
+        hits.last().copied().unwrap_or(0.0),
+        misses.len(),
+        misses.last().copied().unwrap_or(0.0)
+    );
+    let after_clear = cleared.rss_kib;
     // mimalloc hands pages back when the threads that own them run again:
     // a second of hits, as a cleared cache in service would get.
     let stop = Arc::new(AtomicBool::new(false));

@@ -17,9 +17,11 @@ use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, StatusCode};
+use tokio::task::futures::TaskLocalFuture;
 use tracing::{info, warn};
 
 use crate::cache::CacheKey;
@@ -31,16 +33,20 @@ tokio::task_local! {
     static FAILURE: RefCell<Option<String>>;
 }
 
-/// Runs `request` with room to note an error answer's chain, and returns
-/// its output with the chain noted, if any.
-pub async fn noting_errors<F: Future>(request: F) -> (F::Output, Option<String>) {
-    FAILURE
-        .scope(RefCell::new(None), async {
-            let output = request.await;
-            let failure = FAILURE.with(|noted| noted.borrow_mut().take());
-            (output, failure)
-        })
-        .await
+/// `request` with room to note an error answer's chain: await it pinned,
+/// then read the chain with [`failure`]. (A plain `async fn` wrapper would
+/// hold the request's future twice in its own state, and the pipeline's
+/// future is KiBs: every hit would copy it.)
+pub fn noting_errors<F: Future>(request: F) -> TaskLocalFuture<RefCell<Option<String>>, F> {
+    FAILURE.scope(RefCell::new(None), request)
+}
+
+/// The chain noted while a [`noting_errors`] future ran (call it once the
+/// future is done).
+pub fn failure<F: Future>(
+    done: Pin<&mut TaskLocalFuture<RefCell<Option<String>>, F>>,
+) -> Option<String> {
+    done.take_value().and_then(RefCell::into_inner)
 }
 
 /// Notes `err` as the reason of the current request's answer (nothing
@@ -150,15 +156,17 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_noted_inside_a_request_comes_out_with_it() {
-        let (answer, noted) = noting_errors(async {
+        let request = noting_errors(async {
             note_error(&ProxyError::FillAbandoned);
             42
-        })
-        .await;
-        assert_eq!(answer, 42);
-        assert!(noted.unwrap().contains("abandoned"));
-        let (_, nothing) = noting_errors(async {}).await;
-        assert!(nothing.is_none());
+        });
+        tokio::pin!(request);
+        assert_eq!(request.as_mut().await, 42);
+        assert!(failure(request).unwrap().contains("abandoned"));
+        let quiet = noting_errors(async {});
+        tokio::pin!(quiet);
+        quiet.as_mut().await;
+        assert!(failure(quiet).is_none());
         note_error(&ProxyError::FillAbandoned); // outside a request: ignored
     }
 }

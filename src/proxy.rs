@@ -208,8 +208,10 @@ impl Proxy {
         request
             .headers_mut()
             .insert(&request_id::X_REQUEST_ID, request_id.clone());
-        let (mut served, failure) =
-            access::noting_errors(self.dispatch(request, client, &uri)).await;
+        let dispatched = access::noting_errors(self.dispatch(request, client, &uri));
+        tokio::pin!(dispatched);
+        let mut served = dispatched.as_mut().await;
+        let failure = access::failure(dispatched);
         let headers = served.response.headers_mut();
         if served.cache != CacheStatus::Admin && !headers.contains_key(&respond::X_CACHE) {
             // dashcache's own error answers (502, 504, 413…) say so too.
@@ -260,7 +262,7 @@ impl Proxy {
         } else if !client.surface.answers(uri.path()) {
             client.surface.refuse(uri.path())
         } else if admin::is_admin_path(uri.path()) {
-            admin::handle(self, request, client).await
+            Box::pin(admin::handle(self, request, client)).await
         } else {
             self.proxy(request, client).await
         }
@@ -282,7 +284,7 @@ impl Proxy {
         }
         let started = Instant::now();
         let unsafe_request = invalidating::UnsafeRequest::of(&request);
-        let response = self.pass_through(request, &config, client).await;
+        let response = Box::pin(self.pass_through(request, &config, client)).await;
         if let Some(unsafe_request) = &unsafe_request {
             self.invalidate_after(unsafe_request, &response, &config);
         }
@@ -415,9 +417,13 @@ impl Proxy {
                         detail: Some("no-credentials"),
                         ..CacheStatusField::forward("bypass")
                     };
-                    let response = self
-                        .forward_uncached(request, client, CacheStatus::Bypass, field)
-                        .await;
+                    let response = Box::pin(self.forward_uncached(
+                        request,
+                        client,
+                        CacheStatus::Bypass,
+                        field,
+                    ))
+                    .await;
                     return upstream(response, CacheStatus::Bypass, route_name);
                 }
                 Some(credential)
@@ -427,9 +433,9 @@ impl Proxy {
                 {
                     info!(route = &*route_name, key = %request.key.short(), "credential not vouched for on shared route; asking the upstream");
                     let guard = self.flights.solo(request.key);
-                    let (response, status) = self
-                        .lead(guard, request, route, &route_name, client, false)
-                        .await;
+                    let (response, status) =
+                        Box::pin(self.lead(guard, request, route, &route_name, client, false))
+                            .await;
                     return upstream(response, status, route_name);
                 }
                 Some(_) => {}
@@ -466,7 +472,8 @@ impl Proxy {
         }
         match self.flights.join(request.key) {
             Join::Waiter(waiter) => {
-                let (response, status) = self.wait_for_fill(waiter, request, shared, client).await;
+                let (response, status) =
+                    Box::pin(self.wait_for_fill(waiter, request, shared, client)).await;
                 upstream(response, status, route_name)
             }
             Join::Leader(guard) => {
@@ -480,9 +487,8 @@ impl Proxy {
                         }
                     }
                 }
-                let (response, status) = self
-                    .lead(guard, request, route, &route_name, client, true)
-                    .await;
+                let (response, status) =
+                    Box::pin(self.lead(guard, request, route, &route_name, client, true)).await;
                 upstream(response, status, route_name)
             }
         }

@@ -6,6 +6,7 @@
 //! `Cache-Status` that says why.
 
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use http::header::{
@@ -54,7 +55,7 @@ impl CacheStatus {
 }
 
 /// The RFC 9211 `Cache-Status` member this proxy adds for one answer.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStatusField {
     pub hit: bool,
     /// `fwd=`: why the request went upstream (`miss`, `bypass`, `request`).
@@ -101,6 +102,15 @@ impl CacheStatusField {
     }
 
     fn render(&self) -> HeaderValue {
+        let plain_hit = CacheStatusField {
+            ttl: self.ttl,
+            ..CacheStatusField::hit(0)
+        };
+        if *self == plain_hit {
+            if let Some(value) = self.ttl.and_then(|ttl| HIT_STATUS.get(ttl)) {
+                return value;
+            }
+        }
         let mut text = String::from("dashcache");
         if self.hit {
             text.push_str("; hit");
@@ -125,6 +135,57 @@ impl CacheStatusField {
         }
         HeaderValue::from_str(&text).expect("cache-status is ASCII")
     }
+}
+
+/// Header values that only a number changes, rendered once for the first
+/// [`RENDERED_SECONDS`] values: the `Age` of a hit and its `Cache-Status`
+/// (`dashcache; hit; ttl=N`). A hit then copies no text and allocates
+/// nothing for them; larger numbers are rendered per answer.
+struct Rendered {
+    /// Every value, one after the other.
+    text: &'static str,
+    /// Where the value for `n` ends in `text`.
+    ends: Vec<u32>,
+}
+
+/// Past the default 4 h TTL (14,400 s), for ages and TTLs alike.
+const RENDERED_SECONDS: usize = 16_384;
+
+impl Rendered {
+    fn new(prefix: &str) -> Self {
+        let mut text = String::with_capacity(RENDERED_SECONDS * (prefix.len() + 5));
+        let mut ends = Vec::with_capacity(RENDERED_SECONDS);
+        for n in 0..RENDERED_SECONDS {
+            text.push_str(prefix);
+            let _ = write!(text, "{n}");
+            ends.push(text.len() as u32);
+        }
+        // Built once per process (about 0.5 MiB for both tables) and kept
+        // for its whole life, so hits can hand out `'static` slices.
+        Self {
+            text: Box::leak(text.into_boxed_str()),
+            ends,
+        }
+    }
+
+    fn get<N: TryInto<usize>>(&self, n: N) -> Option<HeaderValue> {
+        let n = n.try_into().ok()?;
+        let end = *self.ends.get(n)? as usize;
+        let start = n
+            .checked_sub(1)
+            .map_or(0, |before| self.ends[before] as usize);
+        Some(HeaderValue::from_static(&self.text[start..end]))
+    }
+}
+
+static AGE_VALUES: LazyLock<Rendered> = LazyLock::new(|| Rendered::new(""));
+static HIT_STATUS: LazyLock<Rendered> = LazyLock::new(|| Rendered::new("dashcache; hit; ttl="));
+
+/// An `Age` value: from the table when it is in range.
+fn age_value(seconds: u64) -> HeaderValue {
+    AGE_VALUES
+        .get(seconds)
+        .unwrap_or_else(|| HeaderValue::from(seconds))
 }
 
 fn mark(headers: &mut HeaderMap, status: CacheStatus, field: CacheStatusField) {
@@ -182,7 +243,7 @@ pub fn from_entry(
                 headers.append(name.clone(), value.clone());
             }
         }
-        headers.insert(AGE, HeaderValue::from(entry.age(now)));
+        headers.insert(AGE, age_value(entry.age(now)));
         mark(headers, status, field);
         return response;
     }
@@ -195,7 +256,7 @@ pub fn from_entry(
     *response.status_mut() = entry.status;
     let headers = response.headers_mut();
     headers.clone_from(&entry.headers);
-    headers.insert(AGE, HeaderValue::from(entry.age(now)));
+    headers.insert(AGE, age_value(entry.age(now)));
     mark(headers, status, field);
     response
 }
@@ -296,6 +357,21 @@ mod tests {
     #[test]
     fn a_hit_reports_its_ttl() {
         assert_eq!(CacheStatusField::hit(42).render(), "dashcache; hit; ttl=42");
+    }
+
+    #[test]
+    fn rendered_values_match_the_formatted_ones() {
+        for ttl in [0, 1, 9, 10, 14_399, 14_400, 16_383, 16_384, 86_400] {
+            let field = CacheStatusField::hit(ttl);
+            assert_eq!(field.render(), format!("dashcache; hit; ttl={ttl}"));
+            assert_eq!(age_value(ttl), ttl.to_string());
+        }
+        // A hit with anything more than its TTL is rendered in full.
+        let collapsed = CacheStatusField {
+            collapsed: true,
+            ..CacheStatusField::hit(5)
+        };
+        assert_eq!(collapsed.render(), "dashcache; hit; ttl=5; collapsed");
     }
 
     #[test]

@@ -34,23 +34,27 @@ pub fn entry(key: CacheKey, body_len: usize) -> Arc<Entry> {
     let mut body = vec![b' '; body_len.max(2)];
     body[0] = b'{';
     body[body_len.max(2) - 1] = b'}';
-    Arc::new(Entry {
-        key,
-        base: key,
-        vary: None,
-        status: StatusCode::OK,
-        headers,
-        body: Bytes::from(body),
-        route: "get_metrics".into(),
-        description: format!("get_metrics POST /api/metrics {{\"org\":\"{key}\"}}"),
-        stored_at: now,
-        expires_at: now + Duration::from_secs(3600),
-        stale: StaleWindows::default(),
-        initial_age: 0,
-        upstream_time: Duration::from_secs(2),
-        hits: AtomicU64::new(0),
-        replay: None,
-    })
+    Arc::new(
+        Entry {
+            key,
+            base: key,
+            vary: None,
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from(body),
+            route: "get_metrics".into(),
+            description: format!("get_metrics POST /api/metrics {{\"org\":\"{key}\"}}"),
+            stored_at: now,
+            expires_at: now + Duration::from_secs(3600),
+            stale: StaleWindows::default(),
+            initial_age: 0,
+            upstream_time: Duration::from_secs(2),
+            hits: AtomicU64::new(0),
+            replay: None,
+        }
+        // As the store holds it (exact buffers, room for the answer's fields).
+        .compacted(),
+    )
 }
 
 /// A dashboard filter body of about `len` bytes: an object of string,

@@ -192,10 +192,15 @@ fn exact_bytes(bytes: &Bytes) -> Bytes {
     }
 }
 
-/// A copy of `headers` with every value in its own exact-size buffer and
-/// no spare capacity in the map.
+/// Fields every answer from an entry adds to its stored ones: `Age`,
+/// `X-Cache`, `Cache-Status` and `X-Request-Id`.
+const ANSWER_FIELDS: usize = 4;
+
+/// A copy of `headers` with every value in its own exact-size buffer, and
+/// room in the map for the [`ANSWER_FIELDS`]: a hit clones the map and adds
+/// them without growing (rehashing) the copy.
 fn exact_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut exact = HeaderMap::with_capacity(headers.len());
+    let mut exact = HeaderMap::with_capacity(headers.len() + ANSWER_FIELDS);
     for (name, value) in headers {
         let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
         copy.set_sensitive(value.is_sensitive());

@@ -7,6 +7,7 @@
 //! headers; an answer without `Vary` is stored under the base key itself.
 //! `Vary: *` never reaches here: such answers are not stored at all.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::header::{HeaderName, VARY};
@@ -49,17 +50,24 @@ pub fn variant_key(base: &CacheKey, names: &[HeaderName], request: &HeaderMap) -
 /// Which base keys vary, and on what.
 pub struct VaryIndex {
     names: Cache<CacheKey, VaryNames>,
+    /// Whether any answer ever varied: until one does (dashboard APIs
+    /// rarely send `Vary`), a lookup skips the probe of `names`.
+    used: AtomicBool,
 }
 
 impl VaryIndex {
     pub fn new(capacity: usize) -> Self {
         Self {
             names: Cache::new(capacity.max(64)),
+            used: AtomicBool::new(false),
         }
     }
 
     /// The key to look `base` up under for this request.
     pub fn storage_key(&self, base: &CacheKey, request: &HeaderMap) -> CacheKey {
+        if !self.used.load(Ordering::Acquire) {
+            return *base;
+        }
         match self.names.get(base) {
             Some(names) => variant_key(base, &names, request),
             None => *base,
@@ -69,7 +77,10 @@ impl VaryIndex {
     /// Records what the answer just stored for `base` varies on.
     pub fn record(&self, base: CacheKey, names: Option<VaryNames>) {
         match names {
-            Some(names) => self.names.insert(base, names),
+            Some(names) => {
+                self.names.insert(base, names);
+                self.used.store(true, Ordering::Release);
+            }
             None => {
                 self.names.remove(&base);
             }

@@ -118,7 +118,7 @@ impl Proxy {
         let found = self.store.lookup(key, now).await;
         match &found {
             Lookup::Fresh(entry) | Lookup::Stale(entry) if self.invalidated(entry) => {
-                self.store.remove_entry(entry).await;
+                Box::pin(self.store.remove_entry(entry)).await;
                 Lookup::Miss
             }
             _ => found,

@@ -141,7 +141,9 @@ impl Storage {
     pub async fn lookup(&self, key: &CacheKey, now: Instant) -> Lookup {
         match self {
             Self::Memory(store) => store.get(key, now),
-            Self::Tiered(tiered) => tiered.lookup(key, now).await,
+            // Boxed: the Redis round trip's state would otherwise sit in
+            // every request's future (see `Proxy::cached`).
+            Self::Tiered(tiered) => Box::pin(tiered.lookup(key, now)).await,
         }
     }
 
