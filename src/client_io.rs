@@ -19,6 +19,14 @@
 //!
 //! Both timers exist only while the proxy is actually waiting on the client,
 //! so an idle keep-alive connection carries none.
+//!
+//! For the parking of idle HTTP/1 connections (`keep_alive.rs`),
+//! [`ConnectionWatch`] also learns, at the cost of a few relaxed stores per
+//! read or write, whether the connection is at rest: hyper's last call was a
+//! read that found nothing, between two requests, every answer finished and
+//! no write waiting. Bytes that were read before a hyper connection ended
+//! (or by the HTTP/2 detection) are handed to the next reader first
+//! ([`ClientIo::replay`]) without being followed twice.
 
 use std::future::Future;
 use std::io;
@@ -28,6 +36,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -127,6 +136,18 @@ pub struct ConnectionWatch {
     last_activity: AtomicU64,
     /// Whether the connection speaks HTTP/2 (known at its first request).
     http2: AtomicBool,
+    /// HTTP/1 answers whose body has ended (or was dropped).
+    answered: AtomicU64,
+    /// Reads and writes that moved bytes; the park check compares two
+    /// samples instead of keeping a timer per request.
+    io_events: AtomicU64,
+    /// The last I/O call was a read that found nothing, between two
+    /// requests, with no write waiting.
+    resting: AtomicBool,
+    /// Nanoseconds from `epoch` to when the connection last came to rest
+    /// after writing: the end of the last answer, when hyper starts its
+    /// `header_read_timeout` for the next head.
+    rested_at: AtomicU64,
 }
 
 impl Default for ConnectionWatch {
@@ -138,6 +159,10 @@ impl Default for ConnectionWatch {
             open_streams: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
+            io_events: AtomicU64::new(0),
+            resting: AtomicBool::new(false),
+            rested_at: AtomicU64::new(0),
         }
     }
 }
@@ -183,6 +208,40 @@ impl ConnectionWatch {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_activity.store(ms, Ordering::Relaxed);
     }
+
+    /// An HTTP/1 answer's body ended (or was dropped).
+    pub fn answer_done(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads and writes that moved bytes so far; unchanged between two
+    /// samples means the connection was quiet in between.
+    pub fn io_events(&self) -> u64 {
+        self.io_events.load(Ordering::Relaxed)
+    }
+
+    /// Whether an HTTP/1 connection is between requests with nothing in
+    /// flight: hyper waits for the next head, has read nothing of it, every
+    /// request has its answer finished and no write is waiting. Only then
+    /// may hyper's connection be ended without the client seeing it.
+    pub fn is_at_rest(&self) -> bool {
+        self.resting.load(Ordering::Relaxed)
+            && self.answered.load(Ordering::Relaxed) == self.requests.load(Ordering::Relaxed)
+    }
+
+    /// When the connection last came to rest after writing an answer (the
+    /// connection's start before any).
+    pub fn rested_at(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.rested_at.load(Ordering::Relaxed))
+    }
+
+    /// One bump by the only writer (the connection's I/O): no atomic
+    /// read-modify-write needed.
+    fn bump_io(&self) {
+        let events = self.io_events.load(Ordering::Relaxed);
+        self.io_events
+            .store(events.wrapping_add(1), Ordering::Relaxed);
+    }
 }
 
 /// Since when the proxy has been waiting on the current request body.
@@ -203,6 +262,10 @@ pub struct ClientIo<IO> {
     body: Option<BodyClock>,
     read_timer: Option<Pin<Box<Sleep>>>,
     write_timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes already read (and followed) that the next reader gets first.
+    replay: Option<Bytes>,
+    /// Bytes were written since the connection last came to rest.
+    wrote_since_rest: bool,
 }
 
 impl<IO> ClientIo<IO> {
@@ -221,7 +284,43 @@ impl<IO> ClientIo<IO> {
             body: None,
             read_timer: None,
             write_timer: None,
+            replay: None,
+            wrote_since_rest: false,
         }
+    }
+
+    /// Hands `bytes`, already read from this connection, to the next reads
+    /// before anything new. They were followed when first read, so they are
+    /// not followed again.
+    pub fn replay(&mut self, bytes: Bytes) {
+        debug_assert!(self.replay.is_none(), "one replay at a time");
+        if !bytes.is_empty() {
+            self.replay = Some(bytes);
+        }
+    }
+
+    pub fn get_ref(&self) -> &IO {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut IO {
+        &mut self.inner
+    }
+
+    pub fn watch(&self) -> &Arc<ConnectionWatch> {
+        &self.watch
+    }
+
+    /// A read found nothing: at rest when that is between two requests
+    /// with no write waiting.
+    fn read_pending(&mut self) {
+        let resting = self.scanner.at_boundary() && self.write_timer.is_none();
+        if resting && self.wrote_since_rest {
+            self.wrote_since_rest = false;
+            let nanos = self.watch.epoch.elapsed().as_nanos() as u64;
+            self.watch.rested_at.store(nanos, Ordering::Relaxed);
+        }
+        self.watch.resting.store(resting, Ordering::Relaxed);
     }
 
     fn observe(&mut self, bytes: &[u8]) {
@@ -312,12 +411,22 @@ impl<IO> ClientIo<IO> {
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         match polled {
-            Poll::Pending => self.poll_send_deadline(cx),
+            Poll::Pending => {
+                self.watch.resting.store(false, Ordering::Relaxed);
+                self.poll_send_deadline(cx)
+            }
             ready => {
                 self.write_timer = None;
                 ready
             }
         }
+    }
+
+    /// A write that moved bytes: the connection is busy.
+    fn moved(&mut self) {
+        self.wrote_since_rest = true;
+        self.watch.bump_io();
+        self.watch.resting.store(false, Ordering::Relaxed);
     }
 }
 
@@ -328,6 +437,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ClientIo<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(replay) = &mut this.replay {
+            let n = replay.len().min(buf.remaining());
+            buf.put_slice(&replay.split_to(n));
+            if replay.is_empty() {
+                this.replay = None;
+            }
+            this.watch.resting.store(false, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -335,10 +453,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ClientIo<IO> {
                 let read = &buf.filled()[before..];
                 if !read.is_empty() {
                     this.observe(read);
+                    this.watch.bump_io();
                 }
+                this.watch.resting.store(false, Ordering::Relaxed);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending if this.scanner.phase() == Phase::Body => this.poll_body_deadline(cx),
+            Poll::Pending => {
+                this.read_pending();
+                Poll::Pending
+            }
             other => other,
         }
     }
@@ -352,6 +476,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ClientIo<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                this.moved();
+            }
+        }
         this.wrote(cx, polled)
     }
 
@@ -374,6 +503,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ClientIo<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                this.moved();
+            }
+        }
         this.wrote(cx, polled)
     }
 

@@ -111,6 +111,11 @@ impl FramingScanner {
         }
     }
 
+    /// Between two requests with nothing of the next head seen yet.
+    pub fn at_boundary(&self) -> bool {
+        matches!(&self.state, State::Head(held) if held.is_empty())
+    }
+
     /// Observes bytes read from the client, in order. Returns how many of
     /// them were request body bytes (for the body's minimum rate).
     pub fn observe(&mut self, mut input: &[u8]) -> u64 {

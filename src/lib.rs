@@ -3,8 +3,12 @@
 //! Modules in request-flow order:
 //!
 //! - [`config`]: flags + env + proxy.toml → one validated [`config::Config`]
-//! - [`server`]: listeners (main, admin), connection limits, HTTP/1 + HTTP/2,
-//!   graceful shutdown, expiry purge
+//! - [`server`]: listeners (main, admin), connection limits, graceful
+//!   shutdown (`drain`), expiry purge
+//! - `connection`: one client connection: TLS, HTTP/1.1 or HTTP/2 (ALPN or
+//!   the prior-knowledge preface), the service, HTTP/2's idle close
+//! - `keep_alive`: HTTP/1.1 connections, parked while idle so that they
+//!   hold only their socket
 //! - [`tls`]: TLS termination (rustls, ALPN h2/http1.1), certificate reload
 //! - [`client_io`]: a client connection's bytes: framing followed in place,
 //!   request body and answer write deadlines
@@ -47,10 +51,13 @@ pub mod body_deadline;
 pub mod cache;
 pub mod client_io;
 pub mod config;
+mod connection;
+mod drain;
 pub mod error;
 mod fill;
 pub mod framing;
 pub mod headers;
+mod keep_alive;
 pub mod metrics;
 pub mod proxy;
 pub mod refresh;

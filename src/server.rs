@@ -1,48 +1,39 @@
-//! Listeners and connections: the main listener (plain HTTP or TLS) and the
-//! optional admin listener, HTTP/1.1 and HTTP/2 on each via hyper-util's
-//! auto builder, the per-connection limits, graceful shutdown on
-//! SIGTERM/SIGINT, the configuration and TLS reload on SIGHUP, and the background purge of
-//! expired entries. With `snapshot_file` set, the store is loaded from it
-//! at bind and written to it once the connections have drained.
+//! Listeners: the main listener (plain HTTP or TLS) and the optional admin
+//! listener, the connection cap, graceful shutdown on SIGTERM/SIGINT (the
+//! drain, `drain.rs`), the configuration and TLS reload on SIGHUP, and the
+//! background purge of expired entries. With `snapshot_file` set, the store
+//! is loaded from it at bind and written to it once the connections have
+//! drained. Each accepted connection is served by `connection.rs` (TLS,
+//! HTTP/1.1 or HTTP/2) and, for HTTP/1.1, `keep_alive.rs` (which parks idle
+//! keep-alive connections so that they hold little memory).
 //!
-//! Limits, all from [`Limits`]: each listener serves at most
+//! Limits, all from [`crate::config::Limits`]: each listener serves at most
 //! `max_connections` at once and closes further ones on accept; a new
 //! connection must finish its TLS handshake and send a first request head
 //! within `header_read_timeout`, and every later head (or an idle HTTP/1
 //! keep-alive) gets the same time from hyper; an HTTP/2 connection with no
 //! open request is closed after that time too; heads over `max_header_bytes`
-//! get 431 (HTTP/1) or a refused stream (HTTP/2). Request bodies and answer
+//! get 431 (HTTP/1) or a refused stream (HTTP/2). A parked connection keeps
+//! its slot and is closed at the moment an unparked one would be. Request bodies and answer
 //! writes have their own deadlines in `client_io.rs`, and `admission.rs`
 //! refuses conflicting framing and bad `Host` fields.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::background;
-use crate::body::ProxyBody;
 use crate::cache::snapshot;
-use crate::client_io::{ClientDeadlines, ClientIo, ConnectionWatch, OnStall, Stall};
-use crate::config::{Config, Limits};
-use crate::error::{BoxError, ProxyError};
-use crate::framing::FRAMING_CONFLICT;
-use crate::metrics::Metrics;
-use crate::proxy::{ClientInfo, Proxy, Served};
+use crate::config::Config;
+use crate::connection::{serve_connection, Connection, Settings};
+use crate::drain::Drain;
+use crate::error::ProxyError;
+use crate::proxy::{Proxy, Served};
 use crate::respond::{self, CacheStatus};
 use crate::tls::{Tls, TlsError};
 use crate::upstream::UpstreamSetupError;
@@ -228,9 +219,8 @@ impl Server {
         let reload =
             hangup.map(|hangup| tokio::spawn(reload_on_hangup(hangup, proxy.clone(), tls.clone())));
 
-        let builder = connection_builder(limits);
-        let deadlines = client_deadlines(limits);
-        let graceful = GracefulShutdown::new();
+        let settings = Arc::new(Settings::new(limits));
+        let drain = Drain::new();
         let mut main = Listener::new(
             main,
             if admin.is_some() {
@@ -275,13 +265,11 @@ impl Server {
                     surface: listener.surface,
                     tls: listener.tls.clone(),
                     deadline: tokio::time::Instant::now() + limits.header_read_timeout,
-                    deadlines,
-                    idle_timeout: limits.header_read_timeout,
                     slot,
                 },
-                builder.clone(),
+                settings.clone(),
                 proxy.clone(),
-                graceful.watcher(),
+                drain.watcher(),
             ));
         }
 
@@ -301,75 +289,13 @@ impl Server {
             "shutting down: no new connections, draining open ones"
         );
         tokio::select! {
-            () = graceful.shutdown() => info!("all connections closed"),
+            () = drain.drain() => info!("all connections closed"),
             () = tokio::time::sleep(timeout) => warn!("shutdown timeout reached; closing remaining connections"),
         }
         if let Some(path) = &config.cache.snapshot_file {
             snapshot::save(proxy.store.memory(), path);
         }
     }
-}
-
-/// hyper settings shared by every connection, from the configured limits.
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    // Validated in config: 8 KiB ..= 16 MiB, so both conversions are exact.
-    let max_header_bytes = limits.max_header_bytes as usize;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper starts this timer whenever it waits for a head, so it also
-        // ends a keep-alive connection that stays idle this long.
-        .header_read_timeout(limits.header_read_timeout)
-        // A head that does not fit the read buffer is answered 431.
-        .max_buf_size(max_header_bytes)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_header_bytes as u32)
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.http2_max_pending_accept_reset_streams)
-        .keep_alive_interval(limits.http2_keep_alive_interval)
-        .keep_alive_timeout(limits.http2_keep_alive_timeout);
-    builder
-}
-
-/// The deadlines every connection's bytes get (see `client_io.rs`).
-fn client_deadlines(limits: &Limits) -> ClientDeadlines {
-    ClientDeadlines {
-        // Validated in config: at most 16 MiB.
-        max_header_bytes: limits.max_header_bytes as usize,
-        body_read_timeout: limits.body_read_timeout,
-        body_min_rate: limits.body_min_rate,
-        send_timeout: limits.send_timeout,
-    }
-}
-
-/// Counts and logs a client that ran out a body or send deadline.
-fn stall_reporter(proxy: &Arc<Proxy>, client: SocketAddr) -> OnStall {
-    let proxy = proxy.clone();
-    Arc::new(move |stall| {
-        let metrics = &proxy.metrics;
-        match stall {
-            Stall::Body => {
-                Metrics::bump(&metrics.body_timeouts);
-                info!(
-                    client = %client.ip(),
-                    stall = stall.as_str(),
-                    "request body too slow (body_read_timeout, body_min_rate); answering 408 and closing"
-                );
-            }
-            Stall::Send => {
-                Metrics::bump(&metrics.send_timeouts);
-                info!(
-                    client = %client.ip(),
-                    stall = stall.as_str(),
-                    "client left its answer unread (send_timeout); closing"
-                );
-            }
-        }
-    })
 }
 
 /// A listening socket and what its connections get.
@@ -446,184 +372,11 @@ impl Refusals {
     }
 }
 
-/// An accepted connection and what it may do.
-struct Connection {
-    addr: SocketAddr,
-    surface: Surface,
-    tls: Option<Arc<Tls>>,
-    /// TLS handshake and first request head must both be done by then.
-    deadline: tokio::time::Instant,
-    /// Request body and answer write deadlines.
-    deadlines: ClientDeadlines,
-    /// How long an HTTP/2 connection may stay without an open request.
-    idle_timeout: Duration,
-    /// Returned to the listener when the connection ends.
-    slot: OwnedSemaphorePermit,
-}
-
 /// Accepts on `listener`, or waits forever when there is none.
 async fn accept_or_pend(listener: Option<&Listener>) -> std::io::Result<(TcpStream, SocketAddr)> {
     match listener {
         Some(listener) => listener.socket.accept().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Runs one connection to its end: TLS, the first-request deadline, hyper.
-async fn serve_connection(
-    stream: TcpStream,
-    connection: Connection,
-    builder: auto::Builder<TokioExecutor>,
-    proxy: Arc<Proxy>,
-    watcher: Watcher,
-) {
-    let _ = stream.set_nodelay(true);
-    let addr = connection.addr;
-    match connection.tls.clone() {
-        None => serve_http(stream, "http", connection, builder, proxy, watcher).await,
-        Some(tls) => {
-            match tokio::time::timeout_at(connection.deadline, Box::pin(tls.accept(stream))).await {
-                // Boxed so that the task of every plain connection is not as
-                // large as a TLS session.
-                Ok(Ok(stream)) => {
-                    Box::pin(serve_http(
-                        stream, "https", connection, builder, proxy, watcher,
-                    ))
-                    .await
-                }
-                Ok(Err(err)) => debug!(client = %addr, error = %err, "TLS handshake failed"),
-                Err(_) => {
-                    debug!(client = %addr, "TLS handshake not done within header_read_timeout; closing")
-                }
-            }
-        }
-    }
-}
-
-async fn serve_http<IO>(
-    io: IO,
-    scheme: &'static str,
-    connection: Connection,
-    builder: auto::Builder<TokioExecutor>,
-    proxy: Arc<Proxy>,
-    watcher: Watcher,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let Connection {
-        addr,
-        surface,
-        deadline,
-        deadlines,
-        idle_timeout,
-        slot: _slot,
-        ..
-    } = connection;
-    let client = ClientInfo {
-        addr,
-        scheme,
-        surface,
-    };
-    // Until the first request the connection has only the deadline, which
-    // also covers what hyper's own head timeout does not: a client that
-    // sends nothing, or stalls inside the HTTP/2 preface.
-    let watch = Arc::new(ConnectionWatch::default());
-    let on_stall = stall_reporter(&proxy, addr);
-    let service = {
-        let watch = watch.clone();
-        service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            if watch.next_request_conflicts() {
-                // Its head had Content-Length and Transfer-Encoding (seen by
-                // ClientIo): the pipeline refuses it with 400.
-                request
-                    .headers_mut()
-                    .insert(FRAMING_CONFLICT, http::HeaderValue::from_static("1"));
-            }
-            let proxy = proxy.clone();
-            let stream = (request.version() == http::Version::HTTP_2).then(|| {
-                watch.stream_opened();
-                StreamGuard(watch.clone())
-            });
-            // Boxed per request: hyper keeps one slot for the service's
-            // future for the whole life of an HTTP/1 connection, and the
-            // pipeline's future is many KiB. Inline, every idle keep-alive
-            // connection would keep that much memory.
-            Box::pin(async move {
-                let response = proxy.handle(request, client).await;
-                Ok::<_, Infallible>(response.map(|body| Tracked {
-                    body,
-                    _stream: stream,
-                }))
-            })
-        })
-    };
-    let io = TokioIo::new(ClientIo::new(io, deadlines, watch.clone(), on_stall));
-    let served = watcher.watch(builder.serve_connection(io, service).into_owned());
-    tokio::pin!(served);
-    let mut check = deadline;
-    let result = loop {
-        tokio::select! {
-            result = served.as_mut() => break result,
-            () = tokio::time::sleep_until(check) => {}
-        }
-        if watch.requests() == 0 {
-            debug!(client = %addr, "no request within header_read_timeout; closing");
-            return;
-        }
-        if !watch.is_http2() {
-            // hyper's own head timer closes an idle HTTP/1 connection.
-            break served.await;
-        }
-        // hyper keeps an HTTP/2 connection whose client answers PINGs
-        // forever: close it once no request has been open for
-        // header_read_timeout, as an idle HTTP/1 connection is.
-        let now = tokio::time::Instant::now();
-        check = match watch.idle_since() {
-            Some(since) if since + idle_timeout <= now => {
-                debug!(client = %addr, "HTTP/2 connection idle for header_read_timeout; closing");
-                return;
-            }
-            Some(since) => since + idle_timeout,
-            None => now + idle_timeout,
-        };
-    };
-    if let Err(err) = result {
-        debug!(client = %addr, error = %err, "connection ended with an error");
-    }
-}
-
-/// An answer body that tells the connection when its HTTP/2 stream ends
-/// (finished or dropped), for the idle close.
-struct Tracked {
-    body: ProxyBody,
-    _stream: Option<StreamGuard>,
-}
-
-struct StreamGuard(Arc<ConnectionWatch>);
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.0.stream_done();
-    }
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -253,6 +253,18 @@ pub struct Limits {
     /// HTTP/2 streams opened and reset by the client before being served;
     /// past it the connection is closed (GOAWAY).
     pub http2_max_pending_accept_reset_streams: usize,
+    /// How long an HTTP/1 keep-alive connection stays quiet before its
+    /// hyper state is dropped and only the socket is kept (`keep_alive.rs`).
+    /// Not an option: always [`Limits::IDLE_PARK_AFTER`], shortened by tests.
+    #[doc(hidden)]
+    pub idle_park_after: Duration,
+}
+
+impl Limits {
+    /// Quiet time before an idle HTTP/1 connection is parked: long enough
+    /// that a client sending requests back to back never meets it, short
+    /// enough that a crowd of idle keep-alives costs little memory.
+    pub const IDLE_PARK_AFTER: Duration = Duration::from_secs(1);
 }
 
 /// The validated configuration every other module reads.

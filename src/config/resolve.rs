@@ -335,6 +335,7 @@ impl Config {
                 Some(n) => n,
                 None => DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS,
             },
+            idle_park_after: Limits::IDLE_PARK_AFTER,
         };
 
         let trusted_proxies = TrustedProxies::parse(

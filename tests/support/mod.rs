@@ -830,6 +830,16 @@ impl ServerHandle {
 
 /// Like [`spawn_proxy`], for configs with `admin_listen`, TLS or limits.
 pub async fn spawn_server(upstream: &str, toml: &str) -> ServerHandle {
+    spawn_server_tuned(upstream, toml, |_| {}).await
+}
+
+/// Like [`spawn_server`], with a last change to the resolved configuration,
+/// for what is not an option (such as `limits.idle_park_after`).
+pub async fn spawn_server_tuned(
+    upstream: &str,
+    toml: &str,
+    tune: impl FnOnce(&mut dashcache::Config),
+) -> ServerHandle {
     let file = dashcache::config::FileConfig::parse(toml, std::path::Path::new("test.toml"))
         .expect("test config parses");
     let cli = dashcache::Cli {
@@ -837,7 +847,8 @@ pub async fn spawn_server(upstream: &str, toml: &str) -> ServerHandle {
         upstream: Some(upstream.to_owned()),
         ..Default::default()
     };
-    let config = dashcache::Config::resolve(&cli, file, None).expect("test config is valid");
+    let mut config = dashcache::Config::resolve(&cli, file, None).expect("test config is valid");
+    tune(&mut config);
     let server = dashcache::Server::bind(config).await.expect("proxy binds");
     let addr = server.local_addr();
     let admin_addr = server.admin_addr();

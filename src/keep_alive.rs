@@ -1,0 +1,235 @@
+//! HTTP/1.1 connections, and the parking of idle keep-alive ones.
+//!
+//! hyper gives every HTTP/1 connection an 8 KiB read buffer and an 8 KiB
+//! head buffer that it keeps while it waits for the next request, and
+//! neither can be configured smaller. A crowd of idle keep-alive
+//! connections would cost that much each. So a connection that stays quiet
+//! (no byte read or written, see `ConnectionWatch::is_at_rest`) for
+//! `park_after` is *parked*: hyper's connection is ended without touching
+//! the socket (`graceful_shutdown` on an idle hyper connection writes
+//! nothing; `poll_without_shutdown` and `into_parts` give the stream back),
+//! and only the stream, with [`ClientIo`]'s small state, is kept until the
+//! client sends again. Then a new hyper connection starts on it, with the
+//! same service, and answers as the old one would have: hyper's answers do
+//! not depend on what an earlier request on the connection was.
+//!
+//! The checks cost the request path nothing but a few relaxed stores in
+//! `ClientIo`: a tick every `park_after / 2` compares the connection's I/O
+//! counter with the previous tick's, so a connection is parked between
+//! `park_after / 2` and `park_after` after it came to rest.
+//!
+//! What holds for an unparked connection holds for a parked one:
+//! - it is closed when it has been idle for `header_read_timeout` since its
+//!   last answer, the moment hyper's own head timer would have closed it,
+//!   and a head begun while parked must be complete by then too;
+//! - the drain (SIGTERM) closes it at once, as hyper closes an idle one;
+//! - it keeps its `max_connections` slot;
+//! - `ClientIo` (the framing guard, the body and send deadlines) carries
+//!   over whole: parking happens only between two requests, and bytes hyper
+//!   had read but not used are replayed to the next hyper connection.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::client_io::{ClientIo, ConnectionWatch};
+use crate::connection::{ClientStream, ProxyService, Settings};
+use crate::drain::DrainWatch;
+
+type Http1<IO> = http1::Connection<TokioIo<ClientIo<IO>>, ProxyService>;
+type Parts<IO> = http1::Parts<TokioIo<ClientIo<IO>>, ProxyService>;
+
+/// How a run of one hyper connection ended.
+// Returned once per park and moved straight into the caller's locals: a box
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Run<IO> {
+    /// The connection is over (closed, failed, timed out or drained).
+    Ended,
+    /// hyper's connection ended at rest; the stream is still open.
+    Parked(Parts<IO>),
+}
+
+/// Serves an HTTP/1 connection to its end, parking it whenever it is idle.
+/// `first_deadline` bounds the first request head.
+///
+/// The stream and service come boxed: an async fn keeps its arguments for
+/// its whole life next to the locals they are moved to, so a large argument
+/// would be stored twice in every connection's task.
+pub(crate) async fn serve<IO: ClientStream>(
+    start: Box<(ClientIo<IO>, ProxyService)>,
+    first_deadline: Instant,
+    settings: &Settings,
+    mut drain: DrainWatch,
+    client: SocketAddr,
+) {
+    let (mut io, mut service) = *start;
+    let watch = io.watch().clone();
+    // A request head must be complete (the request count pass the second
+    // field) by the first field's instant.
+    let mut head_due = Some((first_deadline, 0));
+    let mut woken = false;
+    loop {
+        // Both boxed: parked, the task keeps only their pointers' slots, not
+        // hyper's connection or the state of driving it.
+        let conn = Box::new(settings.http1.serve_connection(TokioIo::new(io), service));
+        let run = Box::pin(run(
+            conn,
+            &watch,
+            &mut head_due,
+            settings,
+            &mut drain,
+            woken,
+            client,
+        ));
+        let parts = match run.await {
+            Run::Ended => return,
+            Run::Parked(parts) => parts,
+        };
+        // Taken apart at once: even empty, `read_buf` holds hyper's 8 KiB
+        // read buffer, which must not stay with a parked connection.
+        let http1::Parts {
+            io: parked,
+            read_buf,
+            service: kept,
+            ..
+        } = parts;
+        io = parked.into_inner();
+        service = kept;
+        let idle_until = match watch.requests() {
+            0 => first_deadline,
+            _ => watch.rested_at() + settings.idle_timeout,
+        };
+        if read_buf.is_empty() {
+            drop(read_buf);
+            debug!(client = %client, "idle connection parked");
+            tokio::select! {
+                biased;
+                () = drain.started() => {
+                    debug!(client = %client, "shutting down: closing a parked connection");
+                    return;
+                }
+                () = tokio::time::sleep_until(idle_until) => {
+                    debug!(client = %client, "idle keep-alive connection reached header_read_timeout; closing");
+                    return;
+                }
+                ready = io.get_ref().readable() => {
+                    if let Err(err) = ready {
+                        debug!(client = %client, error = %err, "parked connection failed");
+                        return;
+                    }
+                }
+            }
+        } else {
+            // Not expected at rest, but those bytes are the client's next
+            // request: hand them to hyper at once.
+            io.replay(read_buf);
+        }
+        // The new hyper connection starts its head timer now; the head it
+        // reads must still be done when the parked connection's would be.
+        head_due = Some((idle_until, watch.requests()));
+        woken = true;
+    }
+}
+
+/// Drives one hyper connection until it ends or is parked.
+async fn run<IO: ClientStream>(
+    mut conn: Box<Http1<IO>>,
+    watch: &Arc<ConnectionWatch>,
+    head_due: &mut Option<(Instant, u64)>,
+    settings: &Settings,
+    drain: &mut DrainWatch,
+    woken: bool,
+    client: SocketAddr,
+) -> Run<IO> {
+    let tick = settings.park_after / 2;
+    let mut next_tick = Instant::now() + tick;
+    let mut seen = watch.io_events();
+    let mut draining = false;
+    let requests_at_start = watch.requests();
+    loop {
+        let wake = match *head_due {
+            Some((at, _)) => at.min(next_tick),
+            None => next_tick,
+        };
+        let ended = tokio::select! {
+            biased;
+            ended = poll_fn(|cx| conn.poll_without_shutdown(cx)) => Some(ended),
+            () = drain.started(), if !draining => {
+                // Closes an idle connection at once (writing nothing); an
+                // answer in progress is finished with `Connection: close`.
+                draining = true;
+                Pin::new(&mut *conn).graceful_shutdown();
+                None
+            }
+            () = tokio::time::sleep_until(wake) => None,
+        };
+        if let Some(ended) = ended {
+            let unused = woken && watch.requests() == requests_at_start;
+            return finish(conn, ended, unused, client).await;
+        }
+        let now = Instant::now();
+        if let Some((at, requests)) = *head_due {
+            if now >= at {
+                if watch.requests() == requests {
+                    debug!(client = %client, "no request within header_read_timeout; closing");
+                    return Run::Ended;
+                }
+                *head_due = None;
+            }
+        }
+        if now < next_tick {
+            continue;
+        }
+        let events = watch.io_events();
+        if !draining && events == seen && watch.is_at_rest() {
+            // hyper is idle: this only closes its state, writing nothing.
+            Pin::new(&mut *conn).graceful_shutdown();
+            match poll_fn(|cx| Poll::Ready(conn.poll_without_shutdown(cx))).await {
+                Poll::Ready(Ok(())) => return Run::Parked(conn.into_parts()),
+                Poll::Ready(Err(err)) => {
+                    debug!(client = %client, error = %err, "connection ended with an error");
+                    return Run::Ended;
+                }
+                // Not idle after all: it finishes what it is doing, then closes.
+                Poll::Pending => {
+                    debug!(client = %client, "connection busy when parked; closing after its answer");
+                    draining = true;
+                }
+            }
+        }
+        seen = events;
+        next_tick = now + tick;
+    }
+}
+
+/// A hyper connection that ended by itself: the stream is shut down as
+/// hyper would have done (`poll_without_shutdown` leaves that to us).
+async fn finish<IO: ClientStream>(
+    conn: Box<Http1<IO>>,
+    ended: hyper::Result<()>,
+    unused: bool,
+    client: SocketAddr,
+) -> Run<IO> {
+    match ended {
+        Ok(()) => {
+            let mut io = conn.into_parts().io.into_inner();
+            // Bounded by send_timeout (ClientIo).
+            let _ = io.shutdown().await;
+        }
+        // A client closing a woken connection before a new request: the
+        // fresh hyper connection calls that incomplete; for the client it is
+        // the end of an idle keep-alive, which hyper ends quietly.
+        Err(err) if unused && err.is_incomplete_message() => {}
+        Err(err) => debug!(client = %client, error = %err, "connection ended with an error"),
+    }
+    Run::Ended
+}

@@ -1,0 +1,493 @@
+//! Idle HTTP/1.1 keep-alive connections are parked (hyper's state dropped,
+//! the socket kept) and woken by their next request, without the client
+//! seeing any difference: answers, split and pipelined requests, the idle
+//! close at `header_read_timeout`, the connection cap, shutdown, TLS, and
+//! HTTP/2 on the same port.
+//!
+//! Parking is seen in the proxy's debug log ("idle connection parked"),
+//! captured per test; the park delay is shortened to 50 ms.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{
+    eventually, read_until_closed, spawn_server_tuned, tls_connect, Client, Origin, ServerHandle,
+    TestCa, DASHBOARD_ROUTES, PATIENCE,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const PARK_AFTER: Duration = Duration::from_millis(50);
+const GET: &[u8] = b"GET /api/filter-options?region=north HTTP/1.1\r\nHost: proxy\r\n\r\n";
+
+// ---------------------------------------------------------------- log capture
+
+/// The proxy's connection log lines, captured on this test's thread (the
+/// tests run on one thread, so every connection task logs here).
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Log {
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let log = Self::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("dashcache::keep_alive=debug")
+            .with_ansi(false)
+            .with_writer(log.clone())
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn count(&self, message: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(message)
+            .count()
+    }
+
+    fn parked(&self) -> usize {
+        self.count("idle connection parked")
+    }
+
+    async fn wait_for_parked(&self, n: usize) {
+        eventually(&format!("{n} parked connections"), || self.parked() >= n).await;
+    }
+}
+
+impl Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+async fn proxy_with(origin: &Origin, limits: &str) -> ServerHandle {
+    spawn_server_tuned(
+        &origin.url(),
+        &format!("{limits}\n{DASHBOARD_ROUTES}"),
+        |c| {
+            c.limits.idle_park_after = PARK_AFTER;
+        },
+    )
+    .await
+}
+
+/// One answer read off a keep-alive connection.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Lower-cased header lines, in order.
+    headers: Vec<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn has(&self, name: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|line| line.starts_with(&format!("{name}:")))
+    }
+}
+
+/// A raw HTTP/1.1 keep-alive connection: writes bytes as given, reads one
+/// answer at a time (Content-Length or chunked).
+struct KeepAlive {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    async fn open(proxy: &ServerHandle) -> Self {
+        Self {
+            stream: TcpStream::connect(proxy.addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("the connection stays open");
+        assert!(
+            n > 0,
+            "the proxy closed the connection instead of answering"
+        );
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    async fn line(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..at].to_vec();
+                self.buf.drain(..at + 2);
+                return line;
+            }
+            self.fill().await;
+        }
+    }
+
+    async fn exactly(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            self.fill().await;
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    async fn answer(&mut self) -> Answer {
+        let status_line = String::from_utf8(self.line().await).unwrap();
+        let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let line = String::from_utf8(self.line().await).unwrap();
+            if line.is_empty() {
+                break;
+            }
+            headers.push(line.to_ascii_lowercase());
+        }
+        let length = headers
+            .iter()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse::<usize>().unwrap());
+        let body = match length {
+            Some(length) => self.exactly(length).await,
+            None => {
+                let mut body = Vec::new();
+                loop {
+                    let size = String::from_utf8(self.line().await).unwrap();
+                    let size = usize::from_str_radix(size.trim(), 16).unwrap();
+                    body.extend(self.exactly(size).await);
+                    assert!(self.line().await.is_empty());
+                    if size == 0 {
+                        break;
+                    }
+                }
+                body
+            }
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&mut self, request: &[u8]) -> Answer {
+        self.send(request).await;
+        self.answer().await
+    }
+}
+
+/// The answer a fresh connection gets for `request`, to compare with.
+async fn fresh_answer(proxy: &ServerHandle, request: &[u8]) -> Answer {
+    let mut connection = KeepAlive::open(proxy).await;
+    connection.get(request).await
+}
+
+fn assert_same_answer(woken: &Answer, fresh: &Answer) {
+    assert_eq!(woken.status, 200);
+    assert_eq!(woken.body, fresh.body);
+    assert!(!woken.has("connection"), "{woken:?}");
+    let names = |a: &Answer| {
+        a.headers
+            .iter()
+            .map(|l| l.split(':').next().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(woken), names(fresh), "the same fields, in order");
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn an_idle_connection_is_parked_and_answers_its_next_request() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "").await;
+
+    let mut connection = KeepAlive::open(&proxy).await;
+    let first = connection.get(GET).await;
+    assert_eq!(first.status, 200);
+    log.wait_for_parked(1).await;
+
+    let woken = connection.get(GET).await;
+    assert_same_answer(&woken, &fresh_answer(&proxy, GET).await);
+    log.wait_for_parked(2).await;
+    let again = connection.get(GET).await;
+    assert_eq!(again.status, 200, "parked and woken again");
+    assert_eq!(
+        origin.count("/api/filter-options"),
+        1,
+        "the others were hits"
+    );
+}
+
+#[tokio::test]
+async fn a_request_split_around_a_park_is_answered() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "").await;
+
+    let mut connection = KeepAlive::open(&proxy).await;
+    assert_eq!(connection.get(GET).await.status, 200);
+    log.wait_for_parked(1).await;
+
+    // The first bytes wake it; the head stays unfinished for several park
+    // delays, and a connection inside a head is never parked.
+    let (start, rest) = GET.split_at(20);
+    connection.send(start).await;
+    tokio::time::sleep(PARK_AFTER * 6).await;
+    assert_eq!(log.parked(), 1, "parked in the middle of a head");
+    connection.send(rest).await;
+    let answer = connection.answer().await;
+    assert_same_answer(&answer, &fresh_answer(&proxy, GET).await);
+
+    // Split at the end of the head line, just after a park.
+    log.wait_for_parked(2).await;
+    let (start, rest) = GET.split_at(GET.len() - 2);
+    connection.send(start).await;
+    tokio::task::yield_now().await;
+    connection.send(rest).await;
+    assert_eq!(connection.answer().await.status, 200);
+}
+
+#[tokio::test]
+async fn pipelined_requests_after_a_park_are_answered_in_order() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "").await;
+
+    let mut connection = KeepAlive::open(&proxy).await;
+    assert_eq!(connection.get(GET).await.status, 200);
+    log.wait_for_parked(1).await;
+
+    let mut pipeline = Vec::new();
+    for region in ["a", "b", "c"] {
+        pipeline.extend_from_slice(
+            format!("GET /api/filter-options?region={region} HTTP/1.1\r\nHost: proxy\r\n\r\n")
+                .as_bytes(),
+        );
+    }
+    connection.send(&pipeline).await;
+    for region in ["a", "b", "c"] {
+        let answer = connection.answer().await;
+        assert_eq!(answer.status, 200);
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(
+            body["query"],
+            format!("region={region}"),
+            "answered in order"
+        );
+    }
+    log.wait_for_parked(2).await;
+    assert_eq!(
+        connection.get(GET).await.status,
+        200,
+        "parked again after the pipeline"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_connection_is_closed_when_header_read_timeout_runs_out() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "header_read_timeout = \"10s\"").await;
+
+    // Warm the cache so that the timed request is a hit (no origin timing).
+    assert_eq!(fresh_answer(&proxy, GET).await.status, 200);
+    let mut connection = KeepAlive::open(&proxy).await;
+    assert_eq!(connection.get(GET).await.status, 200);
+    // Paused time only moves when every task waits: the answer's end is now.
+    let answered = Instant::now();
+    log.wait_for_parked(1).await;
+
+    let rest = read_until_closed(&mut connection.stream).await;
+    assert!(rest.is_empty(), "closed without a word: {rest:?}");
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_secs(10) && idle < Duration::from_millis(10_010),
+        "closed {idle:?} after the answer, as hyper would at 10 s"
+    );
+    assert_eq!(
+        log.count("idle keep-alive connection reached header_read_timeout"),
+        1,
+        "closed while parked"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_begun_while_parked_must_end_by_the_idle_deadline() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "header_read_timeout = \"10s\"").await;
+
+    let mut connection = KeepAlive::open(&proxy).await;
+    assert_eq!(connection.get(GET).await.status, 200);
+    let answered = Instant::now();
+    log.wait_for_parked(1).await;
+
+    // Woken 8 s into its 10 s, the next head gets what is left, not 10 s more.
+    tokio::time::sleep_until(answered + Duration::from_secs(8)).await;
+    connection.send(&GET[..10]).await;
+    read_until_closed(&mut connection.stream).await;
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_secs(10) && idle < Duration::from_millis(10_010),
+        "closed {idle:?} after the answer"
+    );
+}
+
+#[tokio::test]
+async fn a_parked_connection_keeps_its_slot() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "max_connections = 1").await;
+
+    let mut connection = KeepAlive::open(&proxy).await;
+    assert_eq!(connection.get(GET).await.status, 200);
+    log.wait_for_parked(1).await;
+
+    let mut refused = TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = refused.write_all(GET).await;
+    assert!(
+        read_until_closed(&mut refused).await.is_empty(),
+        "a second connection was let in past max_connections = 1"
+    );
+    assert_eq!(connection.get(GET).await.status, 200);
+}
+
+#[tokio::test]
+async fn shutdown_closes_parked_connections_at_once() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let mut proxy = proxy_with(&origin, "shutdown_timeout = \"60s\"").await;
+
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        let mut connection = KeepAlive::open(&proxy).await;
+        assert_eq!(connection.get(GET).await.status, 200);
+        connections.push(connection);
+    }
+    log.wait_for_parked(3).await;
+
+    let stopped = proxy.shutdown();
+    tokio::time::timeout(PATIENCE, stopped)
+        .await
+        .expect("parked connections must not hold shutdown until shutdown_timeout")
+        .unwrap();
+    for connection in &mut connections {
+        assert!(read_until_closed(&mut connection.stream).await.is_empty());
+    }
+    assert_eq!(log.count("shutting down: closing a parked connection"), 3);
+}
+
+#[tokio::test]
+async fn http2_and_parked_http1_share_the_port() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "").await;
+
+    let mut http1 = KeepAlive::open(&proxy).await;
+    assert_eq!(http1.get(GET).await.status, 200);
+    log.wait_for_parked(1).await;
+
+    let http2 = Client::http2();
+    let reply = http2
+        .get(&proxy.url("/api/filter-options?region=north"))
+        .await;
+    assert_eq!(reply.status.as_u16(), 200);
+    assert_eq!(
+        reply.x_cache(),
+        "HIT",
+        "HTTP/2 prior knowledge on the same port"
+    );
+    tokio::time::sleep(PARK_AFTER * 4).await;
+    assert_eq!(log.parked(), 1, "HTTP/2 connections are not parked");
+    assert_eq!(http1.get(GET).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_parked_tls_connection_answers_its_next_request() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let ca = TestCa::new("dashcache");
+    let issued = ca.issue("proxy");
+    let toml = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n{DASHBOARD_ROUTES}",
+        issued.cert_file.display().to_string(),
+        issued.key_file.display().to_string()
+    );
+    let proxy = spawn_server_tuned(&origin.url(), &toml, |c| {
+        c.limits.idle_park_after = PARK_AFTER;
+    })
+    .await;
+
+    let mut connection = tls_connect(proxy.addr, ca.client_config(&[b"http/1.1"]))
+        .await
+        .expect("TLS handshake with the proxy");
+    let filters = r#"{"org":"Vale"}"#;
+    let first = connection.post("/api/metrics", filters).await;
+    assert_eq!((first.status.as_u16(), first.x_cache()), (200, "MISS"));
+    log.wait_for_parked(1).await;
+    let woken = connection.post("/api/metrics", filters).await;
+    assert_eq!((woken.status.as_u16(), woken.x_cache()), (200, "HIT"));
+    assert_eq!(woken.body, first.body);
+    assert!(!woken.headers.contains_key("connection"));
+}
+
+#[tokio::test]
+async fn a_connection_waiting_on_its_answer_or_its_body_is_not_parked() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    origin.on(
+        "/api/filter-options",
+        support::Behaviour::new().delay(PARK_AFTER * 6),
+    );
+    let proxy = proxy_with(&origin, "").await;
+
+    // The answer takes six park delays: hyper is busy all along, and a
+    // park there would have added `Connection: close`.
+    let mut connection = KeepAlive::open(&proxy).await;
+    let slow = connection.get(GET).await;
+    assert_eq!(slow.status, 200);
+    assert!(!slow.has("connection"), "{slow:?}");
+    assert_eq!(log.parked(), 0, "parked while the answer was pending");
+
+    // A request body that pauses for six park delays.
+    let body = r#"{"org":"Vale","period":"2024-Q1"}"#;
+    let head = format!(
+        "POST /api/metrics HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    connection.send(head.as_bytes()).await;
+    connection.send(&body.as_bytes()[..5]).await;
+    tokio::time::sleep(PARK_AFTER * 6).await;
+    assert_eq!(log.parked(), 0, "parked in the middle of a body");
+    connection.send(&body.as_bytes()[5..]).await;
+    let answer = connection.answer().await;
+    assert_eq!(answer.status, 200);
+    assert!(!answer.has("connection"), "{answer:?}");
+    log.wait_for_parked(1).await;
+}
