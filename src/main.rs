@@ -78,15 +78,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    // Log lines go through a background writer so a slow terminal or pipe
-    // never stalls a request; the guard flushes them at exit. The writer
-    // buffers what it takes off the channel at once and flushes when the
-    // channel is empty: under load one write(2) carries many lines (one
-    // per request otherwise), and a quiet proxy's lines still go out at once.
-    let (writer, _flush_guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
-        64 * 1024,
-        std::io::stderr(),
-    ));
+    // Log lines go to a buffer that a thread of its own writes out, so a
+    // slow terminal or pipe never stalls a request and no line wakes a
+    // thread (`log_writer.rs`); the guard flushes them at exit.
+    let (writer, _flush_guard) = match dashcache::log_writer::batch_writer(std::io::stderr()) {
+        Ok(writer) => writer,
+        Err(err) => {
+            eprintln!("dashcache: cannot start the log writer thread: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     // --log-level (or DASHCACHE_LOG) wins over RUST_LOG; a filter that does
     // not parse is an error, not a silent fallback.
     let (source, directives) = match (&cli.log_level, std::env::var("RUST_LOG")) {

@@ -58,9 +58,21 @@ impl CacheKey {
     }
 }
 
+/// `bytes` as lowercase hex, in one write (every access line prints a key).
+fn write_hex<const N: usize>(f: &mut fmt::Formatter<'_>, bytes: &[u8; N]) -> fmt::Result {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    let text = &mut text[..2 * N];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+    f.write_str(std::str::from_utf8(text).expect("hex digits are ASCII"))
+}
+
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        write_hex(f, &self.0)
     }
 }
 
@@ -74,7 +86,8 @@ pub struct ShortKey(CacheKey);
 
 impl fmt::Display for ShortKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0 .0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
+        let first: &[u8; 8] = self.0 .0[..8].try_into().expect("a key has 16 bytes");
+        write_hex(f, first)
     }
 }
 
