@@ -89,6 +89,32 @@ async fn proxy_with(origin: &Origin, limits: &str) -> ServerHandle {
     .await
 }
 
+/// A proxy with `limits`, and one keep-alive connection that made one hit
+/// and has been parked since.
+struct ParkedSetup {
+    log: Log,
+    _guard: tracing::subscriber::DefaultGuard,
+    _origin: Origin,
+    proxy: ServerHandle,
+    connection: KeepAlive,
+}
+
+async fn parked_after_one_request(limits: &str) -> ParkedSetup {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, limits).await;
+    let mut connection = KeepAlive::open(&proxy).await;
+    assert_eq!(connection.get(GET).await.status, 200);
+    log.wait_for_parked(1).await;
+    ParkedSetup {
+        log,
+        _guard,
+        _origin: origin,
+        proxy,
+        connection,
+    }
+}
+
 /// One answer read off a keep-alive connection.
 #[derive(Debug)]
 struct Answer {
@@ -246,13 +272,14 @@ async fn an_idle_connection_is_parked_and_answers_its_next_request() {
 
 #[tokio::test]
 async fn a_request_split_around_a_park_is_answered() {
-    let (log, _guard) = Log::capture();
-    let origin = Origin::start().await;
-    let proxy = proxy_with(&origin, "").await;
-
-    let mut connection = KeepAlive::open(&proxy).await;
-    assert_eq!(connection.get(GET).await.status, 200);
-    log.wait_for_parked(1).await;
+    // Bound by name: `..` would drop the origin and the log capture here.
+    let ParkedSetup {
+        log,
+        _guard,
+        _origin,
+        proxy,
+        mut connection,
+    } = parked_after_one_request("").await;
 
     // The first bytes wake it; the head stays unfinished for several park
     // delays, and a connection inside a head is never parked.
@@ -275,13 +302,14 @@ async fn a_request_split_around_a_park_is_answered() {
 
 #[tokio::test]
 async fn pipelined_requests_after_a_park_are_answered_in_order() {
-    let (log, _guard) = Log::capture();
-    let origin = Origin::start().await;
-    let proxy = proxy_with(&origin, "").await;
-
-    let mut connection = KeepAlive::open(&proxy).await;
-    assert_eq!(connection.get(GET).await.status, 200);
-    log.wait_for_parked(1).await;
+    // Bound by name: `..` would drop the origin and the log capture here.
+    let ParkedSetup {
+        log,
+        _guard,
+        _origin,
+        proxy: _proxy,
+        mut connection,
+    } = parked_after_one_request("").await;
 
     let mut pipeline = Vec::new();
     for region in ["a", "b", "c"] {
@@ -361,13 +389,14 @@ async fn a_head_begun_while_parked_must_end_by_the_idle_deadline() {
 
 #[tokio::test]
 async fn a_parked_connection_keeps_its_slot() {
-    let (log, _guard) = Log::capture();
-    let origin = Origin::start().await;
-    let proxy = proxy_with(&origin, "max_connections = 1").await;
-
-    let mut connection = KeepAlive::open(&proxy).await;
-    assert_eq!(connection.get(GET).await.status, 200);
-    log.wait_for_parked(1).await;
+    // Bound by name: `..` would drop the origin and the log capture here.
+    let ParkedSetup {
+        log: _log,
+        _guard,
+        _origin,
+        proxy,
+        mut connection,
+    } = parked_after_one_request("max_connections = 1").await;
 
     let mut refused = TcpStream::connect(proxy.addr).await.unwrap();
     let _ = refused.write_all(GET).await;
@@ -405,13 +434,14 @@ async fn shutdown_closes_parked_connections_at_once() {
 
 #[tokio::test]
 async fn http2_and_parked_http1_share_the_port() {
-    let (log, _guard) = Log::capture();
-    let origin = Origin::start().await;
-    let proxy = proxy_with(&origin, "").await;
-
-    let mut http1 = KeepAlive::open(&proxy).await;
-    assert_eq!(http1.get(GET).await.status, 200);
-    log.wait_for_parked(1).await;
+    // Bound by name: `..` would drop the origin and the log capture here.
+    let ParkedSetup {
+        log,
+        _guard,
+        _origin,
+        proxy,
+        connection: mut http1,
+    } = parked_after_one_request("").await;
 
     let http2 = Client::http2();
     let reply = http2
