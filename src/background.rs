@@ -22,12 +22,13 @@ where
             lower_this_thread();
             let _ = done.send(work());
         });
+    // Said at once: the caller may not await (the sweep after `clear`).
+    if let Err(err) = &started {
+        tracing::warn!(error = %err, walk = name, "could not start a background walk");
+    }
     let name = name.to_owned();
     async move {
-        if let Err(err) = started {
-            tracing::warn!(error = %err, walk = %name, "could not start a background walk");
-            return None;
-        }
+        started.ok()?;
         match result.await {
             Ok(output) => Some(output),
             Err(_) => {

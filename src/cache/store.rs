@@ -21,7 +21,7 @@
 //! hit waits for one step of a walk at most; callers run them off the
 //! request workers (`spawn_blocking`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -339,6 +339,8 @@ pub struct Store {
     /// The recent inserts and the hottest list that `keys` reads without
     /// walking (`cache::listing`); pushed on insert, never on a lookup.
     pub(super) listing: Listing,
+    /// Set while a [`Store::sweep`] runs: clears in a row start one.
+    sweeping: AtomicBool,
 }
 
 impl Store {
@@ -390,6 +392,7 @@ impl Store {
             max_bytes,
             max_entry_bytes: shard_weight.min(max_object_bytes),
             listing: Listing::new((maxsize as usize).saturating_mul(4).min(RING_CAPACITY)),
+            sweeping: AtomicBool::new(false),
         }
     }
 
@@ -554,10 +557,27 @@ impl Store {
         previous.entries()
     }
 
+    /// Whether a [`Store::sweep`] should start now: false while one runs.
+    /// The running one removes what the newest clear left too, or, if it
+    /// had passed those entries already, the next purge walk does (it
+    /// sweeps whenever the last full walk predates the current epoch). So
+    /// a loop of `clear` calls walks the store once at a time, not once per
+    /// call on as many threads.
+    pub fn claim_sweep(&self) -> bool {
+        !self.sweeping.swap(true, Ordering::AcqRel)
+    }
+
     /// Removes the entries of epochs before the current one (left by
     /// `clear`); returns how many. Walks the store: run it off the request
-    /// workers.
+    /// workers. Ends the claim [`Store::claim_sweep`] took.
     pub fn sweep(&self) -> usize {
+        struct Claim<'a>(&'a AtomicBool);
+        impl Drop for Claim<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _claim = Claim(&self.sweeping);
         let epoch = self.epoch();
         let mut removed = 0;
         let mut pace = Pace::default();
@@ -976,7 +996,10 @@ mod tests {
         store
             .insert(key(1), entry(10, "d", HOUR), store.generation())
             .unwrap();
+        assert!(store.claim_sweep());
+        assert!(!store.claim_sweep(), "one sweep at a time");
         assert_eq!(store.sweep(), 299);
+        assert!(store.claim_sweep(), "the sweep ended its claim");
         assert_eq!(store.entries.len(), 1);
         assert_eq!(store.evictions(), 0, "cleared entries are not evictions");
         assert!(matches!(store.get(&key(1), now), Lookup::Fresh(_)));

@@ -110,6 +110,10 @@ impl Storage {
     fn clear_memory(&self) -> usize {
         let store = self.memory_handle();
         let removed = store.clear();
+        if !store.claim_sweep() {
+            // One is running; it (or the next purge walk) takes these too.
+            return removed;
+        }
         // Not awaited: the entries already read as misses; this only
         // returns their memory.
         drop(background::run("sweep", move || {
