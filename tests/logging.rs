@@ -5,115 +5,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::io::Write;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Behaviour, Client, Origin, DASHBOARD_ROUTES, PATIENCE};
+use support::binary::Binary;
+use support::{Behaviour, Client, Origin};
 
 /// The origin's pretend warehouse time for /api/metrics.
 const QUERY_TIME: Duration = Duration::from_millis(30);
-
-/// The `dashcache` binary on 127.0.0.1:0 with its stderr collected line by line.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    lines: mpsc::Receiver<String>,
-    /// Lines logged up to and including the listening line.
-    early: Vec<String>,
-    reader: Option<JoinHandle<()>>,
-    _config: tempfile::NamedTempFile,
-}
-
-impl Binary {
-    /// Starts the binary in front of `upstream` with the dashboard routes
-    /// and `args`, and waits for its "dashcache listening" line.
-    fn start(upstream: &str, args: &[&str]) -> Self {
-        let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        config.write_all(DASHBOARD_ROUTES.as_bytes()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dashcache"))
-            .arg("--config")
-            .arg(config.path())
-            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
-            .args(args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the dashcache binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut early = Vec::new();
-        let addr = loop {
-            let line = lines
-                .recv_timeout(PATIENCE)
-                .unwrap_or_else(|_| panic!("no \"dashcache listening\" line; got {early:#?}"));
-            let listening = line.contains("dashcache listening");
-            let addr = listening.then(|| listen_address(&line));
-            early.push(line);
-            if let Some(addr) = addr {
-                break addr;
-            }
-        };
-        Self {
-            child,
-            addr,
-            lines,
-            early,
-            reader: Some(reader),
-            _config: config,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Sends SIGTERM, waits for the exit and returns every line logged.
-    fn stop(mut self) -> Vec<String> {
-        // SAFETY: kill(2) on our own child's pid has no memory effects.
-        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM delivered");
-        let status = self.child.wait().expect("the binary exits");
-        assert!(status.success(), "exit status {status}");
-        self.reader.take().unwrap().join().unwrap();
-        let mut lines = std::mem::take(&mut self.early);
-        lines.extend(self.lines.try_iter());
-        lines
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        // Only reached with the child still running when a test failed.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The bound address from the listening line, in either format.
-fn listen_address(line: &str) -> SocketAddr {
-    let start = line
-        .find("\"listen\":\"")
-        .map(|i| i + "\"listen\":\"".len())
-        .or_else(|| line.find(" listen=").map(|i| i + " listen=".len()))
-        .unwrap_or_else(|| panic!("no listen address in {line}"));
-    let rest = &line[start..];
-    let end = rest.find(['"', ' ']).unwrap_or(rest.len());
-    rest[..end]
-        .parse()
-        .unwrap_or_else(|e| panic!("{:?} is no address ({e}): {line}", &rest[..end]))
-}
 
 /// One miss and one hit on the same filters; their request ids.
 async fn miss_then_hit(binary: &Binary) -> Vec<String> {
@@ -139,7 +40,7 @@ fn number(line: &Value, field: &str) -> f64 {
 async fn json_access_lines_carry_key_route_status_and_times() {
     let origin = Origin::start().await;
     origin.on("/api/metrics", Behaviour::new().delay(QUERY_TIME));
-    let binary = Binary::start(&origin.url(), &["--log-format", "json"]);
+    let binary = Binary::start(&origin.url(), "", &["--log-format", "json"]);
     let ids = miss_then_hit(&binary).await;
     let lines = binary.stop();
 
@@ -206,7 +107,7 @@ async fn json_access_lines_carry_key_route_status_and_times() {
 async fn an_error_answer_logs_its_chain_and_request_id_at_warn() {
     let upstream = support::closed_port_url().await;
     let port = upstream.rsplit(':').next().unwrap().to_owned();
-    let binary = Binary::start(&upstream, &["--log-format", "json"]);
+    let binary = Binary::start(&upstream, "", &["--log-format", "json"]);
     let reply = Client::new()
         .post(&binary.url("/api/metrics"), r#"{"org":"Vale"}"#)
         .await;
@@ -233,7 +134,7 @@ async fn an_error_answer_logs_its_chain_and_request_id_at_warn() {
 #[tokio::test]
 async fn the_startup_line_names_the_credential_headers_in_force() {
     let origin = Origin::start().await;
-    let binary = Binary::start(&origin.url(), &[]);
+    let binary = Binary::start(&origin.url(), "", &[]);
     let listening = binary
         .early
         .iter()
@@ -253,7 +154,7 @@ async fn the_startup_line_names_the_credential_headers_in_force() {
 async fn text_access_lines_carry_the_same_fields() {
     let origin = Origin::start().await;
     origin.on("/api/metrics", Behaviour::new().delay(QUERY_TIME));
-    let binary = Binary::start(&origin.url(), &[]);
+    let binary = Binary::start(&origin.url(), "", &[]);
     let ids = miss_then_hit(&binary).await;
     let lines = binary.stop();
 
