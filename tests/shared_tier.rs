@@ -36,17 +36,44 @@ async fn replica(origin: &Origin, redis_url: &str, extra: &str) -> ProxyHandle {
     handle
 }
 
+/// A Redis, an origin, and two replicas `a` and `b` sharing that Redis.
+struct TwoReplicas {
+    redis: RedisServer,
+    origin: Origin,
+    a: ProxyHandle,
+    b: ProxyHandle,
+    client: Client,
+}
+
+impl TwoReplicas {
+    async fn start() -> Self {
+        let redis = RedisServer::start();
+        let origin = Origin::start().await;
+        let a = replica(&origin, &redis.url(), "").await;
+        let b = replica(&origin, &redis.url(), "").await;
+        Self {
+            redis,
+            origin,
+            a,
+            b,
+            client: Client::new(),
+        }
+    }
+}
+
 async fn metrics(client: &Client, replica: &ProxyHandle, body: &str) -> support::Reply {
     client.post(&replica.url("/api/metrics"), body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_fetched_through_one_replica_is_a_hit_on_the_other() {
-    let redis = RedisServer::start();
-    let origin = Origin::start().await;
-    let a = replica(&origin, &redis.url(), "").await;
-    let b = replica(&origin, &redis.url(), "").await;
-    let client = Client::new();
+    let TwoReplicas {
+        redis: _redis,
+        origin,
+        a,
+        b,
+        client,
+    } = TwoReplicas::start().await;
 
     let first = metrics(&client, &a, VALE).await;
     assert_eq!(first.status, StatusCode::OK);
@@ -65,11 +92,13 @@ async fn an_answer_fetched_through_one_replica_is_a_hit_on_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_and_clear_on_one_replica_reach_the_others_memory() {
-    let redis = RedisServer::start();
-    let origin = Origin::start().await;
-    let a = replica(&origin, &redis.url(), "").await;
-    let b = replica(&origin, &redis.url(), "").await;
-    let client = Client::new();
+    let TwoReplicas {
+        redis,
+        origin,
+        a,
+        b,
+        client,
+    } = TwoReplicas::start().await;
     for body in [VALE, ACME] {
         metrics(&client, &a, body).await;
         assert_eq!(metrics(&client, &a, body).await.x_cache(), "HIT");
@@ -188,11 +217,13 @@ async fn a_lock_holder_killed_mid_fill_is_taken_over_by_the_other_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dying_mid_traffic_causes_no_error_and_sharing_resumes_when_it_returns() {
-    let mut redis = RedisServer::start();
-    let origin = Origin::start().await;
-    let a = replica(&origin, &redis.url(), "").await;
-    let b = replica(&origin, &redis.url(), "").await;
-    let client = Client::new();
+    let TwoReplicas {
+        mut redis,
+        origin,
+        a,
+        b,
+        client,
+    } = TwoReplicas::start().await;
     metrics(&client, &a, VALE).await;
     let mut slowest = Duration::ZERO;
     for i in 0..120 {
@@ -352,11 +383,13 @@ async fn a_cluster_shares_entries_and_invalidations_without_crossslot_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentialed_entries_are_shared_under_a_secret_kept_in_redis() {
-    let redis = RedisServer::start();
-    let origin = Origin::start().await;
-    let a = replica(&origin, &redis.url(), "").await;
-    let b = replica(&origin, &redis.url(), "").await;
-    let client = Client::new();
+    let TwoReplicas {
+        redis,
+        origin,
+        a,
+        b,
+        client,
+    } = TwoReplicas::start().await;
     let mut conn = redis.connection().await;
     let secret: Option<String> = redis::cmd("GET")
         .arg("dashcache:secret:{dashcache}")
@@ -420,11 +453,13 @@ async fn a_lost_invalidation_heals_within_the_l1_lifetime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_on_one_replica_updates_what_the_other_serves() {
-    let redis = RedisServer::start();
-    let origin = Origin::start().await;
-    let a = replica(&origin, &redis.url(), "").await;
-    let b = replica(&origin, &redis.url(), "").await;
-    let client = Client::new();
+    let TwoReplicas {
+        redis: _redis,
+        origin,
+        a,
+        b,
+        client,
+    } = TwoReplicas::start().await;
     let first = metrics(&client, &a, VALE).await;
     assert_eq!(metrics(&client, &a, VALE).await.x_cache(), "HIT");
     let answer = client
