@@ -9,23 +9,12 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::redis::RedisServer;
-use support::{eventually, spawn_proxy, Client, Origin, ProxyHandle, DASHBOARD_ROUTES};
+use support::redis::{spawn_replica, RedisServer};
+use support::{Client, Origin, ProxyHandle, DASHBOARD_ROUTES};
 
 async fn replica(origin: &Origin, redis_url: &str) -> ProxyHandle {
     let toml = format!("{DASHBOARD_ROUTES}\n[redis]\nurl = \"{redis_url}\"\ntimeout = \"250ms\"\n");
-    let handle = spawn_proxy(&origin.url(), &toml).await;
-    let tier = handle
-        .proxy
-        .store
-        .shared()
-        .expect("redis configured")
-        .clone();
-    eventually("the replica to reach redis", || {
-        tier.is_up() && tier.is_listening()
-    })
-    .await;
-    handle
+    spawn_replica(&origin.url(), &toml).await
 }
 
 async fn history(proxy: &ProxyHandle) -> Value {

@@ -7,8 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::redis::{DashcacheProcess, RedisCluster, RedisServer};
-use support::{eventually, spawn_proxy, Behaviour, Client, Gate, Origin, ProxyHandle};
+use support::redis::{spawn_replica, DashcacheProcess, RedisCluster, RedisServer};
+use support::{eventually, Behaviour, Client, Gate, Origin, ProxyHandle};
 
 const VALE: &str = r#"{"org":"Vale"}"#;
 const ACME: &str = r#"{"org":"Acme"}"#;
@@ -20,20 +20,9 @@ fn toml(redis_url: &str, extra: &str) -> String {
     )
 }
 
-/// A replica in this process (its own store, connections and listener).
+/// A replica in this process sharing `redis_url`.
 async fn replica(origin: &Origin, redis_url: &str, extra: &str) -> ProxyHandle {
-    let handle = spawn_proxy(&origin.url(), &toml(redis_url, extra)).await;
-    let tier = handle
-        .proxy
-        .store
-        .shared()
-        .expect("redis configured")
-        .clone();
-    eventually("the replica to reach redis and subscribe", || {
-        tier.is_up() && tier.is_listening()
-    })
-    .await;
-    handle
+    spawn_replica(&origin.url(), &toml(redis_url, extra)).await
 }
 
 /// A Redis, an origin, and two replicas `a` and `b` sharing that Redis.

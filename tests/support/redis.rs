@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::PATIENCE;
+use super::{eventually, spawn_proxy, ProxyHandle, PATIENCE};
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
@@ -297,4 +297,22 @@ impl Drop for DashcacheProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A replica in this process (its own store, connections and listener)
+/// with `toml` (which names the Redis), once it has reached Redis and
+/// subscribed to the other replicas' events.
+pub async fn spawn_replica(upstream: &str, toml: &str) -> ProxyHandle {
+    let handle = spawn_proxy(upstream, toml).await;
+    let tier = handle
+        .proxy
+        .store
+        .shared()
+        .expect("redis configured")
+        .clone();
+    eventually("the replica to reach redis and subscribe", || {
+        tier.is_up() && tier.is_listening()
+    })
+    .await;
+    handle
 }
