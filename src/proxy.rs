@@ -461,7 +461,7 @@ impl Proxy {
             let now = Instant::now();
             match self.lookup(&request.key, now).await {
                 Lookup::Fresh(entry) if acceptable(&entry, now) => {
-                    return hit(&entry, &request.ask, route_name);
+                    return hit(&entry, &request.ask, route_name, now);
                 }
                 Lookup::Stale(entry) if entry.serves_while_revalidating(now) => {
                     return self.revalidate(&entry, request, route, route_name, client);
@@ -485,7 +485,7 @@ impl Proxy {
                     if let Lookup::Fresh(entry) = self.lookup(&request.key, now).await {
                         if acceptable(&entry, now) {
                             guard.publish(FillOutcome::Stored(entry.clone()));
-                            return hit(&entry, &request.ask, route_name);
+                            return hit(&entry, &request.ask, route_name, now);
                         }
                     }
                 }
@@ -662,8 +662,8 @@ fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), ProxyErr
     }
 }
 
-fn hit(entry: &Entry, ask: &Ask, route: Arc<str>) -> Served {
-    let now = Instant::now();
+/// A hit's answer, as of `now` (the instant its freshness was judged at).
+fn hit(entry: &Entry, ask: &Ask, route: Arc<str>, now: Instant) -> Served {
     entry.hits.fetch_add(1, Ordering::Relaxed);
     let field = CacheStatusField::hit(entry.ttl_left(now).as_secs());
     let trace = Trace {
