@@ -40,12 +40,14 @@
 //!   the last hour of them with event markers (`metrics::history`)
 //! - [`error`]: the request path's error enum and its HTTP mapping
 //! - [`log_writer`]: log lines batched to stderr by a thread of their own
+//! - [`allocator`]: when the allocator gives freed memory back to the OS
 //! - `background`: walks of the store on threads of their own, below the
 //!   request workers' priority
 
 mod access;
 pub mod admin;
 pub mod admission;
+pub mod allocator;
 mod background;
 pub mod body;
 pub mod body_deadline;

@@ -118,6 +118,9 @@ fn main() -> ExitCode {
             .init(),
     }
 
+    // Freed pages go back to the OS from a thread of their own, not from a
+    // request worker, and without waiting for more traffic.
+    dashcache::allocator::start_purger();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
