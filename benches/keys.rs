@@ -1,6 +1,7 @@
 //! Key building for a POST with a JSON filter body of 1 KB and 20 KB:
 //! canonical (parse, sort keys, md5: a first sight of the body) and raw
-//! (md5 of the bytes as sent, answered from the memo: every later sight).
+//! (a keyed SipHash of the bytes as sent, answered from the memo: every
+//! later sight).
 
 mod common;
 
