@@ -86,7 +86,7 @@ impl AccessLine<'_> {
         macro_rules! line {
             ($level:ident) => {
                 $level!(
-                    target: "dashcache::access",
+                    target: crate::log_format::ACCESS_TARGET,
                     client = %self.client,
                     method = %self.method,
                     path = self.path,

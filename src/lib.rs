@@ -39,6 +39,7 @@
 //! - [`metrics`]: counters behind stats and the Prometheus exposition, and
 //!   the last hour of them with event markers (`metrics::history`)
 //! - [`error`]: the request path's error enum and its HTTP mapping
+//! - [`log_format`]: the text log format, with the access line's fast path
 //! - [`log_writer`]: log lines batched to stderr by a thread of their own
 //! - [`allocator`]: when the allocator gives freed memory back to the OS
 //! - `background`: walks of the store on threads of their own, below the
@@ -61,6 +62,7 @@ mod fill;
 pub mod framing;
 pub mod headers;
 mod keep_alive;
+pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
 pub mod proxy;

@@ -106,7 +106,12 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(writer);
     match config.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // The access line has a formatter of its own (same bytes, less
+        // work: `log_format.rs`); every other line is tracing-subscriber's.
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .event_format(dashcache::log_format::TextLines::default())
+            .init(),
         // One object per line, the event's fields at the top level next to
         // timestamp, level and target, so `jq .cache` or a log shipper's
         // field extraction needs no nesting.
