@@ -46,7 +46,7 @@ where
         if meta.target() != ACCESS_TARGET
             || writer.has_ansi_escapes()
             || !writer.sanitizes_ansi_escapes()
-            || ctx.lookup_current().is_some()
+            || ctx.event_scope().is_some()
         {
             return self.generic.format_event(ctx, writer, event);
         }
@@ -290,6 +290,7 @@ mod tests {
         let (generic, fast) = both(|| {
             tracing::info!(target: "dashcache::server", listen = "127.0.0.1:8080", "dashcache listening");
             let span = tracing::info_span!("reload", generation = 2);
+            tracing::info!(target: "dashcache::access", parent: &span, status = 201u16, "a child");
             let _inside = span.enter();
             tracing::info!(target: "dashcache::access", status = 200u16, "inside a span");
         });

@@ -123,8 +123,8 @@ fn main() -> ExitCode {
             .init(),
     }
 
-    // Freed pages go back to the OS from a thread of their own, not from a
-    // request worker, and without waiting for more traffic.
+    // Freed pages go back to the OS about a second after they are freed,
+    // even when no traffic follows (`allocator.rs`).
     dashcache::allocator::start_purger();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
