@@ -7,84 +7,26 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::Method;
+use support::binary::Binary;
 use support::{Behaviour, Client, Origin};
 
 const MIB: u64 = 1024 * 1024;
 const MAX_BYTES: u64 = 8 * MIB;
 
-/// The binary, killed when dropped.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
+/// The binary with no routes configured (every GET cached), logging
+/// warnings and its listening line.
+fn start(upstream: &str, args: &[&str]) -> Binary {
+    let mut all = vec!["--log-level", "warn,dashcache::server=info"];
+    all.extend_from_slice(args);
+    Binary::start_with_config(upstream, "", &all)
 }
 
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Binary {
-    fn start(upstream: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dashcache"))
-            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
-            .args(["--log-level", "warn,dashcache::server=info"])
-            .args(args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the dashcache binary starts");
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut lines = stderr.lines().map_while(Result::ok);
-        let addr = lines
-            .by_ref()
-            .find_map(|line| listen_address(&line))
-            .expect("a \"dashcache listening\" line");
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Resident memory, from /proc/<pid>/status.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status");
-        kib * 1024
-    }
-
-    async fn cache_stats(&self, client: &Client) -> serde_json::Value {
-        client.get(&self.url("/api/cache/stats")).await.json()["cache"].clone()
-    }
-}
-
-fn listen_address(line: &str) -> Option<SocketAddr> {
-    if !line.contains("dashcache listening") {
-        return None;
-    }
-    let start = line
-        .find("\"listen\":\"")
-        .map(|i| i + "\"listen\":\"".len())
-        .or_else(|| line.find(" listen=").map(|i| i + " listen=".len()))?;
-    let rest = &line[start..];
-    let end = rest.find([' ', '"']).unwrap_or(rest.len());
-    rest[..end].parse().ok()
+async fn cache_stats(binary: &Binary, client: &Client) -> serde_json::Value {
+    client.get(&binary.url("/api/cache/stats")).await.json()["cache"].clone()
 }
 
 /// Sends GETs for `pages` (distinct URLs, misses) over `connections`
@@ -122,7 +64,7 @@ async fn load_from(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rss_stays_within_the_store_bytes_across_evictions_and_clear() {
     let origin = Origin::start().await;
-    let binary = Binary::start(
+    let binary = start(
         &origin.url(),
         &["--maxsize", "100000", "--max-bytes", "8MiB"],
     );
@@ -132,7 +74,7 @@ async fn rss_stays_within_the_store_bytes_across_evictions_and_clear() {
     // Far more answers than max_bytes holds: the store evicts, and the
     // process must not keep what it evicted either.
     load_from(&binary, &client, 0..12_000, 16).await;
-    let stats = binary.cache_stats(&client).await;
+    let stats = cache_stats(&binary, &client).await;
     let bytes = stats["bytes"].as_u64().unwrap();
     let size = stats["size"].as_u64().unwrap();
     assert!(bytes <= MAX_BYTES, "{stats}");
@@ -154,7 +96,7 @@ async fn rss_stays_within_the_store_bytes_across_evictions_and_clear() {
         .send(Method::POST, &binary.url("/api/cache/clear"), &[], "")
         .await;
     assert_eq!(cleared.status, 200);
-    assert_eq!(binary.cache_stats(&client).await["size"], 0);
+    assert_eq!(cache_stats(&binary, &client).await["size"], 0);
     // What a clear freed is reused: filling the store again with as many
     // new answers does not grow the process past where the first fill left it.
     load_from(&binary, &client, 12_000..24_000, 16).await;
@@ -172,7 +114,7 @@ async fn rss_stays_within_the_store_bytes_across_evictions_and_clear() {
 async fn what_a_clear_frees_goes_back_to_the_os_with_no_further_traffic() {
     let origin = Origin::start().await;
     origin.on("/api/big", Behaviour::new().body(vec![b'x'; 512 * 1024]));
-    let binary = Binary::start(
+    let binary = start(
         &origin.url(),
         &["--max-bytes", "256MiB", "--max-object-bytes", "1MiB"],
     );

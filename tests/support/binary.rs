@@ -25,8 +25,13 @@ impl Binary {
     /// Starts the binary with the dashboard routes, `toml` appended, in
     /// front of `upstream`, and waits for its "dashcache listening" line.
     pub fn start(upstream: &str, toml: &str, args: &[&str]) -> Self {
+        Self::start_with_config(upstream, &format!("{toml}\n{DASHBOARD_ROUTES}"), args)
+    }
+
+    /// Starts the binary with `config_toml` as its whole configuration file.
+    pub fn start_with_config(upstream: &str, config_toml: &str, args: &[&str]) -> Self {
         let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        write!(config, "{toml}\n{DASHBOARD_ROUTES}").unwrap();
+        write!(config, "{config_toml}").unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_dashcache"))
             .arg("--config")
             .arg(config.path())
@@ -70,6 +75,17 @@ impl Binary {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Resident memory, from /proc/<pid>/status.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
     }
 
     /// The line logged at start that contains `needle`.
