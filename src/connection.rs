@@ -40,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, Proxy};
 use crate::server::Surface;
 use crate::tls::Tls;
+use crate::write_batch::{self, BatchedIo};
 
 /// What every connection of a listener is served with, from the limits.
 /// Shared, so that a connection's task holds a pointer, not two builders.
@@ -253,10 +254,12 @@ async fn serve_http<IO: ClientStream>(
             crate::keep_alive::serve(start, deadline, &settings, drain, addr).await
         }
         // Boxed: an HTTP/2 connection's state is large, and would otherwise
-        // size the task of every HTTP/1 connection too.
+        // size the task of every HTTP/1 connection too. Its writes go out
+        // once per poll of the task (`write_batch.rs`).
         Protocol::Http2 => {
+            let (io, batch) = write_batch::gather(io);
             let served = Box::pin(serve_http2(io, service, deadline, &settings, drain, addr));
-            served.await
+            batch.flush_after_each_poll(served).await
         }
     }
 }
@@ -284,7 +287,7 @@ async fn detect<IO: AsyncRead + Unpin>(io: &mut ClientIo<IO>) -> io::Result<Prot
 }
 
 async fn serve_http2<IO: ClientStream>(
-    io: ClientIo<IO>,
+    io: BatchedIo<ClientIo<IO>>,
     service: ProxyService,
     deadline: tokio::time::Instant,
     settings: &Settings,

@@ -74,6 +74,7 @@ pub mod routes;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod write_batch;
 
 pub use config::{Cli, Config};
 pub use server::Server;

@@ -182,6 +182,41 @@ async fn an_upstream_path_prefix_is_joined_before_the_request_path() {
 }
 
 #[tokio::test]
+async fn many_answers_at_once_on_one_http2_connection_each_arrive_whole() {
+    // Answers finished in the same poll of the connection leave in one
+    // write (`write_batch.rs`); each must still reach its own stream intact.
+    let origin = Origin::start().await;
+    let body_of = |i: usize| -> Vec<u8> {
+        (0..20_000 + i * 97)
+            .map(|n| b'a' + ((n * 7 + i) % 26) as u8)
+            .collect()
+    };
+    for i in 0..48 {
+        origin.on(
+            &format!("/api/report-{i}"),
+            Behaviour::new().body(body_of(i)),
+        );
+    }
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let client = Client::http2();
+    for round in ["MISS", "HIT"] {
+        let urls: Vec<String> = (0..48)
+            .map(|i| proxy.url(&format!("/api/report-{i}")))
+            .collect();
+        let replies = futures_util::future::join_all(urls.iter().map(|url| client.get(url))).await;
+        for (i, reply) in replies.iter().enumerate() {
+            assert_eq!(reply.x_cache(), round, "report {i}");
+            assert!(
+                reply.body == body_of(i),
+                "report {i}: body of {} bytes differs",
+                reply.body.len()
+            );
+        }
+    }
+    assert_eq!(origin.total(), 48);
+}
+
+#[tokio::test]
 async fn an_http2_prior_knowledge_client_gets_hits_too() {
     let origin = Origin::start().await;
     let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;

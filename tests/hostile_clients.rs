@@ -240,6 +240,71 @@ async fn a_client_that_never_reads_its_answer_is_closed() {
     .await;
 }
 
+/// One HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test]
+async fn an_http2_client_that_never_reads_its_answer_is_closed() {
+    // HTTP/2 answers leave in batches (`write_batch.rs`): the batch must
+    // stay bounded, and `send_timeout` still apply, when the client opens
+    // its flow-control windows wide and then reads nothing.
+    let origin = Origin::start().await;
+    origin.on(
+        "/api/export",
+        Behaviour::new().body(vec![b'x'; 32 * 1024 * 1024]),
+    );
+    let proxy = proxy_with(&origin, "send_timeout = \"300ms\"").await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 2^31 - 1, and the connection window
+    // raised to match.
+    opening.extend(h2_frame(0x4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    opening.extend(h2_frame(
+        0x8,
+        0,
+        0,
+        &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
+    ));
+    // HEADERS, END_STREAM | END_HEADERS: PUT (a pass-through, streamed)
+    // /api/export, HPACK literals without indexing and without Huffman.
+    let mut block = vec![0x02, 3];
+    block.extend_from_slice(b"PUT");
+    block.push(0x86); // :scheme http
+    block.extend_from_slice(&[0x04, 11]);
+    block.extend_from_slice(b"/api/export");
+    block.extend_from_slice(&[0x01, 1, b'a']); // :authority a
+    opening.extend(h2_frame(0x1, 0x5, 1, &block));
+    stream.write_all(&opening).await.unwrap();
+
+    support::eventually("the send timeout fires", || {
+        proxy.proxy.metrics.send_timeouts.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(origin.count("/api/export"), 1);
+    // And the connection is closed: what the socket holds, then the end.
+    let closed = tokio::time::timeout(PATIENCE, async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut received = 0;
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break received,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    let received = closed.expect("the connection stayed open");
+    assert!(received < 32 * 1024 * 1024, "{received} bytes");
+}
+
 // ------------------------------------------------------------------ framing
 
 const GET: &str = "GET /api/filter-options HTTP/1.1";
