@@ -217,8 +217,13 @@ impl Proxy {
             // dashcache's own error answers (502, 504, 413…) say so too.
             respond::mark_error(headers, served.cache);
         }
-        // Replaces any id a stored answer or the upstream carried.
-        headers.insert(&request_id::X_REQUEST_ID, request_id.clone());
+        // Replaces any id a stored answer or the upstream carried. Marked
+        // sensitive for HPACK only: an HTTP/2 answer then sends it as a
+        // never-indexed literal, since a value no other answer repeats
+        // would just push the repeated fields out of the dynamic table.
+        let mut answered_id = request_id.clone();
+        answered_id.set_sensitive(true);
+        headers.insert(&request_id::X_REQUEST_ID, answered_id);
         let elapsed = started.elapsed();
         let trace = served.trace;
         self.metrics
