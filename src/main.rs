@@ -124,8 +124,9 @@ fn main() -> ExitCode {
     }
 
     // Freed pages go back to the OS about a second after they are freed,
-    // even when no traffic follows (`allocator.rs`).
-    dashcache::allocator::start_purger();
+    // even when no traffic follows, and no request pays for a walk of a
+    // whole heap (`allocator.rs`).
+    dashcache::allocator::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
