@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const HIGH_WATER: usize = 256 * 1024;
 
 /// Splits `io` into the stream hyper serves and the hook that writes what
-/// it wrote after each poll (`FlushAfterPoll::new`).
+/// it wrote after each poll ([`Batch::flush_after_each_poll`]).
 pub fn gather<IO>(io: IO) -> (BatchedIo<IO>, Batch<IO>) {
     let shared = Arc::new(Mutex::new(Shared {
         io,

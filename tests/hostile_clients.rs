@@ -218,8 +218,10 @@ async fn slow_bodies_filling_max_connections_lock_nobody_out_past_the_deadline()
     assert_eq!(proxy.proxy.metrics.body_timeouts.load(Ordering::Relaxed), 3);
 }
 
-#[tokio::test]
-async fn a_client_that_never_reads_its_answer_is_closed() {
+/// An origin with a 32 MiB answer at `/api/export`, a proxy with a 300 ms
+/// `send_timeout`, and a client socket with a 4 KiB receive buffer
+/// connected to it, which the tests never read.
+async fn export_to_a_small_window() -> (Origin, ServerHandle, TcpStream) {
     let origin = Origin::start().await;
     origin.on(
         "/api/export",
@@ -228,7 +230,13 @@ async fn a_client_that_never_reads_its_answer_is_closed() {
     let proxy = proxy_with(&origin, "send_timeout = \"300ms\"").await;
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    let stream = socket.connect(proxy.addr).await.unwrap();
+    (origin, proxy, stream)
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answer_is_closed() {
+    let (_origin, proxy, mut stream) = export_to_a_small_window().await;
     // A pass-through (PUT) streams the 32 MiB answer; the client reads none.
     stream
         .write_all(b"PUT /api/export HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
@@ -254,15 +262,7 @@ async fn an_http2_client_that_never_reads_its_answer_is_closed() {
     // HTTP/2 answers leave in batches (`write_batch.rs`): the batch must
     // stay bounded, and `send_timeout` still apply, when the client opens
     // its flow-control windows wide and then reads nothing.
-    let origin = Origin::start().await;
-    origin.on(
-        "/api/export",
-        Behaviour::new().body(vec![b'x'; 32 * 1024 * 1024]),
-    );
-    let proxy = proxy_with(&origin, "send_timeout = \"300ms\"").await;
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    let (origin, proxy, mut stream) = export_to_a_small_window().await;
     let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS_INITIAL_WINDOW_SIZE = 2^31 - 1, and the connection window
     // raised to match.

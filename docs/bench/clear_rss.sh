@@ -7,24 +7,10 @@
 #
 #   docs/bench/clear_rss.sh [BIN] [ORIGIN_BIN]
 #
-# BIN: the proxy [target/release/dashcache]; ORIGIN_BIN: compare.sh's
-# bench-origin [target/bench/target/release/bench-origin, built by
-# bench/scale.sh's h2 or miss section]. Needs wrk.
+# BIN and ORIGIN_BIN: see million_store.sh. Needs wrk.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-BIN="${1:-$REPO/target/release/dashcache}"
-ORIGIN_BIN="${2:-$REPO/target/bench/target/release/bench-origin}"
-ORIGIN=127.0.0.1:19200
-PROXY=127.0.0.1:19201
-
-"$ORIGIN_BIN" --listen "$ORIGIN" --delay-ms 0 --body-bytes 100 >/dev/null 2>&1 &
-origin_pid=$!
-"$BIN" --listen "$PROXY" --upstream "http://$ORIGIN" --maxsize 1100000 \
-    --max-bytes 4GiB --log-level warn >/dev/null 2>&1 &
-proxy_pid=$!
-trap 'kill "$proxy_pid" "$origin_pid" 2>/dev/null || true' EXIT
-sleep 0.5
+# shellcheck source=docs/bench/million_store.sh
+source "$(dirname "${BASH_SOURCE[0]}")/million_store.sh"
 
 rss() { awk '/VmRSS/ { print int($2 / 1024) }' "/proc/$proxy_pid/status"; }
 echo "idle: $(rss) MiB"
