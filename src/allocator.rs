@@ -1,6 +1,6 @@
 //! How the binary's allocator (mimalloc, the default `mimalloc` feature)
-//! is set up: memory goes back to the OS off the request workers, and no
-//! request waits for a walk of a worker's whole heap.
+//! is set up: memory goes back to the OS off the request workers, and a
+//! worker's heap stays small enough to walk inside a request.
 //!
 //! mimalloc keeps a freed page for reuse and returns it to the OS
 //! (`madvise`) once a purge delay (1 s) has passed, from whichever thread
@@ -20,18 +20,20 @@
 //! moment ago, which the workers then fault in again (846 page faults per
 //! 400,000 hits instead of 169).
 //!
-//! [`init`] also spaces out the collection mimalloc runs inside an
-//! allocation: every 10,000 slow-path allocations a thread visits every
-//! page of its heap that is not full. At a million entries that walk took
-//! 20–60 ms, on a request worker, in the middle of whichever request
-//! allocated, about every 100 ms under load, and up to 100 ms while a
-//! `clear` is swept (the pages are full of other threads' frees): the
-//! "hit delayed" outliers of the scale probe (`examples/scale.rs`). It now
-//! runs every 1,000,000 (mimalloc's largest setting). Pages still come
-//! back without it: retired pages every 1,000 slow-path allocations, a page
-//! as its thread next allocates from it, a page its thread gave up when
-//! full by whichever thread frees its last block, and the arenas' purge by
-//! the purge thread.
+//! [`init`] also bounds how many pages a request worker takes back into
+//! its heap. Every 10,000 slow-path allocations mimalloc walks every page
+//! of the thread's heap that is not full, inside whichever allocation is
+//! due. mimalloc (v3) hands a full page to its arena, and by default a
+//! thread that frees a block into such a page of its own takes it back,
+//! however many it already holds: at a million entries, with entries
+//! replaced and freed across threads, the workers' heaps held so many
+//! pages that the walk took 20–60 ms, in the middle of a request, about
+//! every 100 ms under load, and up to 125 ms while a `clear` was swept:
+//! the "hit delayed" outliers of the scale probe (`examples/scale.rs`). A
+//! thread now takes back at most [`PAGES_TAKEN_BACK`] pages per size
+//! class (`page_max_reclaim`; mimalloc's own limit across threads is 32);
+//! the others stay with the arena, where any thread allocating a fresh
+//! page finds them, and the walk stays short.
 //!
 //! Without the `mimalloc` feature (glibc's malloc) [`init`] does nothing.
 
@@ -41,35 +43,35 @@ use std::time::Duration;
 /// request worker rarely finds a purge due.
 pub const PURGE_EVERY: Duration = Duration::from_millis(100);
 
-/// How many slow-path allocations a thread makes between two collections
-/// of its whole heap (mimalloc's `generic_collect`, default 10,000; this is
-/// the largest value it takes).
-pub const HEAP_COLLECT_EVERY: i64 = 1_000_000;
+/// How many pages of a size class a thread may hold before it stops
+/// taking its own pages back from the arena on a free.
+pub const PAGES_TAKEN_BACK: i64 = 16;
 
-/// mimalloc's `mi_option_generic_collect` (`mimalloc.h`, v3): not in
+/// mimalloc's `mi_option_page_max_reclaim` (`mimalloc.h`, v3): not in
 /// libmimalloc-sys's list of option constants.
 #[cfg(feature = "mimalloc")]
-const MI_OPTION_GENERIC_COLLECT: libmimalloc_sys::mi_option_t = 34;
+const MI_OPTION_PAGE_MAX_RECLAIM: libmimalloc_sys::mi_option_t = 41;
 
-/// mimalloc's default for it, which [`init`] checks it is changing: an
-/// option set from the environment (`MIMALLOC_GENERIC_COLLECT`) is kept,
-/// and a mimalloc whose option list moved is left alone.
+/// mimalloc's default for it (unlimited), which [`init`] checks it is
+/// changing: a value set from the environment (`MIMALLOC_PAGE_MAX_RECLAIM`)
+/// is kept, and a mimalloc whose option list moved is left alone.
 #[cfg(feature = "mimalloc")]
-const GENERIC_COLLECT_DEFAULT: std::ffi::c_long = 10_000;
+const PAGE_MAX_RECLAIM_DEFAULT: std::ffi::c_long = -1;
 
-/// Sets the allocator up for the process: spaces out the heap collections
-/// inside allocations and starts the purger thread. A thread that cannot
+/// Sets the allocator up for the process: bounds the pages a thread takes
+/// back and starts the purger thread. A thread that cannot
 /// start is logged; mimalloc then purges as it would on its own.
 pub fn init() {
     #[cfg(feature = "mimalloc")]
     {
         // SAFETY: reading and setting an option, before the workers start.
         unsafe {
-            if libmimalloc_sys::mi_option_get(MI_OPTION_GENERIC_COLLECT) == GENERIC_COLLECT_DEFAULT
+            if libmimalloc_sys::mi_option_get(MI_OPTION_PAGE_MAX_RECLAIM)
+                == PAGE_MAX_RECLAIM_DEFAULT
             {
                 libmimalloc_sys::mi_option_set(
-                    MI_OPTION_GENERIC_COLLECT,
-                    HEAP_COLLECT_EVERY as std::ffi::c_long,
+                    MI_OPTION_PAGE_MAX_RECLAIM,
+                    PAGES_TAKEN_BACK as std::ffi::c_long,
                 );
             }
         }
@@ -98,13 +100,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn init_spaces_out_the_heap_collections_of_the_linked_mimalloc() {
+    fn init_bounds_the_pages_a_thread_takes_back_in_the_linked_mimalloc() {
         // The option index is mimalloc's, not libmimalloc-sys's: `init`
         // changes it only from its documented default, so this fails if
         // the index names another option.
         init();
         // SAFETY: reading an option.
-        let every = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_GENERIC_COLLECT) };
-        assert_eq!(every as i64, HEAP_COLLECT_EVERY);
+        let pages = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PAGE_MAX_RECLAIM) };
+        assert_eq!(pages as i64, PAGES_TAKEN_BACK);
     }
 }
