@@ -59,8 +59,8 @@ const MI_OPTION_PAGE_MAX_RECLAIM: libmimalloc_sys::mi_option_t = 41;
 const PAGE_MAX_RECLAIM_DEFAULT: std::ffi::c_long = -1;
 
 /// Sets the allocator up for the process: bounds the pages a thread takes
-/// back and starts the purger thread. A thread that cannot
-/// start is logged; mimalloc then purges as it would on its own.
+/// back and starts the purger thread. A purger that cannot start is
+/// logged; mimalloc then purges as it would on its own.
 pub fn init() {
     #[cfg(feature = "mimalloc")]
     {

@@ -124,8 +124,8 @@ fn main() -> ExitCode {
     }
 
     // Freed pages go back to the OS about a second after they are freed,
-    // even when no traffic follows, and no request pays for a walk of a
-    // whole heap (`allocator.rs`).
+    // even when no traffic follows, and a worker's heap stays small enough
+    // for mimalloc's periodic walk of it inside a request (`allocator.rs`).
     dashcache::allocator::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
