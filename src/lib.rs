@@ -65,6 +65,7 @@ mod keep_alive;
 pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
+mod per_thread;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;

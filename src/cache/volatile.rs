@@ -5,8 +5,9 @@
 //! parameter), with the hit rate the route would have if they were left out
 //! of the key.
 //!
-//! Cost: every keyed request bumps one relaxed counter; the first
-//! [`WARMUP`] requests of a route are sampled, then one in a stride of at
+//! Cost: every keyed request bumps one counter of its thread's own; the
+//! first [`WARMUP`] requests a thread serves for a route are sampled, then
+//! one in a stride of at
 //! least [`SAMPLE_EVERY`] that follows what samples cost: a sample that took
 //! `t` ns sets the stride towards `t /` [`BUDGET_NS`], so the sampler's
 //! average cost per request stays near [`BUDGET_NS`] whatever the bodies
@@ -41,7 +42,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Instant;
 
 use http::Method;
@@ -52,8 +55,10 @@ use tracing::warn;
 use super::key::{KeyBody, RequestIdentity};
 use super::key_rules::KeyRules;
 use super::sketch::{hash_of, Distinct};
+use crate::per_thread::{self, PerThread};
 
-/// Every request of a route is sampled until it has seen this many.
+/// Every request of a route is sampled until the thread serving it has
+/// seen this many.
 pub const WARMUP: u64 = 256;
 /// After the warm-up, one request in this many is sampled.
 pub const SAMPLE_EVERY: u64 = 32;
@@ -96,15 +101,19 @@ pub const MAX_ROUTE_BYTES: usize =
 /// The samplers of every route, by route name.
 ///
 /// A route's sampler is created on its first keyed request and then only
-/// read, so an `RwLock` over the map costs hits a shared read; each sampler
-/// has its own `Mutex`, taken with `try_lock` by sampled requests only.
+/// read: the map is replaced whole when a route is added (`ArcSwap`), so a
+/// request reads it without a lock or a shared reference count. Each
+/// sampler counts requests per thread and has its own `Mutex`, taken with
+/// `try_lock` by sampled requests only.
 #[derive(Default)]
 pub struct VolatileDetector {
-    routes: RwLock<HashMap<Arc<str>, Arc<RouteSampler>>>,
+    routes: ArcSwap<HashMap<Arc<str>, Arc<RouteSampler>>>,
 }
 
 struct RouteSampler {
-    seen: AtomicU64,
+    /// Requests seen, per thread: each thread samples its own warm-up and
+    /// one in a stride of its own requests.
+    seen: PerThread<AtomicU64>,
     /// Requests per sample after the warm-up (see [`next_stride`]).
     stride: AtomicU64,
     state: Mutex<SamplerState>,
@@ -113,7 +122,7 @@ struct RouteSampler {
 impl Default for RouteSampler {
     fn default() -> Self {
         Self {
-            seen: AtomicU64::new(0),
+            seen: PerThread::default(),
             stride: AtomicU64::new(SAMPLE_EVERY),
             state: Mutex::default(),
         }
@@ -226,7 +235,7 @@ impl VolatileDetector {
 
     /// The suspected fields of `route` (empty when none, or too few samples).
     pub fn report(&self, route: &str) -> Vec<VolatileField> {
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let routes = self.routes.load();
         routes.get(route).map_or_else(Vec::new, |sampler| {
             sampler
                 .state
@@ -238,13 +247,7 @@ impl VolatileDetector {
 
     /// Every route's suspected fields, routes without any left out.
     pub fn reports(&self) -> BTreeMap<String, Vec<VolatileField>> {
-        let names: Vec<Arc<str>> = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let names: Vec<Arc<str>> = self.routes.load().keys().cloned().collect();
         names
             .into_iter()
             .map(|name| (name.to_string(), self.report(&name)))
@@ -253,27 +256,24 @@ impl VolatileDetector {
     }
 
     /// Counts a request of `route`; its sampler when this one is sampled.
-    /// The common case takes the map's read lock and one relaxed add.
+    /// The common case reads the map and adds to the thread's own count.
     fn due(&self, route: &Arc<str>) -> Option<Arc<RouteSampler>> {
         let is_due = |sampler: &RouteSampler| {
-            let seen = sampler.seen.fetch_add(1, Ordering::Relaxed);
+            let own = sampler.seen.local();
+            let seen = own.load(Ordering::Relaxed);
+            per_thread::add(own, 1);
             seen < WARMUP || seen.is_multiple_of(sampler.stride.load(Ordering::Relaxed))
         };
-        if let Some(sampler) = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(route)
-        {
+        if let Some(sampler) = self.routes.load().get(route) {
             return is_due(sampler).then(|| sampler.clone());
         }
-        let sampler = self
-            .routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(route.clone())
-            .or_default()
-            .clone();
+        let mut added = None;
+        self.routes.rcu(|routes| {
+            let mut routes = HashMap::clone(routes);
+            added = Some(routes.entry(route.clone()).or_default().clone());
+            routes
+        });
+        let sampler = added.expect("rcu ran at least once");
         is_due(&sampler).then_some(sampler)
     }
 }
@@ -927,7 +927,7 @@ mod tests {
                 body.as_bytes(),
             );
         }
-        let routes = detector.routes.read().unwrap();
+        let routes = detector.routes.load();
         let state = routes["r"].state.lock().unwrap();
         assert!(state.window.fields.len() <= MAX_FIELDS);
         let bytes: usize = state
@@ -1005,9 +1005,7 @@ mod tests {
                 body.as_bytes(),
             );
         }
-        let stride = detector.routes.read().unwrap()["r"]
-            .stride
-            .load(Ordering::Relaxed);
+        let stride = detector.routes.load()["r"].stride.load(Ordering::Relaxed);
         assert!(stride > SAMPLE_EVERY * 4, "{stride}");
     }
 

@@ -6,7 +6,9 @@
 //! Recording an answer touches only relaxed atomics: each counter is
 //! independent and read rarely (stats, scrapes, the history sampler), so no
 //! ordering is needed, and latency histograms are atomic buckets
-//! (`tally.rs`), not a mutex. Per-route figures live in a map that is
+//! (`tally.rs`), not a mutex. What a hit records is kept per thread
+//! (`per_thread.rs`): two workers serving one route never write the same
+//! cache line. Per-route figures live in a map that is
 //! replaced whole (copy on write, `ArcSwap`) the first time a route name is
 //! seen; afterwards every request reads it without a lock and without
 //! touching a shared reference count. Prometheus text is produced at scrape
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::per_thread::Counter;
 use crate::respond::CacheStatus;
 
 pub mod history;
@@ -72,7 +75,7 @@ pub struct RouteMetrics {
     bypassed: Tally,
     stale: Tally,
     /// Sum over hits of the upstream time each hit's entry originally took.
-    saved_micros: AtomicU64,
+    saved_micros: Counter,
 }
 
 /// One route's figures, copied for one answer.
@@ -210,9 +213,7 @@ impl Metrics {
                 route.hits.record(elapsed);
                 self.history.hit_latency.record(elapsed);
                 if let Some(saved) = saved {
-                    route
-                        .saved_micros
-                        .fetch_add(saved.as_micros() as u64, Ordering::Relaxed);
+                    route.saved_micros.add(saved.as_micros() as u64);
                 }
             }
             CacheStatus::Miss => route.misses.record(elapsed),
@@ -265,7 +266,7 @@ impl Metrics {
                     miss_micros: route.misses.micros(),
                     bypass_micros: route.bypassed.micros(),
                     stale_micros: route.stale.micros(),
-                    saved_micros: load(&route.saved_micros),
+                    saved_micros: route.saved_micros.get(),
                 };
                 (name.clone(), snap)
             })

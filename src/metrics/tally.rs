@@ -1,7 +1,8 @@
-//! A lock-free latency histogram: a count, a total and fixed buckets, each
-//! its own relaxed atomic, so recording an answer never waits for another
-//! thread (prometheus-client's `Histogram::observe` takes a mutex, which
-//! made every hit on one route queue behind the others).
+//! A lock-free latency histogram: a count, a total and fixed buckets, kept
+//! per recording thread (`per_thread.rs`), so recording an answer never
+//! waits for another thread nor writes a line another thread writes
+//! (prometheus-client's `Histogram::observe` takes a mutex, which made
+//! every hit on one route queue behind the others).
 //!
 //! The count and the total are the very counters the stats answer reads,
 //! so `_count` and `_sum` in Prometheus equal stats' figures by construction.
@@ -12,6 +13,8 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
+use crate::per_thread::{self, PerThread};
+
 /// Upper bounds of the buckets in microseconds (`le`, inclusive): hits take
 /// microseconds, warehouse queries seconds. A last, unbounded bucket follows.
 const BOUNDS_MICROS: [u64; 17] = [
@@ -20,39 +23,59 @@ const BOUNDS_MICROS: [u64; 17] = [
 ];
 
 /// A count and the total time the counted requests took, with their
-/// distribution over [`BOUNDS_MICROS`].
+/// distribution over [`BOUNDS_MICROS`]: one set per recording thread
+/// (`per_thread.rs`), summed when read.
 #[derive(Debug, Default)]
 pub struct Tally {
+    threads: PerThread<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
     count: AtomicU64,
     micros: AtomicU64,
     buckets: [AtomicU64; BOUNDS_MICROS.len() + 1],
 }
 
 impl Tally {
-    /// Three relaxed additions; nothing else.
+    /// Three additions to the calling thread's own counts; nothing else.
     pub fn record(&self, elapsed: Duration) {
         let micros = elapsed.as_micros() as u64;
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.micros.fetch_add(micros, Ordering::Relaxed);
-        self.buckets[bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        let own = self.threads.local();
+        per_thread::add(&own.count, 1);
+        per_thread::add(&own.micros, micros);
+        per_thread::add(&own.buckets[bucket(micros)], 1);
     }
 
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.sum(|counts| &counts.count)
     }
 
     pub fn micros(&self) -> u64 {
-        self.micros.load(Ordering::Relaxed)
+        self.sum(|counts| &counts.micros)
+    }
+
+    fn bucket_counts(&self) -> [u64; BOUNDS_MICROS.len() + 1] {
+        std::array::from_fn(|i| self.sum(|counts| &counts.buckets[i]))
+    }
+
+    fn sum(&self, field: impl Fn(&Counts) -> &AtomicU64) -> u64 {
+        self.threads
+            .iter()
+            .map(|counts| field(counts).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 
     /// A copy of the figures as they are now (for a scrape).
     pub fn copy(&self) -> Self {
-        let load = |c: &AtomicU64| AtomicU64::new(c.load(Ordering::Relaxed));
-        Self {
-            count: load(&self.count),
-            micros: load(&self.micros),
-            buckets: std::array::from_fn(|i| load(&self.buckets[i])),
+        let copy = Self::default();
+        let own = copy.threads.local();
+        own.count.store(self.count(), Ordering::Relaxed);
+        own.micros.store(self.micros(), Ordering::Relaxed);
+        for (cell, value) in own.buckets.iter().zip(self.bucket_counts()) {
+            cell.store(value, Ordering::Relaxed);
         }
+        copy
     }
 }
 
@@ -70,10 +93,7 @@ impl EncodeMetric for Tally {
             .iter()
             .map(|&b| b as f64 / 1e6)
             .chain([f64::INFINITY]);
-        let buckets: Vec<(f64, u64)> = bounds
-            .zip(&self.buckets)
-            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
-            .collect();
+        let buckets: Vec<(f64, u64)> = bounds.zip(self.bucket_counts()).collect();
         encoder.encode_histogram::<NoLabelSet>(
             self.micros() as f64 / 1e6,
             self.count(),
@@ -106,11 +126,9 @@ mod tests {
         tally.record(Duration::from_micros(80));
         tally.record(Duration::from_millis(3));
         assert_eq!((tally.count(), tally.micros()), (2, 3_080));
-        let in_buckets: u64 = tally
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .sum();
+        let in_buckets: u64 = tally.bucket_counts().iter().sum();
         assert_eq!(in_buckets, 2);
+        let copy = tally.copy();
+        assert_eq!((copy.count(), copy.micros()), (2, 3_080));
     }
 }

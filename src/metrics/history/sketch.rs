@@ -2,8 +2,8 @@
 //! microseconds (8 sub-buckets per power of two, so any quantile read back
 //! is within about 6 % of the true value), from 1 µs to about 19 hours.
 //!
-//! [`LiveSketch`] is the recording side: cumulative relaxed atomic counts,
-//! one `fetch_add` per observation, no lock. Every interval the sampler
+//! [`LiveSketch`] is the recording side: cumulative counts per recording
+//! thread, one addition to the thread's own line per observation, no lock. Every interval the sampler
 //! reads it and keeps the difference as a [`Sketch`]: sparse, small in
 //! JSON (`[[bucket, count], …]`), and mergeable by adding counts, which is
 //! what turns six 10 s intervals into a minute or several replicas into a
@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::per_thread::{self, PerThread};
 
 /// Values below this many microseconds get a bucket each.
 const LINEAR: u64 = 8;
@@ -45,33 +47,38 @@ fn bounds(index: usize) -> (u64, u64) {
     ((LINEAR + sub) * width, width)
 }
 
-/// The recording side: cumulative counts since start.
-#[derive(Debug)]
+/// The recording side: cumulative counts since start, one set per
+/// recording thread (`per_thread.rs`).
+#[derive(Debug, Default)]
 pub struct LiveSketch {
-    counts: Box<[AtomicU64]>,
+    threads: PerThread<Counts>,
 }
 
-impl Default for LiveSketch {
+#[derive(Debug)]
+struct Counts(Box<[AtomicU64]>);
+
+impl Default for Counts {
     fn default() -> Self {
-        Self {
-            counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-        }
+        Self((0..BUCKETS).map(|_| AtomicU64::new(0)).collect())
     }
 }
 
 impl LiveSketch {
-    /// One relaxed addition.
+    /// One addition to the calling thread's own counts.
     pub fn record(&self, elapsed: Duration) {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.counts[index(micros)].fetch_add(1, Ordering::Relaxed);
+        per_thread::add(&self.threads.local().0[index(micros)], 1);
     }
 
-    /// The cumulative counts, one per bucket.
+    /// The cumulative counts, one per bucket, summed over threads.
     pub fn read(&self) -> Vec<u64> {
-        self.counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect()
+        let mut sums = vec![0u64; BUCKETS];
+        for counts in self.threads.iter() {
+            for (sum, count) in sums.iter_mut().zip(counts.0.iter()) {
+                *sum = sum.wrapping_add(count.load(Ordering::Relaxed));
+            }
+        }
+        sums
     }
 }
 
