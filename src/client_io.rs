@@ -1,10 +1,18 @@
 //! A client connection's byte stream, as hyper reads and writes it: the
-//! request framing followed in place (`framing.rs`), the deadline of a
-//! request body, and the deadline of an answer the client does not read.
+//! request framing followed in place (`framing.rs`), and the deadlines of a
+//! request head, a request body, and an answer the client does not read.
 //!
-//! hyper bounds the request head (`header_read_timeout`) but nothing after
-//! it, so [`ClientIo`] adds, on the same bytes and without copying them:
+//! [`ClientIo`] keeps them on the same bytes, without copying them:
 //!
+//! - `header_read_timeout` (HTTP/1): once an HTTP/1 connection has no
+//!   request in flight, the next head must be complete within that time, or
+//!   the read fails with [`HeadTimeout`] and hyper closes the connection
+//!   without an answer. It also ends an idle keep-alive connection. hyper
+//!   has this timer itself, but arms a new one for every request (an
+//!   allocation, a timer-wheel insert and removal, and a shared reference
+//!   count per request); here one timer per connection is armed once and
+//!   moved only when it fires before the head it guards is due, so a busy
+//!   connection pays one clock read per request.
 //! - `body_read_timeout` and `body_min_rate`: once the proxy waits for body
 //!   bytes, the client may not keep it waiting longer than
 //!   `body_read_timeout` between two reads, and the body must arrive within
@@ -17,8 +25,9 @@
 //!   long fails with [`SendTimeout`] and hyper drops the connection: a client
 //!   that never reads its answer cannot pin the answer's memory.
 //!
-//! Both timers exist only while the proxy is actually waiting on the client,
-//! so an idle keep-alive connection carries none.
+//! The body and send timers exist only while the proxy is actually waiting
+//! on the client; the head timer is let go when an idle connection is
+//! parked.
 //!
 //! For the parking of idle HTTP/1 connections (`keep_alive.rs`),
 //! [`ConnectionWatch`] also learns, at the cost of a few relaxed stores per
@@ -51,6 +60,9 @@ pub struct ClientDeadlines {
     /// `body_read_timeout`; 0 turns the rate off (the gap still applies).
     pub body_min_rate: u64,
     pub send_timeout: Duration,
+    /// How long an HTTP/1 connection may wait for a complete request head
+    /// while no request is in flight (see [`ClientIo::time_request_heads`]).
+    pub header_read_timeout: Duration,
 }
 
 /// Which client deadline ran out.
@@ -100,6 +112,10 @@ impl BodyReadTimeout {
 #[error("client did not read the answer for {0:?} (send_timeout)")]
 pub struct SendTimeout(Duration);
 
+#[derive(Debug, thiserror::Error)]
+#[error("no complete request head within {0:?} (header_read_timeout)")]
+pub struct HeadTimeout(Duration);
+
 /// True when `err`'s chain holds a [`BodyReadTimeout`]. `io::Error` hides
 /// the error it wraps from `source()`, so each one is opened by hand.
 pub fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -144,9 +160,9 @@ pub struct ConnectionWatch {
     /// The last I/O call was a read that found nothing, between two
     /// requests, with no write waiting.
     resting: AtomicBool,
-    /// Nanoseconds from `epoch` to when the connection last came to rest
-    /// after writing: the end of the last answer, when hyper starts its
-    /// `header_read_timeout` for the next head.
+    /// Nanoseconds from `epoch` to the connection's last write: once it is
+    /// at rest, the end of the last answer, from which the next head's
+    /// `header_read_timeout` runs.
     rested_at: AtomicU64,
 }
 
@@ -214,6 +230,13 @@ impl ConnectionWatch {
         self.answered.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// HTTP/1 requests handed to the service whose answer has not ended.
+    fn answers_pending(&self) -> u64 {
+        self.requests
+            .load(Ordering::Relaxed)
+            .wrapping_sub(self.answered.load(Ordering::Relaxed))
+    }
+
     /// Reads and writes that moved bytes so far; unchanged between two
     /// samples means the connection was quiet in between.
     pub fn io_events(&self) -> u64 {
@@ -229,8 +252,8 @@ impl ConnectionWatch {
             && self.answered.load(Ordering::Relaxed) == self.requests.load(Ordering::Relaxed)
     }
 
-    /// When the connection last came to rest after writing an answer (the
-    /// connection's start before any).
+    /// When the connection last wrote: once at rest, the end of its last
+    /// answer (the connection's start before any).
     pub fn rested_at(&self) -> Instant {
         self.epoch + Duration::from_nanos(self.rested_at.load(Ordering::Relaxed))
     }
@@ -262,10 +285,17 @@ pub struct ClientIo<IO> {
     body: Option<BodyClock>,
     read_timer: Option<Pin<Box<Sleep>>>,
     write_timer: Option<Pin<Box<Sleep>>>,
+    /// Whether request heads are timed (HTTP/1 only).
+    time_heads: bool,
+    /// Since when the connection has waited for the current head, with no
+    /// request in flight; `None` while a request is in flight.
+    head_since: Option<Instant>,
+    /// Armed at some head's deadline, at or before the current one's.
+    head_timer: Option<Pin<Box<Sleep>>>,
+    /// Heads the scanner had judged when the clock last started.
+    heads_seen: u64,
     /// Bytes already read (and followed) that the next reader gets first.
     replay: Option<Bytes>,
-    /// Bytes were written since the connection last came to rest.
-    wrote_since_rest: bool,
 }
 
 impl<IO> ClientIo<IO> {
@@ -284,8 +314,11 @@ impl<IO> ClientIo<IO> {
             body: None,
             read_timer: None,
             write_timer: None,
+            time_heads: false,
+            head_since: None,
+            head_timer: None,
+            heads_seen: 0,
             replay: None,
-            wrote_since_rest: false,
         }
     }
 
@@ -297,6 +330,18 @@ impl<IO> ClientIo<IO> {
         if !bytes.is_empty() {
             self.replay = Some(bytes);
         }
+    }
+
+    /// Bounds every request head by `header_read_timeout` from here on:
+    /// for an HTTP/1 connection, whose requests come one after another.
+    pub fn time_request_heads(&mut self) {
+        self.time_heads = true;
+    }
+
+    /// Lets the head timer go while the connection is parked: the clock
+    /// itself is kept, and the timer is armed again at the next wait.
+    pub fn release_head_timer(&mut self) {
+        self.head_timer = None;
     }
 
     pub fn get_ref(&self) -> &IO {
@@ -315,16 +360,17 @@ impl<IO> ClientIo<IO> {
     /// with no write waiting.
     fn read_pending(&mut self) {
         let resting = self.scanner.at_boundary() && self.write_timer.is_none();
-        if resting && self.wrote_since_rest {
-            self.wrote_since_rest = false;
-            let nanos = self.watch.epoch.elapsed().as_nanos() as u64;
-            self.watch.rested_at.store(nanos, Ordering::Relaxed);
-        }
         self.watch.resting.store(resting, Ordering::Relaxed);
     }
 
     fn observe(&mut self, bytes: &[u8]) {
         let body_bytes = self.scanner.observe(bytes);
+        if self.scanner.heads() != self.heads_seen {
+            // The head waited for is complete; the next one gets a clock
+            // of its own at its first wait.
+            self.heads_seen = self.scanner.heads();
+            self.head_since = None;
+        }
         if let Some(clock) = &mut self.body {
             if body_bytes > 0 {
                 clock.last = Instant::now();
@@ -387,6 +433,45 @@ impl<IO> ClientIo<IO> {
         })))
     }
 
+    /// A read found nothing inside or before a head: fails once the head
+    /// has been waited for `header_read_timeout` with no request in flight.
+    fn poll_head_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let waiting = self.time_heads && self.watch.answers_pending() == 0;
+        if !waiting {
+            // hyper also reads while it serves a request (to see the client
+            // leave): that is not a wait for a head.
+            self.head_since = None;
+            return Poll::Pending;
+        }
+        let timeout = self.deadlines.header_read_timeout;
+        // As hyper would: from the end of the last answer (hyper may not
+        // read again until the client sends), or from now before any.
+        let since = *self
+            .head_since
+            .get_or_insert_with(|| match self.watch.requests() {
+                0 => Instant::now(),
+                _ => self.watch.rested_at(),
+            });
+        let deadline = since + timeout;
+        let timer = self
+            .head_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // Left armed from an earlier head, it fires early at most once per
+        // head: only then is it moved to this head's deadline.
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                self.head_timer = None;
+                self.head_since = None;
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    HeadTimeout(timeout),
+                )));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+
     /// After a write or flush made no progress: fails once `send_timeout`
     /// has passed since the first such attempt.
     fn poll_send_deadline<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
@@ -424,7 +509,10 @@ impl<IO> ClientIo<IO> {
 
     /// A write that moved bytes: the connection is busy.
     fn moved(&mut self) {
-        self.wrote_since_rest = true;
+        let nanos = self.watch.epoch.elapsed().as_nanos() as u64;
+        self.watch.rested_at.store(nanos, Ordering::Relaxed);
+        // An answer is going out: the next head's wait starts after it.
+        self.head_since = None;
         self.watch.bump_io();
         self.watch.resting.store(false, Ordering::Relaxed);
     }
@@ -461,7 +549,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ClientIo<IO> {
             Poll::Pending if this.scanner.phase() == Phase::Body => this.poll_body_deadline(cx),
             Poll::Pending => {
                 this.read_pending();
-                Poll::Pending
+                this.poll_head_deadline(cx)
             }
             other => other,
         }
@@ -527,6 +615,7 @@ mod tests {
             body_read_timeout: Duration::from_secs(10),
             body_min_rate: 100,
             send_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 
@@ -539,6 +628,108 @@ mod tests {
             }),
             count,
         )
+    }
+
+    /// A connection whose request heads are timed, as an HTTP/1 one is.
+    fn timed_heads(server: tokio::io::DuplexStream) -> ClientIo<tokio::io::DuplexStream> {
+        let (on_stall, _) = counting();
+        let mut io = ClientIo::new(server, deadlines(), Arc::default(), on_stall);
+        io.time_request_heads();
+        io
+    }
+
+    fn is_head_timeout(err: &io::Error) -> bool {
+        err.kind() == io::ErrorKind::TimedOut
+            && err.get_ref().is_some_and(|inner| inner.is::<HeadTimeout>())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_trickled_past_header_read_timeout_fails_the_read() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut io = timed_heads(server);
+        let (_reader, mut writer) = tokio::io::split(client);
+        let trickle = tokio::spawn(async move {
+            writer.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            // A header byte every second: the head never ends.
+            for _ in 0..100 {
+                if writer.write_all(b"x").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        let err = loop {
+            match io.read(&mut buf).await {
+                Ok(n) => assert!(n > 0),
+                Err(err) => break err,
+            }
+        };
+        assert!(is_head_timeout(&err), "{err}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) && waited < Duration::from_millis(30_010),
+            "{waited:?}"
+        );
+        trickle.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_head_gets_header_read_timeout_of_its_own_from_the_answer_before() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut io = timed_heads(server);
+        let watch = io.watch().clone();
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let mut buf = [0u8; 4096];
+        for _ in 0..3 {
+            // Each head comes 20 s after the last answer: 60 s in all,
+            // twice the timeout, but never 30 s for one head.
+            let send = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                writer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+                writer
+            });
+            let n = io.read(&mut buf).await.expect("within its own deadline");
+            assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
+            writer = send.await.unwrap();
+            // The service takes the request, answers it after 40 s (longer
+            // than the timeout: a request in flight is not a wait for a
+            // head), and the answer is written.
+            watch.next_request_conflicts();
+            let answering = {
+                let watch = watch.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(40)).await;
+                    watch.answer_done();
+                })
+            };
+            let waiting = tokio::time::timeout(Duration::from_secs(40), io.read(&mut buf)).await;
+            assert!(waiting.is_err(), "no head and no error while answering");
+            answering.await.unwrap();
+            io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            let n = reader.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+        }
+        // Nothing more: the connection fails 30 s after the last answer.
+        let answered = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert!(is_head_timeout(&err), "{err}");
+        assert_eq!(answered.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_has_no_head_deadline() {
+        let (client, server) = tokio::io::duplex(1024);
+        let (on_stall, _) = counting();
+        // Not `time_request_heads`: HTTP/2 frames are not HTTP/1 heads.
+        let mut io = ClientIo::new(server, deadlines(), Arc::default(), on_stall);
+        let (_reader, _writer) = tokio::io::split(client);
+        let mut buf = [0u8; 64];
+        let waited = tokio::time::timeout(Duration::from_secs(120), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "still waiting after 120 s");
     }
 
     #[tokio::test(start_paused = true)]

@@ -62,11 +62,11 @@ impl Settings {
         let max_header_bytes = limits.max_header_bytes as usize;
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
-            // hyper starts this timer whenever it waits for a head, so it
-            // also ends a keep-alive connection that stays idle this long
-            // (a parked one is closed at the same moment, `keep_alive.rs`).
-            .header_read_timeout(limits.header_read_timeout)
+            // `ClientIo` times request heads instead, with one timer per
+            // connection rather than one per request; it also ends a
+            // keep-alive connection that stays idle this long (a parked one
+            // is closed at the same moment, `keep_alive.rs`).
+            .header_read_timeout(None)
             // A head that does not fit the read buffer is answered 431.
             .max_buf_size(max_header_bytes)
             .keep_alive(true);
@@ -86,6 +86,7 @@ impl Settings {
                 body_read_timeout: limits.body_read_timeout,
                 body_min_rate: limits.body_min_rate,
                 send_timeout: limits.send_timeout,
+                header_read_timeout: limits.header_read_timeout,
             },
             idle_timeout: limits.header_read_timeout,
             park_after: limits.idle_park_after,
@@ -250,6 +251,7 @@ async fn serve_http<IO: ClientStream>(
     debug!(client = %addr, protocol = protocol.as_str(), "connection serving");
     match protocol {
         Protocol::Http1 => {
+            io.time_request_heads();
             let start = Box::new((io, service));
             crate::keep_alive::serve(start, deadline, &settings, drain, addr).await
         }
@@ -463,6 +465,7 @@ mod tests {
             body_read_timeout: Duration::from_secs(10),
             body_min_rate: 0,
             send_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 

@@ -52,7 +52,7 @@ enum State {
 /// Where the scanner is, for the connection's deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Waiting for, or inside, a request head (hyper's `header_read_timeout`).
+    /// Waiting for, or inside, a request head (`header_read_timeout`).
     Head,
     /// Inside a request body (`body_read_timeout`).
     Body,
@@ -109,6 +109,11 @@ impl FramingScanner {
             | State::Trailers(_) => Phase::Body,
             State::Passthrough => Phase::Unknown,
         }
+    }
+
+    /// Request heads seen complete so far.
+    pub fn heads(&self) -> u64 {
+        self.heads
     }
 
     /// Between two requests with nothing of the next head seen yet.

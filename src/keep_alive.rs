@@ -20,8 +20,8 @@
 //!
 //! What holds for an unparked connection holds for a parked one:
 //! - it is closed when it has been idle for `header_read_timeout` since its
-//!   last answer, the moment hyper's own head timer would have closed it,
-//!   and a head begun while parked must be complete by then too;
+//!   last answer, the moment `ClientIo`'s head deadline would have closed
+//!   it, and a head begun while parked must be complete by then too;
 //! - the drain (SIGTERM) closes it at once, as hyper closes an idle one;
 //! - it keeps its `max_connections` slot;
 //! - `ClientIo` (the framing guard, the body and send deadlines) carries
@@ -103,6 +103,7 @@ pub(crate) async fn serve<IO: ClientStream>(
             ..
         } = parts;
         io = parked.into_inner();
+        io.release_head_timer();
         service = kept;
         let idle_until = match watch.requests() {
             0 => first_deadline,
@@ -133,8 +134,8 @@ pub(crate) async fn serve<IO: ClientStream>(
             // request: hand them to hyper at once.
             io.replay(read_buf);
         }
-        // The new hyper connection starts its head timer now; the head it
-        // reads must still be done when the parked connection's would be.
+        // The head the new hyper connection reads must still be done when
+        // the parked connection's would be (`ClientIo` keeps that clock too).
         head_due = Some((idle_until, watch.requests()));
         woken = true;
     }

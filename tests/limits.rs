@@ -169,6 +169,28 @@ async fn an_idle_keep_alive_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn an_answer_slower_than_header_read_timeout_still_arrives_on_a_kept_connection() {
+    let origin = Origin::start().await;
+    // The upstream takes longer than the head deadline: a request in
+    // flight is not a wait for a head, before or after its answer starts.
+    origin.on(
+        "/api/slow-query",
+        Behaviour::new().delay(Duration::from_millis(900)),
+    );
+    let proxy = proxy_with(&origin, "header_read_timeout = \"300ms\"").await;
+
+    let (mut sender, _connection) = http1_connection(&proxy).await;
+    for _ in 0..2 {
+        assert_eq!(get(&mut sender, "/api/slow-query").await.unwrap(), 200);
+        // Back within the deadline: the next head is due 300 ms after the
+        // answer, not after the request.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(origin.count("/api/slow-query"), 1, "the second was a hit");
+    assert_eq!(get(&mut sender, "/api/other").await.unwrap(), 200);
+}
+
+#[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed() {
     let origin = Origin::start().await;
     let proxy = proxy_with(&origin, "header_read_timeout = \"300ms\"").await;
