@@ -203,7 +203,7 @@ impl Proxy {
         let request_id = request_id::for_request(
             request.headers(),
             client.addr.ip(),
-            &self.config().trusted_proxies,
+            &self.live.peek().trusted_proxies,
         );
         request
             .headers_mut()

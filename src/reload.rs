@@ -76,6 +76,12 @@ impl LiveConfig {
         self.current.load_full()
     }
 
+    /// The running configuration for a read that ends before the caller
+    /// awaits anything: no shared reference count is touched.
+    pub fn peek(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.current.load()
+    }
+
     /// Re-reads the file and swaps in the result if it is valid.
     pub fn reload(&self) -> Reload {
         let running = self.current.load_full();

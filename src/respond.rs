@@ -252,14 +252,24 @@ pub fn from_entry(
     } else {
         body::full(entry.body.clone())
     };
+    // Sized for the fields added below and `X-Request-Id` (`Proxy::handle`)
+    // at once: a clone of the stored map has no room to spare, and
+    // growing it rehashes every field.
+    let mut headers = HeaderMap::with_capacity(entry.headers.len() + ADDED_FIELDS);
+    for (name, value) in &entry.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(AGE, age_value(entry.age(now)));
+    mark(&mut headers, status, field);
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
-    let headers = response.headers_mut();
-    headers.clone_from(&entry.headers);
-    headers.insert(AGE, age_value(entry.age(now)));
-    mark(headers, status, field);
+    *response.headers_mut() = headers;
     response
 }
+
+/// Fields a hit's answer gets beyond the stored ones: `Age`, `X-Cache`,
+/// `Cache-Status` and `X-Request-Id`.
+const ADDED_FIELDS: usize = 4;
 
 /// A complete answer that was not stored (shared with coalesced waiters).
 pub fn from_buffered(
