@@ -37,7 +37,7 @@ use crate::drain::DrainWatch;
 use crate::error::BoxError;
 use crate::framing::FRAMING_CONFLICT;
 use crate::metrics::Metrics;
-use crate::proxy::{ClientInfo, Proxy};
+use crate::proxy::{self, ClientInfo, Proxy};
 use crate::server::Surface;
 use crate::tls::Tls;
 use crate::write_batch::{self, BatchedIo};
@@ -374,10 +374,7 @@ type Answer = hyper::Response<Tracked>;
 impl hyper::service::Service<hyper::Request<Incoming>> for ProxyService {
     type Response = Answer;
     type Error = Infallible;
-    // Boxed per request: hyper keeps one slot for the service's future for
-    // the whole life of an HTTP/1 connection, and the pipeline's future is
-    // many KiB. Inline, every idle keep-alive connection would keep that much.
-    type Future = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
+    type Future = Answering;
 
     fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
         if self.watch.next_request_conflicts() {
@@ -391,15 +388,40 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ProxyService {
             self.watch.clone(),
             request.version() == http::Version::HTTP_2,
         );
-        let proxy = self.proxy.clone();
-        let client = self.client;
-        Box::pin(async move {
-            let response = proxy.handle(request, client).await;
-            Ok(response.map(|body| Tracked {
-                body,
-                _answer: answer,
-            }))
-        })
+        let tracked = |body| Tracked {
+            body,
+            _answer: answer,
+        };
+        match self.proxy.clone().answer(request, self.client) {
+            proxy::Answer::Now(response) => Answering::Ready(Some(response.map(tracked))),
+            proxy::Answer::Later(answering) => {
+                Answering::Pending(Box::pin(async move { answering.await.map(tracked) }))
+            }
+        }
+    }
+}
+
+/// The service's future: an answer ready at once (a fresh hit in memory),
+/// or the pipeline's. Boxed in the second case: hyper keeps one slot for
+/// the service's future for the whole life of an HTTP/1 connection, and the
+/// pipeline's future is many KiB. Inline, every idle keep-alive connection
+/// would keep that much. The ready answer stays inline (the slot grows to
+/// a few hundred bytes, freed when an idle connection is parked): boxing
+/// it would cost the allocation that answering at once saves.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Answering {
+    Ready(Option<Answer>),
+    Pending(Pin<Box<dyn Future<Output = Answer> + Send>>),
+}
+
+impl Future for Answering {
+    type Output = Result<Answer, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Ready(answer) => Poll::Ready(Ok(answer.take().expect("polled once ready"))),
+            Self::Pending(answering) => answering.as_mut().poll(cx).map(Ok),
+        }
     }
 }
 

@@ -16,7 +16,9 @@
 //! unless its route is `shared`, and an answer's `Vary` selects a variant
 //! (`cache::credentials`, `cache::vary`).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +58,7 @@ use crate::routes::{Route, DEFAULT_ROUTE};
 use crate::server::Surface;
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
 
+mod at_once;
 mod filling;
 mod invalidating;
 mod waiting;
@@ -91,6 +94,22 @@ pub struct Proxy {
     default_route: Arc<str>,
     /// Base keys invalidated by unsafe requests (RFC 9111 §4.4).
     pub invalidations: Invalidations,
+}
+
+/// A request's answer: ready at once, or still to come.
+pub enum Answer {
+    /// A fresh hit in memory, answered without suspending.
+    Now(Response<ProxyBody>),
+    /// Everything else: the pipeline's future (boxed, as it is KiBs).
+    Later(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
+}
+
+/// A request as [`Proxy::begin`] saw it, for [`Proxy::finish`].
+struct Begun {
+    started: Instant,
+    method: Method,
+    uri: http::Uri,
+    request_id: HeaderValue,
 }
 
 /// What one request became, for the access log and the counters.
@@ -145,6 +164,45 @@ pub(crate) struct Keyed {
     pub credential: Option<[u8; 16]>,
 }
 
+/// The client's own Cache-Control, when the configuration honours it
+/// (RFC 9111 §5.2.1): no-cache, no-store and max-age=0 skip stored
+/// answers; max-age and min-fresh narrow which fresh ones will do.
+struct ClientFreshness {
+    directives: Option<Directives>,
+    /// Only a fresh answer from the upstream will do.
+    wants_fresh: bool,
+}
+
+impl ClientFreshness {
+    fn of(config: &Config, headers: &HeaderMap) -> Self {
+        let directives = config
+            .cache
+            .honor_client_no_cache
+            .then(|| Directives::cache_control(headers));
+        let wants_fresh = directives.is_some() && policy::client_wants_fresh(headers);
+        Self {
+            directives,
+            wants_fresh,
+        }
+    }
+
+    /// Whether the client takes `entry`, fresh as of `now`.
+    fn accepts(&self, entry: &Entry, now: Instant) -> bool {
+        self.directives
+            .as_ref()
+            .is_none_or(|d| policy::client_accepts_fresh(d, entry.age(now), entry.ttl_left(now)))
+    }
+}
+
+/// What [`Proxy::keys`] computes for a request.
+struct Keys {
+    method: Method,
+    ask: Ask,
+    base: CacheKey,
+    key: CacheKey,
+    credential: Option<[u8; 16]>,
+}
+
 impl Proxy {
     pub fn new(config: Config) -> Result<Self, UpstreamSetupError> {
         let upstream = Upstream::new(&config.upstream)?;
@@ -191,15 +249,26 @@ impl Proxy {
     }
 
     /// Answers one request, gives it its `X-Request-Id` (sent upstream and
-    /// back to the client) and writes its access line.
-    pub async fn handle(
-        self: Arc<Self>,
-        mut request: Request<Incoming>,
-        client: ClientInfo,
-    ) -> Response<ProxyBody> {
+    /// back to the client) and writes its access line: at once for a fresh
+    /// hit in memory (`proxy/at_once.rs`), otherwise through the pipeline.
+    pub fn answer(self: Arc<Self>, mut request: Request<Incoming>, client: ClientInfo) -> Answer {
+        let begun = self.begin(&mut request, client);
+        match self.hit_at_once(request, client, &begun.uri) {
+            Ok(served) => Answer::Now(self.finish(begun, served, None, client)),
+            Err(request) => Answer::Later(Box::pin(async move {
+                let uri = begun.uri.clone();
+                let dispatched = access::noting_errors(self.dispatch(request, client, &uri));
+                tokio::pin!(dispatched);
+                let served = dispatched.as_mut().await;
+                let failure = access::failure(dispatched);
+                self.finish(begun, served, failure, client)
+            })),
+        }
+    }
+
+    /// What the access line needs from the request, and its id (set on it).
+    fn begin(&self, request: &mut Request<Incoming>, client: ClientInfo) -> Begun {
         let started = Instant::now();
-        let method = request.method().clone();
-        let uri = request.uri().clone();
         let request_id = request_id::for_request(
             request.headers(),
             client.addr.ip(),
@@ -208,10 +277,28 @@ impl Proxy {
         request
             .headers_mut()
             .insert(&request_id::X_REQUEST_ID, request_id.clone());
-        let dispatched = access::noting_errors(self.dispatch(request, client, &uri));
-        tokio::pin!(dispatched);
-        let mut served = dispatched.as_mut().await;
-        let failure = access::failure(dispatched);
+        Begun {
+            started,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            request_id,
+        }
+    }
+
+    /// Marks the answer, counts it and writes its access line.
+    fn finish(
+        &self,
+        begun: Begun,
+        mut served: Served,
+        failure: Option<String>,
+        client: ClientInfo,
+    ) -> Response<ProxyBody> {
+        let Begun {
+            started,
+            method,
+            uri,
+            request_id,
+        } = begun;
         let headers = served.response.headers_mut();
         if served.cache != CacheStatus::Admin && !headers.contains_key(&respond::X_CACHE) {
             // dashcache's own error answers (502, 504, 413…) say so too.
@@ -449,19 +536,9 @@ impl Proxy {
             }
         }
 
-        // The client's own Cache-Control, when the configuration honours it
-        // (RFC 9111 §5.2.1): no-cache, no-store and max-age=0 skip stored
-        // answers; max-age and min-fresh narrow which fresh ones will do.
-        let client_cc = config
-            .cache
-            .honor_client_no_cache
-            .then(|| Directives::cache_control(&request.parts.headers));
-        let wants_fresh = client_cc.is_some() && policy::client_wants_fresh(&request.parts.headers);
-        let acceptable = |entry: &Entry, now: Instant| {
-            client_cc.as_ref().is_none_or(|d| {
-                policy::client_accepts_fresh(d, entry.age(now), entry.ttl_left(now))
-            })
-        };
+        let freshness = ClientFreshness::of(config, &request.parts.headers);
+        let wants_fresh = freshness.wants_fresh;
+        let acceptable = |entry: &Entry, now: Instant| freshness.accepts(entry, now);
         if !wants_fresh {
             let now = Instant::now();
             match self.lookup(&request.key, now).await {
@@ -501,8 +578,8 @@ impl Proxy {
         }
     }
 
-    /// Reads the body and computes the request's keys: under the route's
-    /// key rules, then its `key_headers`, then credentials, then `Vary`.
+    /// Reads the body and computes the request's keys ([`Proxy::keys`]),
+    /// and lets the volatile-field sampler see it.
     async fn key_request(
         &self,
         request: Request<RequestBody>,
@@ -513,6 +590,29 @@ impl Proxy {
     ) -> Result<Keyed, ProxyError> {
         let (parts, body) = request.into_parts();
         let body = read_body(&parts.headers, body, config.max_body_bytes).await?;
+        let keys = self.keys(&parts, &body, config, shared, route);
+        self.observe(route_name, route, &keys.method, &parts.uri, &body);
+        Ok(Keyed {
+            parts,
+            body,
+            method: keys.method,
+            ask: keys.ask,
+            base: keys.base,
+            key: keys.key,
+            credential: keys.credential,
+        })
+    }
+
+    /// A request's keys, from its head and whole body: under the route's
+    /// key rules, then its `key_headers`, then credentials, then `Vary`.
+    fn keys(
+        &self,
+        parts: &request::Parts,
+        body: &[u8],
+        config: &Config,
+        shared: bool,
+        route: Option<&Route>,
+    ) -> Keys {
         // HEAD is answered from (and fills) the GET entry, as nginx does.
         let head = parts.method == Method::HEAD;
         let method = if head {
@@ -524,10 +624,8 @@ impl Proxy {
             .map(|digest| self.store.scope_credential(digest));
         let rules = route.map_or(KeyRules::none(), |r| &*r.key_rules);
         let (path, query) = (parts.uri.path(), parts.uri.query());
-        let keyed = self.key_memo.keyed(&method, path, query, &body, rules);
+        let keyed = self.key_memo.keyed(&method, path, query, body, rules);
         let mut base = key_with_headers(keyed, rules, &parts.headers);
-        self.volatile
-            .observe(route_name, rules, &method, path, query, &body);
         if let (false, Some(credential)) = (shared, &credential) {
             base = base.derive(b"credential", &[credential]);
         }
@@ -536,15 +634,27 @@ impl Proxy {
             head,
             validators: Validators::from_request(&parts.method, &parts.headers),
         };
-        Ok(Keyed {
-            parts,
-            body,
+        Keys {
             method,
             ask,
             base,
             key,
             credential,
-        })
+        }
+    }
+
+    /// Shows one keyed request to the route's volatile-field sampler.
+    fn observe(
+        &self,
+        route_name: &Arc<str>,
+        route: Option<&Route>,
+        method: &Method,
+        uri: &http::Uri,
+        body: &[u8],
+    ) {
+        let rules = route.map_or(KeyRules::none(), |r| &*r.key_rules);
+        self.volatile
+            .observe(route_name, rules, method, uri.path(), uri.query(), body);
     }
 
     /// Sends a read request upstream on its own and streams the answer back.

@@ -146,9 +146,22 @@ impl Storage {
     pub async fn lookup(&self, key: &CacheKey, now: Instant) -> Lookup {
         match self {
             Self::Memory(store) => store.get(key, now),
-            // Boxed: the Redis round trip's state would otherwise sit in
-            // every request's future (see `Proxy::cached`).
-            Self::Tiered(tiered) => Box::pin(tiered.lookup(key, now)).await,
+            Self::Tiered(tiered) => match tiered.local(key, now) {
+                Ok(found) => found,
+                // Boxed: the Redis round trip's state would otherwise sit in
+                // every request's future (see `Proxy::cached`).
+                Err(local) => Box::pin(tiered.shared(key, now, local)).await,
+            },
+        }
+    }
+
+    /// What [`Storage::lookup`] finds, when it can tell without I/O: always
+    /// in memory alone; with Redis, when memory's answer is current or
+    /// Redis is down. `None` when only Redis can tell.
+    pub fn lookup_now(&self, key: &CacheKey, now: Instant) -> Option<Lookup> {
+        match self {
+            Self::Memory(store) => Some(store.get(key, now)),
+            Self::Tiered(tiered) => tiered.local(key, now).ok(),
         }
     }
 
@@ -270,17 +283,26 @@ impl Storage {
 }
 
 impl Tiered {
-    async fn lookup(&self, key: &CacheKey, now: Instant) -> Lookup {
+    /// Memory's answer when it is the lookup's: Redis is down, or the
+    /// entry in memory is still within `redis_l1_ttl`. Otherwise memory's
+    /// answer as `Err`, for [`Tiered::shared`] to fall back on.
+    fn local(&self, key: &CacheKey, now: Instant) -> Result<Lookup, Lookup> {
         let local = self.l1.get(key, now);
         if !self.l2.is_up() {
             // Redis down: L1 answers alone, as if there were no Redis.
-            return local;
+            return Ok(local);
         }
         let current = !matches!(local, Lookup::Miss)
             && self.l1_until.get(key).is_some_and(|until| now < until);
         if current {
-            return local;
+            Ok(local)
+        } else {
+            Err(local)
         }
+    }
+
+    /// The lookup's answer from Redis, or `local` when Redis fails.
+    async fn shared(&self, key: &CacheKey, now: Instant, local: Lookup) -> Lookup {
         match self.l2.get(key).await {
             Ok(Some(entry)) if now < entry.keep_until() => {
                 let entry = Arc::new(entry);

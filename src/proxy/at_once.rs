@@ -1,0 +1,247 @@
+//! The common case answered without suspending: a request with no body
+//! whose answer is fresh in memory.
+//!
+//! The pipeline (`dispatch` → `proxy` → `cached`) is a chain of async
+//! steps whose future is KiBs; building it, moving it into place and
+//! allocating its box cost a hit more than the lookup itself. So before
+//! building it, [`Proxy::hit_at_once`] takes the same steps synchronously,
+//! with the same helpers (`Proxy::keys`, `ClientFreshness`,
+//! `Storage::lookup_now`), as far as they go without I/O. It answers only a
+//! plain hit; at the first thing that needs more (a body to read, a refusal,
+//! the admin API, a shared route, a client that wants a fresh answer, Redis
+//! to ask, anything but a fresh acceptable entry) it hands the request back
+//! untouched and the pipeline takes it from the start. Nothing it does
+//! before giving up has an effect: the volatile-field sampler sees the
+//! request only once it is answered here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Request;
+
+use super::{check_declared_length, hit, ClientFreshness, ClientInfo, Proxy, Served};
+use crate::admin;
+use crate::admission;
+use crate::cache::policy;
+use crate::cache::Lookup;
+use crate::config::Config;
+
+impl Proxy {
+    /// A fresh hit in memory for `request`, or the request back.
+    // The request goes back by value on purpose: it is moved in and out,
+    // where a box would cost an allocation per request.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn hit_at_once<B: http_body::Body>(
+        &self,
+        request: Request<B>,
+        client: ClientInfo,
+        uri: &http::Uri,
+    ) -> Result<Served, Request<B>> {
+        let path = uri.path();
+        if !http_body::Body::is_end_stream(request.body())
+            || admission::refusal(&request).is_some()
+            || !client.surface.answers(path)
+            || admin::is_admin_path(path)
+        {
+            return Err(request);
+        }
+        let settings = self.live.peek();
+        let config: &Config = &settings;
+        let route = config.routes.lookup(request.method(), path);
+        let cacheable = config.cache.enabled
+            && policy::is_cacheable_method(request.method(), config.cache.mode)
+            && route.is_none_or(|r| r.cache && !r.shared);
+        if !cacheable || check_declared_length(request.headers(), config.max_body_bytes).is_err() {
+            return Err(request);
+        }
+        let freshness = ClientFreshness::of(config, request.headers());
+        if freshness.wants_fresh {
+            return Err(request);
+        }
+        let (parts, body) = request.into_parts();
+        let keys = self.keys(&parts, &[], config, false, route);
+        let now = Instant::now();
+        let entry = match self.store.lookup_now(&keys.key, now) {
+            Some(Lookup::Fresh(entry))
+                if !self.invalidated(&entry) && freshness.accepts(&entry, now) =>
+            {
+                entry
+            }
+            _ => return Err(Request::from_parts(parts, body)),
+        };
+        let route_name: Arc<str> =
+            route.map_or_else(|| self.default_route.clone(), |r| r.name.clone());
+        self.observe(&route_name, route, &keys.method, &parts.uri, &[]);
+        Ok(hit(&entry, &keys.ask, route_name, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Method, StatusCode};
+    use http_body_util::{Empty, Full};
+
+    use super::*;
+    use crate::cache::stale::StaleWindows;
+    use crate::cache::Entry;
+    use crate::respond::CacheStatus;
+    use crate::server::Surface;
+
+    const CLIENT: ClientInfo = ClientInfo {
+        addr: std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1),
+        scheme: "http",
+        surface: Surface::Combined,
+    };
+
+    fn proxy(toml: &str) -> Proxy {
+        let file = crate::config::FileConfig::parse(toml, std::path::Path::new("test.toml"))
+            .expect("test config parses");
+        let cli = crate::Cli {
+            upstream: Some("http://127.0.0.1:9".to_owned()),
+            ..Default::default()
+        };
+        Proxy::new(Config::resolve(&cli, file, None).expect("valid")).expect("proxy")
+    }
+
+    fn request<B>(method: Method, path: &str, body: B) -> Request<B> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "proxy")
+            .body(body)
+            .unwrap()
+    }
+
+    /// Stores a fresh answer under the key `request` maps to.
+    async fn store_for<B>(proxy: &Proxy, request: &Request<B>, body: &'static str) {
+        let settings = proxy.live.peek();
+        let route = settings
+            .routes
+            .lookup(request.method(), request.uri().path());
+        let (parts, ()) = Request::builder()
+            .method(request.method())
+            .uri(request.uri())
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut parts = parts;
+        parts.headers = request.headers().clone();
+        let keys = proxy.keys(&parts, &[], &settings, false, route);
+        let now = Instant::now();
+        let entry = Entry {
+            key: keys.key,
+            base: keys.base,
+            vary: None,
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+            route: "default".into(),
+            description: String::new(),
+            stored_at: now,
+            expires_at: now + Duration::from_secs(3600),
+            stale: StaleWindows::default(),
+            initial_age: 0,
+            upstream_time: Duration::from_millis(2500),
+            hits: AtomicU64::new(0),
+            replay: None,
+        };
+        let generation = proxy.store.generation();
+        proxy
+            .store
+            .insert(Arc::new(entry), generation)
+            .await
+            .expect("stored");
+    }
+
+    fn uri_of<B>(request: &Request<B>) -> http::Uri {
+        request.uri().clone()
+    }
+
+    #[tokio::test]
+    async fn a_fresh_hit_in_memory_is_answered_at_once() {
+        let proxy = proxy("");
+        let get = request(Method::GET, "/api/metrics?org=1", Empty::<Bytes>::new());
+        store_for(&proxy, &get, "{\"n\":1}").await;
+        let uri = uri_of(&get);
+        let Ok(served) = proxy.hit_at_once(get, CLIENT, &uri) else {
+            panic!("a hit");
+        };
+        assert_eq!(served.cache, CacheStatus::Hit);
+        assert_eq!(served.trace.saved, Some(Duration::from_millis(2500)));
+        assert_eq!(served.response.headers()["x-cache"], "HIT");
+        // HEAD is answered from the GET entry, without its body.
+        let head = request(Method::HEAD, "/api/metrics?org=1", Empty::<Bytes>::new());
+        let uri = uri_of(&head);
+        let Ok(served) = proxy.hit_at_once(head, CLIENT, &uri) else {
+            panic!("a hit");
+        };
+        assert!(http_body::Body::is_end_stream(served.response.body()));
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_plain_fresh_hit_goes_back_to_the_pipeline_untouched() {
+        let proxy = proxy("[cache]\nhonor_client_no_cache = true\n");
+        let stored = request(Method::GET, "/api/metrics?org=1", Empty::<Bytes>::new());
+        store_for(&proxy, &stored, "{}").await;
+        let uri = uri_of(&stored);
+        assert!(
+            proxy.hit_at_once(stored, CLIENT, &uri).is_ok(),
+            "the stored one hits"
+        );
+
+        let mut no_cache = request(Method::GET, "/api/metrics?org=1", Empty::<Bytes>::new());
+        no_cache
+            .headers_mut()
+            .insert("cache-control", http::HeaderValue::from_static("no-cache"));
+        let mut bad_host = request(Method::GET, "/api/metrics?org=1", Empty::<Bytes>::new());
+        bad_host
+            .headers_mut()
+            .append("host", http::HeaderValue::from_static("other"));
+        let declined = [
+            (
+                "not stored",
+                request(Method::GET, "/api/metrics?org=2", Empty::new()),
+            ),
+            (
+                "admin API",
+                request(Method::GET, "/api/cache/stats", Empty::new()),
+            ),
+            ("client no-cache", no_cache),
+            ("refused (two Host fields)", bad_host),
+            (
+                "not cacheable",
+                request(Method::DELETE, "/api/metrics?org=1", Empty::new()),
+            ),
+        ];
+        for (case, request) in declined {
+            let before = (
+                request.method().clone(),
+                request.uri().clone(),
+                request.headers().clone(),
+            );
+            let uri = uri_of(&request);
+            let back = proxy.hit_at_once(request, CLIENT, &uri).err().expect(case);
+            assert_eq!(
+                (
+                    back.method().clone(),
+                    back.uri().clone(),
+                    back.headers().clone()
+                ),
+                before,
+                "{case}: handed back as it came"
+            );
+        }
+        // A body to read: the pipeline reads it first.
+        let post = request(
+            Method::POST,
+            "/api/metrics?org=1",
+            Full::new(Bytes::from_static(b"{}")),
+        );
+        let uri = uri_of(&post);
+        assert!(proxy.hit_at_once(post, CLIENT, &uri).is_err());
+    }
+}
