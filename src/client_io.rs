@@ -630,6 +630,32 @@ mod tests {
         )
     }
 
+    /// Sends a byte every `every`, a hundred times, while the peer reads.
+    fn trickle<W: AsyncWrite + Unpin + Send + 'static>(
+        mut writer: W,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                if writer.write_all(b"x").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Reads until a read fails (every read before it must bring bytes).
+    async fn read_until_error<IO: AsyncRead + Unpin>(io: &mut ClientIo<IO>) -> io::Error {
+        let mut buf = [0u8; 4096];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(n) => assert!(n > 0),
+                Err(err) => return err,
+            }
+        }
+    }
+
     /// A connection whose request heads are timed, as an HTTP/1 one is.
     fn timed_heads(server: tokio::io::DuplexStream) -> ClientIo<tokio::io::DuplexStream> {
         let (on_stall, _) = counting();
@@ -648,24 +674,11 @@ mod tests {
         let (client, server) = tokio::io::duplex(1024);
         let mut io = timed_heads(server);
         let (_reader, mut writer) = tokio::io::split(client);
-        let trickle = tokio::spawn(async move {
-            writer.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-            // A header byte every second: the head never ends.
-            for _ in 0..100 {
-                if writer.write_all(b"x").await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
+        writer.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        // A header byte every second: the head never ends.
+        let trickle = trickle(writer, Duration::from_secs(1));
         let started = Instant::now();
-        let mut buf = [0u8; 4096];
-        let err = loop {
-            match io.read(&mut buf).await {
-                Ok(n) => assert!(n > 0),
-                Err(err) => break err,
-            }
-        };
+        let err = read_until_error(&mut io).await;
         assert!(is_head_timeout(&err), "{err}");
         let waited = started.elapsed();
         assert!(
@@ -742,23 +755,10 @@ mod tests {
             .write_all(b"POST / HTTP/1.1\r\nContent-Length: 100000\r\n\r\n")
             .await
             .unwrap();
-        let trickle = tokio::spawn(async move {
-            // A byte every 5 s: never a 10 s gap, far below 100 bytes/s.
-            for _ in 0..100 {
-                if writer.write_all(b"x").await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        });
+        // A byte every 5 s: never a 10 s gap, far below 100 bytes/s.
+        let trickle = trickle(writer, Duration::from_secs(5));
         let started = Instant::now();
-        let mut buf = [0u8; 4096];
-        let err = loop {
-            match io.read(&mut buf).await {
-                Ok(n) => assert!(n > 0),
-                Err(err) => break err,
-            }
-        };
+        let err = read_until_error(&mut io).await;
         assert!(is_body_timeout(&err), "{err}");
         let waited = started.elapsed();
         assert!(waited >= Duration::from_secs(10), "{waited:?}");
