@@ -1,5 +1,5 @@
 //! The access line: the one log line each request writes, when its answer
-//! is ready (`Proxy::handle`), on target `dashcache::access`.
+//! is ready (`Proxy::finish`), on target `dashcache::access`.
 //!
 //! Its message keeps the seed's wording (`Cache HIT for get_metrics`,
 //! `Cache MISS for get_metrics - forwarding upstream`), so a hit logs one

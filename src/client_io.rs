@@ -292,7 +292,7 @@ pub struct ClientIo<IO> {
     head_since: Option<Instant>,
     /// Armed at some head's deadline, at or before the current one's.
     head_timer: Option<Pin<Box<Sleep>>>,
-    /// Heads the scanner had judged when the clock last started.
+    /// Heads seen complete so far; each one completed stops the clock.
     heads_seen: u64,
     /// Bytes already read (and followed) that the next reader gets first.
     replay: Option<Bytes>,

@@ -256,11 +256,13 @@ impl Proxy {
         match self.hit_at_once(request, client, &begun.uri) {
             Ok(served) => Answer::Now(self.finish(begun, served, None, client)),
             Err(request) => Answer::Later(Box::pin(async move {
-                let uri = begun.uri.clone();
-                let dispatched = access::noting_errors(self.dispatch(request, client, &uri));
-                tokio::pin!(dispatched);
-                let served = dispatched.as_mut().await;
-                let failure = access::failure(dispatched);
+                let (served, failure) = {
+                    let dispatched =
+                        access::noting_errors(self.dispatch(request, client, &begun.uri));
+                    tokio::pin!(dispatched);
+                    let served = dispatched.as_mut().await;
+                    (served, access::failure(dispatched))
+                };
                 self.finish(begun, served, failure, client)
             })),
         }

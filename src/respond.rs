@@ -252,7 +252,7 @@ pub fn from_entry(
     } else {
         body::full(entry.body.clone())
     };
-    // Sized for the fields added below and `X-Request-Id` (`Proxy::handle`)
+    // Sized for the fields added below and `X-Request-Id` (`Proxy::finish`)
     // at once: a clone of the stored map has no room to spare, and
     // growing it rehashes every field.
     let mut headers = HeaderMap::with_capacity(entry.headers.len() + ADDED_FIELDS);
