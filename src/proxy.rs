@@ -368,10 +368,7 @@ impl Proxy {
         let request = self.with_body_deadline(request, &config, client);
         let route = config.routes.lookup(request.method(), request.uri().path());
         let route_name = route.map_or_else(|| self.default_route.clone(), |r| r.name.clone());
-        let cacheable = config.cache.enabled
-            && policy::is_cacheable_method(request.method(), config.cache.mode)
-            && route.is_none_or(|r| r.cache);
-        if cacheable {
+        if is_cached(&config, request.method(), route) {
             return self
                 .cached(request, &config, route, route_name, client)
                 .await;
@@ -777,6 +774,14 @@ fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), ProxyErr
         }),
         _ => Ok(()),
     }
+}
+
+/// Whether a request with this method, on this route, goes through the
+/// cache (the rest pass through).
+fn is_cached(config: &Config, method: &Method, route: Option<&Route>) -> bool {
+    config.cache.enabled
+        && policy::is_cacheable_method(method, config.cache.mode)
+        && route.is_none_or(|r| r.cache)
 }
 
 /// A hit's answer, as of `now` (the instant its freshness was judged at).

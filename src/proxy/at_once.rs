@@ -19,10 +19,9 @@ use std::time::Instant;
 
 use http::Request;
 
-use super::{check_declared_length, hit, ClientFreshness, ClientInfo, Proxy, Served};
+use super::{check_declared_length, hit, is_cached, ClientFreshness, ClientInfo, Proxy, Served};
 use crate::admin;
 use crate::admission;
-use crate::cache::policy;
 use crate::cache::Lookup;
 use crate::config::Config;
 
@@ -48,9 +47,9 @@ impl Proxy {
         let settings = self.live.peek();
         let config: &Config = &settings;
         let route = config.routes.lookup(request.method(), path);
-        let cacheable = config.cache.enabled
-            && policy::is_cacheable_method(request.method(), config.cache.mode)
-            && route.is_none_or(|r| r.cache && !r.shared);
+        // A shared route checks the caller's credential first: the pipeline's.
+        let cacheable =
+            is_cached(config, request.method(), route) && route.is_none_or(|r| !r.shared);
         if !cacheable || check_declared_length(request.headers(), config.max_body_bytes).is_err() {
             return Err(request);
         }
