@@ -193,8 +193,12 @@ impl Validators {
                 })
                 .unwrap_or(false);
         }
-        let (Some(since), Some(modified)) = (&self.if_modified_since, response.get(LAST_MODIFIED))
-        else {
+        // The stored map is read only when the request asks: on a hit it
+        // is cold memory.
+        let Some(since) = &self.if_modified_since else {
+            return false;
+        };
+        let Some(modified) = response.get(LAST_MODIFIED) else {
             return false;
         };
         let parse = |v: &HeaderValue| {

@@ -40,32 +40,39 @@ use super::tally::Tally;
 use super::vary::VaryNames;
 
 /// A complete upstream answer, shared by every hit (the body is never copied).
+///
+/// In declaration order (`repr(C)`), what a hit reads first: at a million
+/// entries every entry is cold, and each cache line it touches is a trip to
+/// memory. A fresh hit reads the fields up to `status`, which with the
+/// `Arc`'s counts in front fit in four lines; the rest serve stale answers,
+/// listing, `invalidate`, refills and `refresh`.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Entry {
+    pub expires_at: Instant,
+    pub stored_at: Instant,
     /// The key this entry is stored under (a `Vary` variant of the request's
     /// base key when `vary` is set).
     pub key: CacheKey,
     /// The request's key before any `Vary` variant (for refills).
     pub base: CacheKey,
-    /// The request headers this answer varies on.
-    pub vary: Option<VaryNames>,
-    pub status: StatusCode,
-    /// End-to-end headers only; hop-by-hop ones are dropped before storing.
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub route: Arc<str>,
-    /// `route METHOD path?query body`, matched by `invalidate`.
-    pub description: String,
-    pub stored_at: Instant,
-    pub expires_at: Instant,
-    /// How long past `expires_at` it may still be served, and for what.
-    pub stale: StaleWindows,
+    /// Hits served from this entry (for `/api/cache/keys?sort=hottest`).
+    pub hits: AtomicU64,
     /// The upstream's own `Age` when the answer arrived, in seconds.
     pub initial_age: u64,
     /// How long the upstream took to produce this answer.
     pub upstream_time: Duration,
-    /// Hits served from this entry (for `/api/cache/keys?sort=hottest`).
-    pub hits: AtomicU64,
+    pub body: Bytes,
+    /// End-to-end headers only; hop-by-hop ones are dropped before storing.
+    pub headers: HeaderMap,
+    pub status: StatusCode,
+    /// How long past `expires_at` it may still be served, and for what.
+    pub stale: StaleWindows,
+    /// The request headers this answer varies on.
+    pub vary: Option<VaryNames>,
+    pub route: Arc<str>,
+    /// `route METHOD path?query body`, matched by `invalidate`.
+    pub description: String,
     /// The request to send again on `POST /api/cache/refresh`; `None` when
     /// it carried credentials (see `cache::replay`).
     pub replay: Option<Replay>,
@@ -91,30 +98,24 @@ impl Entry {
     pub fn size(&self) -> u64 {
         let fixed = std::mem::size_of::<Self>() as u64 + 16 + BLOCK_OVERHEAD + SLOT_OVERHEAD;
         let replay = self.replay.as_ref().map_or(0, |r| {
-            block(r.path_and_query.capacity() as u64)
-                + block(r.body.len() as u64)
-                + headers_size(&r.headers)
+            block(r.path_and_query.capacity() as u64) + packed_size(&r.body, &r.headers)
         });
-        // A shared body also gets a small control block on its first clone.
-        let body = block(self.body.len() as u64) + if self.body.is_empty() { 0 } else { 32 };
         fixed
-            + body
             + block(self.description.capacity() as u64)
-            + headers_size(&self.headers)
+            + packed_size(&self.body, &self.headers)
             + replay
     }
 
-    /// The same answer in exact-size buffers. A body or header value that
-    /// hyper handed over is a slice of its read buffer, and a slice keeps
-    /// the whole buffer (8 KiB and up) alive for as long as the entry lives;
-    /// copies make what the entry holds what [`Entry::size`] counts.
+    /// The same answer in one exact-size buffer. A body or header value
+    /// that hyper handed over is a slice of its read buffer, and a slice
+    /// keeps the whole buffer (8 KiB and up) alive for as long as the entry
+    /// lives; a copy makes what the entry holds what [`Entry::size`] counts.
+    /// See [`packed`] for why one buffer.
     pub fn compacted(mut self) -> Self {
-        self.body = exact_bytes(&self.body);
-        self.headers = exact_headers(&self.headers);
+        (self.body, self.headers) = packed(&self.body, &self.headers);
         self.description.shrink_to_fit();
         if let Some(replay) = &mut self.replay {
-            replay.body = exact_bytes(&replay.body);
-            replay.headers = exact_headers(&replay.headers);
+            (replay.body, replay.headers) = packed(&replay.body, &replay.headers);
             replay.path_and_query.shrink_to_fit();
         }
         self
@@ -163,16 +164,34 @@ impl Entry {
 /// Bytes a header map holds: its buckets and index (by capacity), and
 /// each name and value in its own block.
 pub(crate) fn headers_size(headers: &HeaderMap) -> u64 {
+    map_size(headers) + headers.values().map(|v| block(v.len() as u64)).sum::<u64>()
+}
+
+/// Bytes a header map holds besides its values: its buckets and index (by
+/// capacity), and each name in its own block.
+fn map_size(headers: &HeaderMap) -> u64 {
     if headers.capacity() == 0 {
         return 0;
     }
     let capacity = headers.capacity() as u64;
     let index = (capacity + capacity / 3).next_power_of_two() * 4;
-    let fields: u64 = headers
-        .iter()
-        .map(|(name, value)| block(name.as_str().len() as u64) + block(value.len() as u64))
+    let names: u64 = headers
+        .keys()
+        .map(|name| block(name.as_str().len() as u64))
         .sum();
-    block(capacity * HEADER_BUCKET) + block(index) + fields
+    block(capacity * HEADER_BUCKET) + block(index) + names
+}
+
+/// Bytes a [`packed`] body and header map hold: the map, one buffer for
+/// the body and every value, and that buffer's shared control block.
+fn packed_size(body: &Bytes, headers: &HeaderMap) -> u64 {
+    let bytes = body.len() + headers.values().map(HeaderValue::len).sum::<usize>();
+    let buffer = if bytes == 0 {
+        0
+    } else {
+        block(bytes as u64) + 32
+    };
+    map_size(headers) + buffer
 }
 
 /// A heap block of `len` bytes, as the allocator spends it (none for 0).
@@ -184,26 +203,44 @@ fn block(len: u64) -> u64 {
     }
 }
 
-fn exact_bytes(bytes: &Bytes) -> Bytes {
-    if bytes.is_empty() {
+/// `body` and every value of `headers` copied into one exact-size
+/// buffer, and handed out as slices of it, with no spare room in the map.
+///
+/// One buffer rather than one per value: each block costs the allocator
+/// its overhead, and a hit clones the body and every value. A buffer that
+/// was never cloned is a plain allocation that `bytes` turns into a shared
+/// one, with a control block and a compare-and-swap, on its first clone;
+/// that would be on the first hit of every entry, and once per value. The
+/// first slice here pays it once, at store time, so a hit's clones are
+/// increments of one count, on one cache line.
+fn packed(body: &Bytes, headers: &HeaderMap) -> (Bytes, HeaderMap) {
+    let values: usize = headers.values().map(HeaderValue::len).sum();
+    let mut buffer = Vec::with_capacity(body.len() + values);
+    buffer.extend_from_slice(body);
+    for value in headers.values() {
+        buffer.extend_from_slice(value.as_bytes());
+    }
+    let buffer = Bytes::from(buffer);
+    let mut at = body.len();
+    let body = if at == 0 {
         Bytes::new()
     } else {
-        Bytes::copy_from_slice(bytes)
-    }
-}
-
-/// A copy of `headers` with every value in its own exact-size buffer and
-/// no spare capacity in the map. (Room for the four fields an answer adds
-/// would spare a hit one growth of its copy, but costs every entry about
-/// 1.5 KB more, replay copy included: measured, and not worth it.)
-fn exact_headers(headers: &HeaderMap) -> HeaderMap {
+        buffer.slice(..at)
+    };
     let mut exact = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        let range = at..at + value.len();
+        at = range.end;
+        let mut copy = if range.is_empty() {
+            HeaderValue::from_static("")
+        } else {
+            // The bytes were a valid value already; the check cannot fail.
+            HeaderValue::from_maybe_shared(buffer.slice(range)).unwrap_or_else(|_| value.clone())
+        };
         copy.set_sensitive(value.is_sensitive());
         exact.append(name.clone(), copy);
     }
-    exact
+    (body, exact)
 }
 
 /// What the store keeps under a key: the entry, what it was counted for,
@@ -1020,5 +1057,50 @@ mod tests {
         assert_eq!(compact.headers["x-a"].len(), 10);
         // The only owner of the big buffer left is `buffer` itself.
         assert!(Vec::<u8>::from(buffer).capacity() >= 64 * 1024);
+    }
+
+    #[test]
+    fn what_a_fresh_hit_reads_fits_in_the_first_four_cache_lines() {
+        use std::mem::{offset_of, size_of};
+        // The `Arc`'s two counts come first in its allocation.
+        let end = 2 * size_of::<usize>() + offset_of!(Entry, status) + size_of::<StatusCode>();
+        assert!(end <= 256, "hot fields end at byte {end}");
+        for cold in [
+            offset_of!(Entry, stale),
+            offset_of!(Entry, vary),
+            offset_of!(Entry, route),
+            offset_of!(Entry, description),
+            offset_of!(Entry, replay),
+        ] {
+            assert!(cold > offset_of!(Entry, status));
+        }
+    }
+
+    #[test]
+    fn compacting_puts_the_body_and_every_value_in_one_buffer() {
+        let mut loose = Arc::into_inner(entry(0, "d", HOUR)).unwrap();
+        loose.body = Bytes::from_static(b"0123456789");
+        loose.headers.insert("x-a", HeaderValue::from_static("aaa"));
+        loose
+            .headers
+            .insert("x-empty", HeaderValue::from_static(""));
+        let mut secret = HeaderValue::from_static("bb");
+        secret.set_sensitive(true);
+        loose.headers.insert("x-b", secret);
+        let compact = loose.compacted();
+        let start = compact.body.as_ptr() as usize;
+        let at = |name: &str| compact.headers[name].as_bytes().as_ptr() as usize - start;
+        assert_eq!(&compact.body[..], b"0123456789");
+        assert_eq!((at("x-a"), at("x-b")), (10, 13));
+        assert_eq!(compact.headers["x-a"], "aaa");
+        assert_eq!(compact.headers["x-empty"], "");
+        assert_eq!(compact.headers["x-b"], "bb");
+        assert!(compact.headers["x-b"].is_sensitive());
+        assert!(!compact.headers["x-a"].is_sensitive());
+        // One block for body and values, counted once with its control block.
+        assert_eq!(
+            packed_size(&compact.body, &compact.headers),
+            map_size(&compact.headers) + block(15) + 32
+        );
     }
 }
