@@ -337,7 +337,7 @@ fn read_records(
             continue;
         }
         let (key, base, names) = (entry.key, entry.base, entry.vary.clone());
-        match store.insert(key, Arc::new(entry.compacted()), generation) {
+        match store.insert(key, Arc::new(entry), generation) {
             Ok(()) => {
                 if names.is_some() {
                     vary.record(base, names);
