@@ -34,10 +34,11 @@ for build in "$@"; do
 done
 sleep 0.5
 for proxy in "${proxies[@]}"; do
-    read -r name port per_thread _ <<<"$proxy"
+    read -r name port per_thread pid <<<"$proxy"
     seconds=$((per_thread > 1000 ? 90 : 3))
     PER_THREAD=$per_thread timeout $((seconds + 30)) wrk -t2 -c32 -d${seconds}s \
         -s "$HERE/fill_unique.lua" "http://127.0.0.1:$port" | sed -n "s/^ *\(.*requests in.*\)/$name: filled, \1/p"
+    echo "$name: RSS $(awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$pid/status") MiB"
 done
 sleep 2
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
