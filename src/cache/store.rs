@@ -221,22 +221,16 @@ fn packed(body: &Bytes, headers: &HeaderMap) -> (Bytes, HeaderMap) {
         buffer.extend_from_slice(value.as_bytes());
     }
     let buffer = Bytes::from(buffer);
+    // An empty slice is `Bytes::new()`, which holds nothing.
     let mut at = body.len();
-    let body = if at == 0 {
-        Bytes::new()
-    } else {
-        buffer.slice(..at)
-    };
+    let body = buffer.slice(..at);
     let mut exact = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let range = at..at + value.len();
         at = range.end;
-        let mut copy = if range.is_empty() {
-            HeaderValue::from_static("")
-        } else {
-            // The bytes were a valid value already; the check cannot fail.
-            HeaderValue::from_maybe_shared(buffer.slice(range)).unwrap_or_else(|_| value.clone())
-        };
+        // The bytes were a valid value already; the check cannot fail.
+        let mut copy =
+            HeaderValue::from_maybe_shared(buffer.slice(range)).unwrap_or_else(|_| value.clone());
         copy.set_sensitive(value.is_sensitive());
         exact.append(name.clone(), copy);
     }

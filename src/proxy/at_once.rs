@@ -156,8 +156,14 @@ mod tests {
             .expect("stored");
     }
 
-    fn uri_of<B>(request: &Request<B>) -> http::Uri {
-        request.uri().clone()
+    /// `request` put to the at-once path, as `Proxy::answer` does.
+    #[allow(clippy::result_large_err)]
+    fn at_once<B: http_body::Body>(
+        proxy: &Proxy,
+        request: Request<B>,
+    ) -> Result<Served, Request<B>> {
+        let uri = request.uri().clone();
+        proxy.hit_at_once(request, CLIENT, &uri)
     }
 
     #[tokio::test]
@@ -165,8 +171,7 @@ mod tests {
         let proxy = proxy("");
         let get = request(Method::GET, "/api/metrics?org=1", Empty::<Bytes>::new());
         store_for(&proxy, &get, "{\"n\":1}").await;
-        let uri = uri_of(&get);
-        let Ok(served) = proxy.hit_at_once(get, CLIENT, &uri) else {
+        let Ok(served) = at_once(&proxy, get) else {
             panic!("a hit");
         };
         assert_eq!(served.cache, CacheStatus::Hit);
@@ -174,8 +179,7 @@ mod tests {
         assert_eq!(served.response.headers()["x-cache"], "HIT");
         // HEAD is answered from the GET entry, without its body.
         let head = request(Method::HEAD, "/api/metrics?org=1", Empty::<Bytes>::new());
-        let uri = uri_of(&head);
-        let Ok(served) = proxy.hit_at_once(head, CLIENT, &uri) else {
+        let Ok(served) = at_once(&proxy, head) else {
             panic!("a hit");
         };
         assert!(http_body::Body::is_end_stream(served.response.body()));
@@ -186,11 +190,7 @@ mod tests {
         let proxy = proxy("[cache]\nhonor_client_no_cache = true\n");
         let stored = request(Method::GET, "/api/metrics?org=1", Empty::<Bytes>::new());
         store_for(&proxy, &stored, "{}").await;
-        let uri = uri_of(&stored);
-        assert!(
-            proxy.hit_at_once(stored, CLIENT, &uri).is_ok(),
-            "the stored one hits"
-        );
+        assert!(at_once(&proxy, stored).is_ok(), "the stored one hits");
 
         let mut no_cache = request(Method::GET, "/api/metrics?org=1", Empty::<Bytes>::new());
         no_cache
@@ -222,8 +222,7 @@ mod tests {
                 request.uri().clone(),
                 request.headers().clone(),
             );
-            let uri = uri_of(&request);
-            let back = proxy.hit_at_once(request, CLIENT, &uri).err().expect(case);
+            let back = at_once(&proxy, request).err().expect(case);
             assert_eq!(
                 (
                     back.method().clone(),
@@ -240,7 +239,6 @@ mod tests {
             "/api/metrics?org=1",
             Full::new(Bytes::from_static(b"{}")),
         );
-        let uri = uri_of(&post);
-        assert!(proxy.hit_at_once(post, CLIENT, &uri).is_err());
+        assert!(at_once(&proxy, post).is_err());
     }
 }
