@@ -228,7 +228,7 @@ impl FramingScanner {
             Some(2)
         } else {
             let from = before.saturating_sub(3);
-            find(&held[from..], b"\r\n\r\n").map(|at| from + at + 4)
+            memchr::memmem::find(&held[from..], b"\r\n\r\n").map(|at| from + at + 4)
         };
         match end {
             Some(end) => {
@@ -318,20 +318,26 @@ fn framing(request: &httparse::Request<'_, '_>) -> Framing {
 /// Parsing only then keeps a head sent a byte at a time from being parsed
 /// once per byte. `tail` is the end of what arrived before `input`.
 fn may_end_head(tail: &[u8], input: &[u8]) -> bool {
+    // The common read: a whole head, ending where the read ends.
+    if input.ends_with(b"\n\r\n") || input.ends_with(b"\n\n") {
+        return true;
+    }
     let joint = tail.len() + input.len().min(2);
     let mut edge = [0u8; 4];
     edge[..tail.len()].copy_from_slice(tail);
     edge[tail.len()..joint].copy_from_slice(&input[..input.len().min(2)]);
-    let edge = &edge[..joint];
-    find(edge, b"\n\n").is_some()
-        || find(edge, b"\n\r\n").is_some()
-        || find(input, b"\n\n").is_some()
-        || find(input, b"\n\r\n").is_some()
+    has_empty_line(&edge[..joint]) || has_empty_line(input)
+}
+
+/// True when `bytes` holds `\n\n` or `\n\r\n`.
+fn has_empty_line(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', bytes)
+        .any(|at| matches!(&bytes[at + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 fn chunk_size(mut held: Vec<u8>, input: &mut &[u8]) -> State {
     let before = held.len();
-    let line_end = input.iter().position(|&b| b == b'\n');
+    let line_end = memchr::memchr(b'\n', input);
     let take = line_end.map_or(input.len(), |at| at + 1);
     if before + take > MAX_CHUNK_LINE {
         return State::Passthrough;
@@ -363,10 +369,6 @@ fn skip(input: &mut &[u8], left: u64) -> (u64, u64) {
     let n = left.min(input.len() as u64);
     *input = &input[n as usize..];
     (n, left - n)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
