@@ -40,6 +40,11 @@ pub fn check_host(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<()
             return Err(HostProblem::Missing)
         }
         None => return Ok(()),
+        // The common request: a plain name to check, no target to compare
+        // it with, and no copy made to parse it.
+        Some(value) if uri.authority().is_none() && is_plain_host_and_port(value.as_bytes()) => {
+            return Ok(())
+        }
         Some(value) => value
             .to_str()
             .ok()
@@ -62,6 +67,27 @@ fn is_host_and_port(authority: &Authority) -> bool {
     !host.is_empty()
         && !authority.as_str().contains('@')
         && (authority.as_str().len() == host.len() || authority.port_u16().is_some())
+}
+
+/// `name` or `name:port` with nothing but letters, digits, `-` and `.` in
+/// the name and a port that fits 16 bits: a subset of what
+/// [`is_host_and_port`] accepts, judged without parsing an `Authority`.
+/// Anything else (an IP literal, an encoded byte) takes the full parse.
+fn is_plain_host_and_port(value: &[u8]) -> bool {
+    let (name, port) = match memchr::memchr(b':', value) {
+        Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+        None => (value, None),
+    };
+    let plain_name = !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let plain_port = port.is_none_or(|port| {
+        (1..=5).contains(&port.len())
+            && port.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(port).is_ok_and(|port| port.parse::<u16>().is_ok())
+    });
+    plain_name && plain_port
 }
 
 /// Host names compare without case, and a missing port is the scheme's
@@ -120,6 +146,68 @@ mod tests {
             );
         }
         assert_eq!(check(Version::HTTP_11, "/x", &["[::1]:8080"]), Ok(()));
+    }
+
+    #[test]
+    fn the_quick_check_of_a_plain_host_agrees_with_the_full_parse() {
+        let full = |value: &str| {
+            value
+                .parse::<Authority>()
+                .ok()
+                .filter(is_host_and_port)
+                .is_some()
+        };
+        let samples = [
+            "a",
+            "A",
+            "localhost",
+            "127.0.0.1",
+            "proxy:8080",
+            "a.b-c.example:1",
+            "a:65535",
+            "a:65536",
+            "a:0",
+            "a:",
+            ":80",
+            "a::80",
+            "a:8a",
+            "a:123456",
+            "-",
+            ".",
+            "a_b",
+            "a b",
+            "a/b",
+            "user@a",
+            "[::1]",
+            "[::1]:8080",
+            "%61",
+            "a:+80",
+            "",
+        ];
+        for value in samples {
+            if is_plain_host_and_port(value.as_bytes()) {
+                assert!(
+                    full(value),
+                    "{value:?}: quick says plain, the parse refuses it"
+                );
+            }
+            // Whichever way it goes, the answer is the full parse's.
+            let expected = if full(value) {
+                Ok(())
+            } else {
+                Err(HostProblem::Invalid)
+            };
+            assert_eq!(
+                check(Version::HTTP_11, "/x", &[value]),
+                expected,
+                "{value:?}"
+            );
+        }
+        assert!(is_plain_host_and_port(b"proxy:8080"));
+        assert!(
+            !is_plain_host_and_port(b"[::1]:8080"),
+            "IP literals take the full parse"
+        );
     }
 
     #[test]
