@@ -251,11 +251,16 @@ impl Proxy {
     /// Answers one request, gives it its `X-Request-Id` (sent upstream and
     /// back to the client) and writes its access line: at once for a fresh
     /// hit in memory (`proxy/at_once.rs`), otherwise through the pipeline.
-    pub fn answer(self: Arc<Self>, mut request: Request<Incoming>, client: ClientInfo) -> Answer {
-        let begun = self.begin(&mut request, client);
+    pub fn answer(self: Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Answer {
+        let begun = self.begin(&request, client);
         match self.hit_at_once(request, client, &begun.uri) {
             Ok(served) => Answer::Now(self.finish(begun, served, None, client)),
-            Err(request) => Answer::Later(Box::pin(async move {
+            Err(mut request) => Answer::Later(Box::pin(async move {
+                // What goes upstream carries the id; a hit in memory had
+                // no use for it.
+                request
+                    .headers_mut()
+                    .insert(&request_id::X_REQUEST_ID, begun.request_id.clone());
                 let (served, failure) = {
                     let dispatched =
                         access::noting_errors(self.dispatch(request, client, &begun.uri));
@@ -268,17 +273,14 @@ impl Proxy {
         }
     }
 
-    /// What the access line needs from the request, and its id (set on it).
-    fn begin(&self, request: &mut Request<Incoming>, client: ClientInfo) -> Begun {
+    /// What the access line needs from the request, and its id.
+    fn begin(&self, request: &Request<Incoming>, client: ClientInfo) -> Begun {
         let started = Instant::now();
         let request_id = request_id::for_request(
             request.headers(),
             client.addr.ip(),
             &self.live.peek().trusted_proxies,
         );
-        request
-            .headers_mut()
-            .insert(&request_id::X_REQUEST_ID, request_id.clone());
         Begun {
             started,
             method: request.method().clone(),
@@ -310,9 +312,9 @@ impl Proxy {
         // sensitive for HPACK only: an HTTP/2 answer then sends it as a
         // never-indexed literal, since a value no other answer repeats
         // would just push the repeated fields out of the dynamic table.
-        let mut answered_id = request_id.clone();
-        answered_id.set_sensitive(true);
-        headers.insert(&request_id::X_REQUEST_ID, answered_id);
+        let mut request_id = request_id;
+        request_id.set_sensitive(true);
+        headers.insert(&request_id::X_REQUEST_ID, request_id);
         let elapsed = started.elapsed();
         let trace = served.trace;
         self.metrics
@@ -328,7 +330,7 @@ impl Proxy {
             upstream_time: trace.upstream_time,
             saved: trace.saved,
             elapsed,
-            request_id: &request_id,
+            request_id: &served.response.headers()[&request_id::X_REQUEST_ID],
             // Only when the answer is that error (not a fallback after it).
             error: failure
                 .as_deref()
