@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod directives;
 pub mod flight;
 pub mod freshness;
+pub mod header_names;
 pub mod invalidation;
 pub mod key;
 pub mod key_rules;

@@ -31,6 +31,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
+use super::header_names::{self, NameTable};
 use super::key::CacheKey;
 use super::listing::{Listing, RING_CAPACITY};
 use super::replay::Replay;
@@ -98,11 +99,11 @@ impl Entry {
     pub fn size(&self) -> u64 {
         let fixed = std::mem::size_of::<Self>() as u64 + 16 + BLOCK_OVERHEAD + SLOT_OVERHEAD;
         let replay = self.replay.as_ref().map_or(0, |r| {
-            block(r.path_and_query.capacity() as u64) + packed_size(&r.body, &r.headers)
+            block(r.path_and_query.capacity() as u64) + packed_size(&r.body, &r.headers, None)
         });
         fixed
             + block(self.description.capacity() as u64)
-            + packed_size(&self.body, &self.headers)
+            + packed_size(&self.body, &self.headers, Some(header_names::table()))
             + replay
     }
 
@@ -112,10 +113,12 @@ impl Entry {
     /// lives; a copy makes what the entry holds what [`Entry::size`] counts.
     /// See [`packed`] for why one buffer.
     pub fn compacted(mut self) -> Self {
-        (self.body, self.headers) = packed(&self.body, &self.headers);
+        let names = Some(header_names::table());
+        (self.body, self.headers) = packed(&self.body, &self.headers, names);
         self.description.shrink_to_fit();
         if let Some(replay) = &mut self.replay {
-            (replay.body, replay.headers) = packed(&replay.body, &replay.headers);
+            // A client's field names, read only by a refresh: not shared.
+            (replay.body, replay.headers) = packed(&replay.body, &replay.headers, None);
             replay.path_and_query.shrink_to_fit();
         }
         self
@@ -164,34 +167,39 @@ impl Entry {
 /// Bytes a header map holds: its buckets and index (by capacity), and
 /// each name and value in its own block.
 pub(crate) fn headers_size(headers: &HeaderMap) -> u64 {
-    map_size(headers) + headers.values().map(|v| block(v.len() as u64)).sum::<u64>()
+    map_size(headers)
+        + headers
+            .iter()
+            .map(|(name, value)| block(name.as_str().len() as u64) + block(value.len() as u64))
+            .sum::<u64>()
 }
 
-/// Bytes a header map holds besides its values: its buckets and index (by
-/// capacity), and each name in its own block.
+/// Bytes a header map's buckets and index hold (by capacity).
 fn map_size(headers: &HeaderMap) -> u64 {
     if headers.capacity() == 0 {
         return 0;
     }
     let capacity = headers.capacity() as u64;
     let index = (capacity + capacity / 3).next_power_of_two() * 4;
-    let names: u64 = headers
-        .keys()
-        .map(|name| block(name.as_str().len() as u64))
-        .sum();
-    block(capacity * HEADER_BUCKET) + block(index) + names
+    block(capacity * HEADER_BUCKET) + block(index)
 }
 
-/// Bytes a [`packed`] body and header map hold: the map, one buffer for
-/// the body and every value, and that buffer's shared control block.
-fn packed_size(body: &Bytes, headers: &HeaderMap) -> u64 {
+/// Bytes a [`packed`] body and header map hold: the map, the names that
+/// are not in the shared table (each in its own block), one buffer for the
+/// body and every value, and that buffer's shared control block.
+fn packed_size(body: &Bytes, headers: &HeaderMap, names: Option<&NameTable>) -> u64 {
     let bytes = body.len() + headers.values().map(HeaderValue::len).sum::<usize>();
     let buffer = if bytes == 0 {
         0
     } else {
         block(bytes as u64) + 32
     };
-    map_size(headers) + buffer
+    let own_names: u64 = headers
+        .keys()
+        .filter(|name| !names.is_some_and(|names| names.holds(name)))
+        .map(|name| block(name.as_str().len() as u64))
+        .sum();
+    map_size(headers) + own_names + buffer
 }
 
 /// A heap block of `len` bytes, as the allocator spends it (none for 0).
@@ -212,8 +220,10 @@ fn block(len: u64) -> u64 {
 /// one, with a control block and a compare-and-swap, on its first clone;
 /// that would be on the first hit of every entry, and once per value. The
 /// first slice here pays it once, at store time, so a hit's clones are
-/// increments of one count, on one cache line.
-fn packed(body: &Bytes, headers: &HeaderMap) -> (Bytes, HeaderMap) {
+/// increments of one count, on one cache line. Names come from `names`
+/// ([`header_names`]) when given: a `'static` name has no count to
+/// increment.
+fn packed(body: &Bytes, headers: &HeaderMap, names: Option<&NameTable>) -> (Bytes, HeaderMap) {
     let values: usize = headers.values().map(HeaderValue::len).sum();
     let mut buffer = Vec::with_capacity(body.len() + values);
     buffer.extend_from_slice(body);
@@ -232,7 +242,8 @@ fn packed(body: &Bytes, headers: &HeaderMap) -> (Bytes, HeaderMap) {
         let mut copy =
             HeaderValue::from_maybe_shared(buffer.slice(range)).unwrap_or_else(|_| value.clone());
         copy.set_sensitive(value.is_sensitive());
-        exact.append(name.clone(), copy);
+        let name = names.map_or_else(|| name.clone(), |names| names.shared(name));
+        exact.append(name, copy);
     }
     (body, exact)
 }
@@ -1046,7 +1057,9 @@ mod tests {
             "x-a",
             HeaderValue::from_maybe_shared(buffer.slice(10..20)).unwrap(),
         );
-        let compact = loose.compacted();
+        let names = NameTable::new(8, 64);
+        (loose.body, loose.headers) = packed(&loose.body, &loose.headers, Some(&names));
+        let compact = loose;
         assert_eq!(compact.body.len(), 10);
         assert_eq!(compact.headers["x-a"].len(), 10);
         // The only owner of the big buffer left is `buffer` itself.
@@ -1071,7 +1084,7 @@ mod tests {
     }
 
     #[test]
-    fn compacting_puts_the_body_and_every_value_in_one_buffer() {
+    fn packing_puts_the_body_and_values_in_one_buffer_and_names_in_the_table() {
         let mut loose = Arc::into_inner(entry(0, "d", HOUR)).unwrap();
         loose.body = Bytes::from_static(b"0123456789");
         loose.headers.insert("x-a", HeaderValue::from_static("aaa"));
@@ -1081,7 +1094,9 @@ mod tests {
         let mut secret = HeaderValue::from_static("bb");
         secret.set_sensitive(true);
         loose.headers.insert("x-b", secret);
-        let compact = loose.compacted();
+        let names = NameTable::new(8, 64);
+        (loose.body, loose.headers) = packed(&loose.body, &loose.headers, Some(&names));
+        let compact = loose;
         let start = compact.body.as_ptr() as usize;
         let at = |name: &str| compact.headers[name].as_bytes().as_ptr() as usize - start;
         assert_eq!(&compact.body[..], b"0123456789");
@@ -1091,10 +1106,25 @@ mod tests {
         assert_eq!(compact.headers["x-b"], "bb");
         assert!(compact.headers["x-b"].is_sensitive());
         assert!(!compact.headers["x-a"].is_sensitive());
-        // One block for body and values, counted once with its control block.
+        // One block for body and values, counted once with its control
+        // block; the names are the shared table's, counted there.
         assert_eq!(
-            packed_size(&compact.body, &compact.headers),
+            packed_size(&compact.body, &compact.headers, Some(&names)),
             map_size(&compact.headers) + block(15) + 32
+        );
+        assert!(compact.headers.keys().all(|name| names.holds(name)));
+        // Without a table (a replay's client fields) names stay as they came.
+        let custom = http::HeaderName::from_static("x-client-field");
+        let mut fields = HeaderMap::new();
+        fields.insert(custom.clone(), HeaderValue::from_static("1"));
+        let (_, kept) = packed(&Bytes::new(), &fields, None);
+        let kept_name = kept.keys().next().expect("one field");
+        assert_eq!(kept_name.as_str().as_ptr(), custom.as_str().as_ptr());
+        // A name the table could not take is the entry's own, and counted.
+        let full = NameTable::new(0, 64);
+        assert_eq!(
+            packed_size(&compact.body, &compact.headers, Some(&full)),
+            map_size(&compact.headers) + block(15) + 32 + [3, 7, 3].map(block).iter().sum::<u64>()
         );
     }
 }
