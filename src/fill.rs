@@ -375,7 +375,7 @@ async fn store(
             base: plan.base,
             vary: vary.clone(),
             status: parts.status,
-            headers: parts.headers,
+            headers: parts.headers.into(),
             body,
             route: plan.route,
             description: plan.description,
@@ -403,7 +403,7 @@ async fn freshen(
     started: Instant,
     generation: u64,
 ) -> (FillOutcome, HeaderMap) {
-    let mut headers = stored.headers.clone();
+    let mut headers = stored.headers.to_map();
     for name in update.keys() {
         if name == CONTENT_LENGTH {
             continue;
@@ -449,7 +449,7 @@ async fn freshen(
             base: stored.base,
             vary: stored.vary.clone(),
             status: stored.status,
-            headers,
+            headers: headers.into(),
             body: stored.body.clone(),
             route: plan.route,
             description: plan.description,

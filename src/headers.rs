@@ -17,6 +17,8 @@ use http::header::{
 };
 use http::{HeaderMap, Method, Version};
 
+use crate::cache::StoredHeaders;
+
 /// Hop-by-hop fields that are removed even when `Connection` does not list them.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -140,14 +142,14 @@ pub fn remove_conditionals(headers: &mut HeaderMap) {
 }
 
 /// True when a stored answer carries a validator (`ETag` or `Last-Modified`).
-pub fn has_validator(response: &HeaderMap) -> bool {
+pub fn has_validator(response: &StoredHeaders) -> bool {
     response.contains_key(ETAG) || response.contains_key(LAST_MODIFIED)
 }
 
 /// Makes a fill conditional on the stored answer `stored` (RFC 9111
 /// §4.3.1): its `ETag` as `If-None-Match`, its `Last-Modified` as
 /// `If-Modified-Since`.
-pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
+pub fn add_validators(request: &mut HeaderMap, stored: &StoredHeaders) {
     if let Some(etag) = stored.get(ETAG) {
         request.insert(IF_NONE_MATCH, etag.clone());
     }
@@ -177,7 +179,7 @@ impl Validators {
 
     /// True when the answer whose headers are `response` has not changed
     /// for this client, so a 304 replaces it.
-    pub fn not_modified(&self, response: &HeaderMap) -> bool {
+    pub fn not_modified(&self, response: &StoredHeaders) -> bool {
         if let Some(wanted) = &self.if_none_match {
             // If-None-Match, when present, decides alone (weak comparison).
             let Some(etag) = response.get(ETAG).and_then(|v| v.to_str().ok()) else {
@@ -224,6 +226,11 @@ mod tests {
             headers.append(*name, HeaderValue::from_static(value));
         }
         headers
+    }
+
+    /// A stored answer's fields.
+    fn answer(fields: &[(&'static str, &'static str)]) -> StoredHeaders {
+        map(fields).into()
     }
 
     #[test]
@@ -342,15 +349,15 @@ mod tests {
     fn a_matching_etag_is_not_modified() {
         let asked =
             Validators::from_request(&Method::GET, &map(&[("if-none-match", "\"x\", W/\"v1\"")]));
-        assert!(asked.not_modified(&map(&[("etag", "\"v1\"")])));
-        assert!(!asked.not_modified(&map(&[("etag", "\"v2\"")])));
-        assert!(!asked.not_modified(&HeaderMap::new()));
+        assert!(asked.not_modified(&answer(&[("etag", "\"v1\"")])));
+        assert!(!asked.not_modified(&answer(&[("etag", "\"v2\"")])));
+        assert!(!asked.not_modified(&StoredHeaders::default()));
     }
 
     #[test]
     fn a_star_matches_any_current_answer() {
         let asked = Validators::from_request(&Method::GET, &map(&[("if-none-match", "*")]));
-        assert!(asked.not_modified(&map(&[("etag", "\"v9\"")])));
+        assert!(asked.not_modified(&answer(&[("etag", "\"v9\"")])));
     }
 
     #[test]
@@ -359,9 +366,18 @@ mod tests {
             &Method::GET,
             &map(&[("if-modified-since", "Wed, 21 Oct 2026 07:28:00 GMT")]),
         );
-        assert!(asked.not_modified(&map(&[("last-modified", "Wed, 21 Oct 2026 07:28:00 GMT")])));
-        assert!(asked.not_modified(&map(&[("last-modified", "Tue, 20 Oct 2026 07:28:00 GMT")])));
-        assert!(!asked.not_modified(&map(&[("last-modified", "Thu, 22 Oct 2026 07:28:00 GMT")])));
+        assert!(asked.not_modified(&answer(&[(
+            "last-modified",
+            "Wed, 21 Oct 2026 07:28:00 GMT"
+        )])));
+        assert!(asked.not_modified(&answer(&[(
+            "last-modified",
+            "Tue, 20 Oct 2026 07:28:00 GMT"
+        )])));
+        assert!(!asked.not_modified(&answer(&[(
+            "last-modified",
+            "Thu, 22 Oct 2026 07:28:00 GMT"
+        )])));
     }
 
     #[test]
@@ -373,7 +389,7 @@ mod tests {
                 ("if-modified-since", "Thu, 22 Oct 2026 07:28:00 GMT"),
             ]),
         );
-        assert!(!asked.not_modified(&map(&[
+        assert!(!asked.not_modified(&answer(&[
             ("etag", "\"new\""),
             ("last-modified", "Wed, 21 Oct 2026 07:28:00 GMT")
         ])));
@@ -382,13 +398,13 @@ mod tests {
     #[test]
     fn post_requests_are_never_answered_304() {
         let asked = Validators::from_request(&Method::POST, &map(&[("if-none-match", "*")]));
-        assert!(!asked.not_modified(&map(&[("etag", "\"v\"")])));
+        assert!(!asked.not_modified(&answer(&[("etag", "\"v\"")])));
     }
 
     #[test]
     fn a_fill_carries_the_stored_validators() {
         let mut request = map(&[("if-none-match", "\"client\"")]);
-        let stored = map(&[
+        let stored = answer(&[
             ("etag", "\"v1\""),
             ("last-modified", "Wed, 21 Oct 2026 07:28:00 GMT"),
         ]);
@@ -399,7 +415,7 @@ mod tests {
             "Wed, 21 Oct 2026 07:28:00 GMT"
         );
         assert!(has_validator(&stored));
-        assert!(!has_validator(&HeaderMap::new()));
+        assert!(!has_validator(&StoredHeaders::default()));
     }
 
     #[test]

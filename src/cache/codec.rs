@@ -38,6 +38,7 @@ use super::key::CacheKey;
 use super::replay::Replay;
 use super::stale::{revalidate_window, StaleWindows};
 use super::store::Entry;
+use super::stored_headers::StoredHeaders;
 
 /// The format written by [`encode`]; the only one [`decode`] reads.
 pub const VERSION: u8 = 1;
@@ -342,7 +343,7 @@ impl Parts {
             return Err(DecodeError::Invalid("expires-at before stored-at"));
         }
         let mut stale = self.stale.ok_or(DecodeError::Missing("stale windows"))?;
-        let headers = self.headers.ok_or(DecodeError::Missing("headers"))?;
+        let headers = StoredHeaders::from(self.headers.ok_or(DecodeError::Missing("headers"))?);
         // Not encoded: an entry with a validator is kept for revalidation.
         stale.revalidate = revalidate_window(crate::headers::has_validator(&headers));
         let mut initial_age = self
@@ -495,7 +496,10 @@ fn field(out: &mut Vec<u8>, tag: u8, payload: impl FnOnce(&mut Vec<u8>)) {
     put_bytes(out, &body);
 }
 
-fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+fn put_headers<'a>(
+    out: &mut Vec<u8>,
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
     for (name, value) in headers {
         put_bytes(out, name.as_str().as_bytes());
         put_bytes(out, value.as_bytes());
@@ -606,7 +610,7 @@ mod tests {
             base: CacheKey::from_bytes([8; 16]),
             vary: Some(vec![HeaderName::from_static("accept-language")].into()),
             status: StatusCode::OK,
-            headers,
+            headers: headers.into(),
             body: Bytes::from_static(br#"{"total":42,"org":"Vale"}"#),
             route: Arc::from("get_metrics"),
             description: r#"get_metrics POST /api/metrics {"org":"Vale"}"#.into(),
@@ -765,9 +769,9 @@ mod tests {
     fn an_entry_with_a_validator_decodes_with_its_revalidation_window() {
         let clock = clock();
         let mut entry = sample(&clock);
-        entry
-            .headers
-            .insert("etag", HeaderValue::from_static("\"v1\""));
+        let mut headers = entry.headers.to_map();
+        headers.insert("etag", HeaderValue::from_static("\"v1\""));
+        entry.headers = headers.into();
         let decoded = decode(&encode(&entry, &clock), &clock).unwrap();
         assert_eq!(
             decoded.stale.revalidate,
@@ -972,6 +976,7 @@ mod tests {
         ) {
             let clock = clock();
             let stored_at = clock.mono - Duration::from_millis(stored_ago_ms);
+            let headers = StoredHeaders::from(headers);
             let revalidate = revalidate_window(crate::headers::has_validator(&headers));
             let entry = Entry {
                 key: CacheKey::from_bytes(key),

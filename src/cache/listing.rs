@@ -215,10 +215,11 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use bytes::Bytes;
-    use http::{HeaderMap, StatusCode};
+    use http::StatusCode;
 
     use super::*;
     use crate::cache::stale::StaleWindows;
+    use crate::cache::StoredHeaders;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -235,7 +236,7 @@ mod tests {
             base: key(i),
             vary: None,
             status: StatusCode::OK,
-            headers: HeaderMap::new(),
+            headers: StoredHeaders::default(),
             body: Bytes::from_static(b"x"),
             route: "r".into(),
             description: format!("entry {i}"),

@@ -398,8 +398,9 @@ mod tests {
     use crate::cache::key::CacheKey;
     use crate::cache::stale::StaleWindows;
     use crate::cache::store::{Entry, Lookup};
+    use crate::cache::StoredHeaders;
     use bytes::Bytes;
-    use http::{HeaderMap, StatusCode};
+    use http::StatusCode;
     use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 
@@ -415,7 +416,7 @@ mod tests {
             base: key(i),
             vary: None,
             status: StatusCode::OK,
-            headers: HeaderMap::new(),
+            headers: StoredHeaders::default(),
             body: Bytes::from(vec![i; body_len]),
             route: Arc::from("get_metrics"),
             description: format!("get_metrics POST /api/metrics {{\"n\":{i}}}"),

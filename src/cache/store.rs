@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
@@ -36,6 +36,7 @@ use super::key::CacheKey;
 use super::listing::{Listing, RING_CAPACITY};
 use super::replay::Replay;
 use super::stale::StaleWindows;
+use super::stored_headers::StoredHeaders;
 pub use super::tally::Census;
 use super::tally::Tally;
 use super::vary::VaryNames;
@@ -65,7 +66,7 @@ pub struct Entry {
     pub upstream_time: Duration,
     pub body: Bytes,
     /// End-to-end headers only; hop-by-hop ones are dropped before storing.
-    pub headers: HeaderMap,
+    pub headers: StoredHeaders,
     pub status: StatusCode,
     /// How long past `expires_at` it may still be served, and for what.
     pub stale: StaleWindows,
@@ -99,11 +100,15 @@ impl Entry {
     pub fn size(&self) -> u64 {
         let fixed = std::mem::size_of::<Self>() as u64 + 16 + BLOCK_OVERHEAD + SLOT_OVERHEAD;
         let replay = self.replay.as_ref().map_or(0, |r| {
-            block(r.path_and_query.capacity() as u64) + packed_size(&r.body, &r.headers, None)
+            block(r.path_and_query.capacity() as u64)
+                + map_size(&r.headers)
+                + packed_size(&r.body, &r.headers, None)
         });
+        let names = Some(header_names::table());
         fixed
             + block(self.description.capacity() as u64)
-            + packed_size(&self.body, &self.headers, Some(header_names::table()))
+            + block(self.headers.pairs_size())
+            + packed_size(&self.body, &self.headers, names)
             + replay
     }
 
@@ -114,11 +119,18 @@ impl Entry {
     /// See [`packed`] for why one buffer.
     pub fn compacted(mut self) -> Self {
         let names = Some(header_names::table());
-        (self.body, self.headers) = packed(&self.body, &self.headers, names);
+        let (body, fields) = packed(&self.body, &self.headers, names);
+        (self.body, self.headers) = (body, fields.into_iter().collect());
         self.description.shrink_to_fit();
         if let Some(replay) = &mut self.replay {
             // A client's field names, read only by a refresh: not shared.
-            (replay.body, replay.headers) = packed(&replay.body, &replay.headers, None);
+            let fields = StoredHeaders::from(&replay.headers);
+            let (body, fields) = packed(&replay.body, &fields, None);
+            let mut headers = HeaderMap::with_capacity(fields.len());
+            for (name, value) in fields {
+                headers.append(name, value);
+            }
+            (replay.body, replay.headers) = (body, headers);
             replay.path_and_query.shrink_to_fit();
         }
         self
@@ -184,22 +196,25 @@ fn map_size(headers: &HeaderMap) -> u64 {
     block(capacity * HEADER_BUCKET) + block(index)
 }
 
-/// Bytes a [`packed`] body and header map hold: the map, the names that
-/// are not in the shared table (each in its own block), one buffer for the
-/// body and every value, and that buffer's shared control block.
-fn packed_size(body: &Bytes, headers: &HeaderMap, names: Option<&NameTable>) -> u64 {
-    let bytes = body.len() + headers.values().map(HeaderValue::len).sum::<usize>();
-    let buffer = if bytes == 0 {
-        0
-    } else {
-        block(bytes as u64) + 32
-    };
-    let own_names: u64 = headers
-        .keys()
-        .filter(|name| !names.is_some_and(|names| names.holds(name)))
-        .map(|name| block(name.as_str().len() as u64))
-        .sum();
-    map_size(headers) + own_names + buffer
+/// Bytes a [`packed`] body and its fields hold besides the block of the
+/// fields themselves: the names that are not in the shared table (each in
+/// its own block), one buffer for the body and every value, and that
+/// buffer's shared control block.
+fn packed_size<'a>(
+    body: &Bytes,
+    fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    names: Option<&NameTable>,
+) -> u64 {
+    let mut bytes = body.len() as u64;
+    let mut own_names = 0;
+    for (name, value) in fields {
+        bytes += value.len() as u64;
+        if !names.is_some_and(|names| names.holds(name)) {
+            own_names += block(name.as_str().len() as u64);
+        }
+    }
+    let buffer = if bytes == 0 { 0 } else { block(bytes) + 32 };
+    own_names + buffer
 }
 
 /// A heap block of `len` bytes, as the allocator spends it (none for 0).
@@ -211,8 +226,8 @@ fn block(len: u64) -> u64 {
     }
 }
 
-/// `body` and every value of `headers` copied into one exact-size
-/// buffer, and handed out as slices of it, with no spare room in the map.
+/// `body` and every value of `fields` copied into one exact-size buffer,
+/// and handed out as slices of it, beside their names, in order.
 ///
 /// One buffer rather than one per value: each block costs the allocator
 /// its overhead, and a hit clones the body and every value. A buffer that
@@ -223,19 +238,28 @@ fn block(len: u64) -> u64 {
 /// increments of one count, on one cache line. Names come from `names`
 /// ([`header_names`]) when given: a `'static` name has no count to
 /// increment.
-fn packed(body: &Bytes, headers: &HeaderMap, names: Option<&NameTable>) -> (Bytes, HeaderMap) {
-    let values: usize = headers.values().map(HeaderValue::len).sum();
+fn packed<'a, F>(
+    body: &Bytes,
+    fields: F,
+    names: Option<&NameTable>,
+) -> (Bytes, Vec<(HeaderName, HeaderValue)>)
+where
+    F: IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    F::IntoIter: Clone,
+{
+    let fields = fields.into_iter();
+    let values: usize = fields.clone().map(|(_, value)| value.len()).sum();
     let mut buffer = Vec::with_capacity(body.len() + values);
     buffer.extend_from_slice(body);
-    for value in headers.values() {
+    for (_, value) in fields.clone() {
         buffer.extend_from_slice(value.as_bytes());
     }
     let buffer = Bytes::from(buffer);
     // An empty slice is `Bytes::new()`, which holds nothing.
     let mut at = body.len();
     let body = buffer.slice(..at);
-    let mut exact = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
+    let mut exact = Vec::with_capacity(fields.size_hint().0);
+    for (name, value) in fields {
         let range = at..at + value.len();
         at = range.end;
         // The bytes were a valid value already; the check cannot fail.
@@ -243,7 +267,7 @@ fn packed(body: &Bytes, headers: &HeaderMap, names: Option<&NameTable>) -> (Byte
             HeaderValue::from_maybe_shared(buffer.slice(range)).unwrap_or_else(|_| value.clone());
         copy.set_sensitive(value.is_sensitive());
         let name = names.map_or_else(|| name.clone(), |names| names.shared(name));
-        exact.append(name, copy);
+        exact.push((name, copy));
     }
     (body, exact)
 }
@@ -787,7 +811,7 @@ mod tests {
             base: CacheKey::from_bytes([0; 16]),
             vary: None,
             status: StatusCode::OK,
-            headers: HeaderMap::new(),
+            headers: StoredHeaders::default(),
             body: Bytes::from(vec![b'x'; body_len]),
             route: "r".into(),
             description: description.into(),
@@ -1053,15 +1077,15 @@ mod tests {
         let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
         let mut loose = Arc::into_inner(entry(0, "d", HOUR)).unwrap();
         loose.body = buffer.slice(0..10);
-        loose.headers.insert(
+        let mut fields = HeaderMap::new();
+        fields.insert(
             "x-a",
             HeaderValue::from_maybe_shared(buffer.slice(10..20)).unwrap(),
         );
-        let names = NameTable::new(8, 64);
-        (loose.body, loose.headers) = packed(&loose.body, &loose.headers, Some(&names));
-        let compact = loose;
+        loose.headers = fields.into();
+        let compact = loose.compacted();
         assert_eq!(compact.body.len(), 10);
-        assert_eq!(compact.headers["x-a"].len(), 10);
+        assert_eq!(compact.headers.get("x-a").unwrap().len(), 10);
         // The only owner of the big buffer left is `buffer` itself.
         assert!(Vec::<u8>::from(buffer).capacity() >= 64 * 1024);
     }
@@ -1085,46 +1109,41 @@ mod tests {
 
     #[test]
     fn packing_puts_the_body_and_values_in_one_buffer_and_names_in_the_table() {
-        let mut loose = Arc::into_inner(entry(0, "d", HOUR)).unwrap();
-        loose.body = Bytes::from_static(b"0123456789");
-        loose.headers.insert("x-a", HeaderValue::from_static("aaa"));
-        loose
-            .headers
-            .insert("x-empty", HeaderValue::from_static(""));
+        let mut fields = HeaderMap::new();
+        fields.insert("x-a", HeaderValue::from_static("aaa"));
+        fields.insert("x-empty", HeaderValue::from_static(""));
         let mut secret = HeaderValue::from_static("bb");
         secret.set_sensitive(true);
-        loose.headers.insert("x-b", secret);
+        fields.insert("x-b", secret);
         let names = NameTable::new(8, 64);
-        (loose.body, loose.headers) = packed(&loose.body, &loose.headers, Some(&names));
-        let compact = loose;
-        let start = compact.body.as_ptr() as usize;
-        let at = |name: &str| compact.headers[name].as_bytes().as_ptr() as usize - start;
-        assert_eq!(&compact.body[..], b"0123456789");
+        let body = Bytes::from_static(b"0123456789");
+        let (body, fields) = packed(&body, &StoredHeaders::from(fields), Some(&names));
+        let fields: StoredHeaders = fields.into_iter().collect();
+        let value = |name: &str| fields.get(name).expect("stored");
+        let start = body.as_ptr() as usize;
+        let at = |name: &str| value(name).as_bytes().as_ptr() as usize - start;
+        assert_eq!(&body[..], b"0123456789");
         assert_eq!((at("x-a"), at("x-b")), (10, 13));
-        assert_eq!(compact.headers["x-a"], "aaa");
-        assert_eq!(compact.headers["x-empty"], "");
-        assert_eq!(compact.headers["x-b"], "bb");
-        assert!(compact.headers["x-b"].is_sensitive());
-        assert!(!compact.headers["x-a"].is_sensitive());
+        assert_eq!(value("x-a"), "aaa");
+        assert_eq!(value("x-empty"), "");
+        assert_eq!(value("x-b"), "bb");
+        assert!(value("x-b").is_sensitive());
+        assert!(!value("x-a").is_sensitive());
         // One block for body and values, counted once with its control
         // block; the names are the shared table's, counted there.
-        assert_eq!(
-            packed_size(&compact.body, &compact.headers, Some(&names)),
-            map_size(&compact.headers) + block(15) + 32
-        );
-        assert!(compact.headers.keys().all(|name| names.holds(name)));
-        // Without a table (a replay's client fields) names stay as they came.
-        let custom = http::HeaderName::from_static("x-client-field");
-        let mut fields = HeaderMap::new();
-        fields.insert(custom.clone(), HeaderValue::from_static("1"));
-        let (_, kept) = packed(&Bytes::new(), &fields, None);
-        let kept_name = kept.keys().next().expect("one field");
-        assert_eq!(kept_name.as_str().as_ptr(), custom.as_str().as_ptr());
+        assert_eq!(packed_size(&body, &fields, Some(&names)), block(15) + 32);
+        assert!(fields.keys().all(|name| names.holds(name)));
         // A name the table could not take is the entry's own, and counted.
         let full = NameTable::new(0, 64);
         assert_eq!(
-            packed_size(&compact.body, &compact.headers, Some(&full)),
-            map_size(&compact.headers) + block(15) + 32 + [3, 7, 3].map(block).iter().sum::<u64>()
+            packed_size(&body, &fields, Some(&full)),
+            block(15) + 32 + [3, 7, 3].map(block).iter().sum::<u64>()
         );
+        // Without a table (a replay's client fields) names stay as they came.
+        let custom = http::HeaderName::from_static("x-client-field");
+        let mut client = HeaderMap::new();
+        client.insert(custom.clone(), HeaderValue::from_static("1"));
+        let (_, kept) = packed(&Bytes::new(), &StoredHeaders::from(client), None);
+        assert_eq!(kept[0].0.as_str().as_ptr(), custom.as_str().as_ptr());
     }
 }

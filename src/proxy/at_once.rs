@@ -81,12 +81,13 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use http::{HeaderMap, Method, StatusCode};
+    use http::{Method, StatusCode};
     use http_body_util::{Empty, Full};
 
     use super::*;
     use crate::cache::stale::StaleWindows;
     use crate::cache::Entry;
+    use crate::cache::StoredHeaders;
     use crate::respond::CacheStatus;
     use crate::server::Surface;
 
@@ -136,7 +137,7 @@ mod tests {
             base: keys.base,
             vary: None,
             status: StatusCode::OK,
-            headers: HeaderMap::new(),
+            headers: StoredHeaders::default(),
             body: Bytes::from_static(body.as_bytes()),
             route: "default".into(),
             description: String::new(),
