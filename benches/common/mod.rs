@@ -40,7 +40,7 @@ pub fn entry(key: CacheKey, body_len: usize) -> Arc<Entry> {
             base: key,
             vary: None,
             status: StatusCode::OK,
-            headers,
+            headers: headers.into(),
             body: Bytes::from(body),
             route: "get_metrics".into(),
             description: format!("get_metrics POST /api/metrics {{\"org\":\"{key}\"}}"),
