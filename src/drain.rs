@@ -158,6 +158,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Waits up to a second of (paused) time for `task` to end.
+    async fn ends(task: tokio::task::JoinHandle<()>, what: &str) {
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect(what)
+            .unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_drain_waits_for_every_watch_to_drop() {
         let drain = Drain::new();
@@ -201,14 +209,8 @@ mod tests {
             "no watch resolves before the signal"
         );
         let drained = tokio::spawn(drain.drain());
-        tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .expect("every watch woken")
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(1), drained)
-            .await
-            .expect("the drain ends once the watches are gone")
-            .unwrap();
+        ends(waiting, "every watch woken").await;
+        ends(drained, "the drain ends once the watches are gone").await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -228,10 +230,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!drained.is_finished(), "one watch is still open");
         drop(after);
-        tokio::time::timeout(Duration::from_secs(1), drained)
-            .await
-            .expect("the drain ends with the last watch")
-            .unwrap();
+        ends(drained, "the drain ends with the last watch").await;
     }
 
     #[tokio::test(start_paused = true)]

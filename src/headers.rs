@@ -215,18 +215,21 @@ impl Validators {
     }
 }
 
+/// A map of `pairs`, in order, for tests.
+#[cfg(test)]
+pub(crate) fn map_of(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(*name, HeaderValue::from_static(value));
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
+    use super::map_of as map;
     use super::*;
     use std::net::Ipv4Addr;
-
-    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, HeaderValue::from_static(value));
-        }
-        headers
-    }
 
     /// A stored answer's fields.
     fn answer(fields: &[(&'static str, &'static str)]) -> StoredHeaders {

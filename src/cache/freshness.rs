@@ -60,15 +60,7 @@ pub fn http_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::headers::map_of as headers;
 
     fn at(text: &str) -> SystemTime {
         httpdate::parse_http_date(text).unwrap()

@@ -121,14 +121,7 @@ impl fmt::Debug for StoredHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in fields {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::headers::map_of as map;
 
     #[test]
     fn fields_keep_the_maps_order_and_every_value() {

@@ -95,15 +95,7 @@ impl VaryIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::headers::map_of as headers;
 
     fn base() -> CacheKey {
         CacheKey::from_bytes([7; 16])
