@@ -312,9 +312,9 @@ impl Proxy {
         // sensitive for HPACK only: an HTTP/2 answer then sends it as a
         // never-indexed literal, since a value no other answer repeats
         // would just push the repeated fields out of the dynamic table.
-        let mut request_id = request_id;
-        request_id.set_sensitive(true);
-        headers.insert(&request_id::X_REQUEST_ID, request_id);
+        let mut answered_id = request_id;
+        answered_id.set_sensitive(true);
+        headers.insert(&request_id::X_REQUEST_ID, answered_id);
         let elapsed = started.elapsed();
         let trace = served.trace;
         self.metrics
