@@ -21,9 +21,9 @@ use std::sync::{OnceLock, RwLock};
 use http::HeaderName;
 
 /// Most names the process-wide table holds.
-pub const MAX_NAMES: usize = 1024;
+const MAX_NAMES: usize = 1024;
 /// Longest name it holds.
-pub const MAX_NAME_LEN: usize = 64;
+const MAX_NAME_LEN: usize = 64;
 
 /// A bounded set of leaked, `'static` header names.
 pub struct NameTable {

@@ -124,13 +124,8 @@ impl Entry {
         self.description.shrink_to_fit();
         if let Some(replay) = &mut self.replay {
             // A client's field names, read only by a refresh: not shared.
-            let fields = StoredHeaders::from(&replay.headers);
-            let (body, fields) = packed(&replay.body, &fields, None);
-            let mut headers = HeaderMap::with_capacity(fields.len());
-            for (name, value) in fields {
-                headers.append(name, value);
-            }
-            (replay.body, replay.headers) = (body, headers);
+            let (body, fields) = packed(&replay.body, &replay.headers, None);
+            (replay.body, replay.headers) = (body, fields.into_iter().collect());
             replay.path_and_query.shrink_to_fit();
         }
         self
@@ -244,20 +239,20 @@ fn packed<'a, F>(
     names: Option<&NameTable>,
 ) -> (Bytes, Vec<(HeaderName, HeaderValue)>)
 where
-    F: IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
-    F::IntoIter: Clone,
+    // A `&HeaderMap` or a `&StoredHeaders`, read twice.
+    F: IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)> + Copy,
 {
-    let fields = fields.into_iter();
-    let values: usize = fields.clone().map(|(_, value)| value.len()).sum();
+    let values: usize = fields.into_iter().map(|(_, value)| value.len()).sum();
     let mut buffer = Vec::with_capacity(body.len() + values);
     buffer.extend_from_slice(body);
-    for (_, value) in fields.clone() {
+    for (_, value) in fields {
         buffer.extend_from_slice(value.as_bytes());
     }
     let buffer = Bytes::from(buffer);
     // An empty slice is `Bytes::new()`, which holds nothing.
     let mut at = body.len();
     let body = buffer.slice(..at);
+    let fields = fields.into_iter();
     let mut exact = Vec::with_capacity(fields.size_hint().0);
     for (name, value) in fields {
         let range = at..at + value.len();
@@ -1117,7 +1112,7 @@ mod tests {
         fields.insert("x-b", secret);
         let names = NameTable::new(8, 64);
         let body = Bytes::from_static(b"0123456789");
-        let (body, fields) = packed(&body, &StoredHeaders::from(fields), Some(&names));
+        let (body, fields) = packed(&body, &fields, Some(&names));
         let fields: StoredHeaders = fields.into_iter().collect();
         let value = |name: &str| fields.get(name).expect("stored");
         let start = body.as_ptr() as usize;
@@ -1143,7 +1138,7 @@ mod tests {
         let custom = http::HeaderName::from_static("x-client-field");
         let mut client = HeaderMap::new();
         client.insert(custom.clone(), HeaderValue::from_static("1"));
-        let (_, kept) = packed(&Bytes::new(), &StoredHeaders::from(client), None);
+        let (_, kept) = packed(&Bytes::new(), &client, None);
         assert_eq!(kept[0].0.as_str().as_ptr(), custom.as_str().as_ptr());
     }
 }
