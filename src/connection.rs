@@ -388,30 +388,33 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ProxyService {
             self.watch.clone(),
             request.version() == http::Version::HTTP_2,
         );
-        let tracked = |body| Tracked {
-            body,
-            _answer: answer,
-        };
         match self.proxy.clone().answer(request, self.client) {
-            proxy::Answer::Now(response) => Answering::Ready(Some(response.map(tracked))),
-            proxy::Answer::Later(answering) => {
-                Answering::Pending(Box::pin(async move { answering.await.map(tracked) }))
-            }
+            proxy::Answer::Now(response) => Answering::Ready(Some(response.map(|body| Tracked {
+                body,
+                _answer: answer,
+            }))),
+            proxy::Answer::Later(answering) => Answering::Pending {
+                answering,
+                guard: Some(answer),
+            },
         }
     }
 }
 
 /// The service's future: an answer ready at once (a fresh hit in memory),
-/// or the pipeline's. Boxed in the second case: hyper keeps one slot for
-/// the service's future for the whole life of an HTTP/1 connection, and the
-/// pipeline's future is many KiB. Inline, every idle keep-alive connection
-/// would keep that much. The ready answer stays inline (the slot grows to
-/// a few hundred bytes, freed when an idle connection is parked): boxing
-/// it would cost the allocation that answering at once saves.
+/// or the proxy's future for it (boxed by the proxy: hyper keeps one slot
+/// for the service's future for the whole life of an HTTP/1 connection, and
+/// inline, every idle keep-alive connection would keep that much) with the
+/// guard its answer will carry. The ready answer stays inline (the slot
+/// grows to a few hundred bytes, freed when an idle connection is parked):
+/// boxing it would cost the allocation that answering at once saves.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Answering {
     Ready(Option<Answer>),
-    Pending(Pin<Box<dyn Future<Output = Answer> + Send>>),
+    Pending {
+        answering: Pin<Box<dyn Future<Output = hyper::Response<ProxyBody>> + Send>>,
+        guard: Option<AnswerGuard>,
+    },
 }
 
 impl Future for Answering {
@@ -420,7 +423,13 @@ impl Future for Answering {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             Self::Ready(answer) => Poll::Ready(Ok(answer.take().expect("polled once ready"))),
-            Self::Pending(answering) => answering.as_mut().poll(cx).map(Ok),
+            Self::Pending { answering, guard } => answering.as_mut().poll(cx).map(|response| {
+                let guard = guard.take().expect("polled once ready");
+                Ok(response.map(|body| Tracked {
+                    body,
+                    _answer: guard,
+                }))
+            }),
         }
     }
 }
@@ -432,7 +441,7 @@ pub(crate) struct Tracked {
     _answer: AnswerGuard,
 }
 
-struct AnswerGuard {
+pub(crate) struct AnswerGuard {
     watch: Arc<ConnectionWatch>,
     http2: bool,
 }
