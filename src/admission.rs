@@ -13,17 +13,26 @@
 
 use http::header::HOST;
 use http::uri::Authority;
-use http::{HeaderMap, Request, Uri, Version};
+use http::{request, HeaderMap, Request, Uri, Version};
 
 use crate::error::{HostProblem, ProxyError};
 use crate::framing::FRAMING_CONFLICT;
 
 /// Why the request is refused before the pipeline, if it is.
 pub fn refusal<B>(request: &Request<B>) -> Option<ProxyError> {
-    if request.headers().contains_key(FRAMING_CONFLICT) {
+    refusal_of(request.version(), request.uri(), request.headers())
+}
+
+/// [`refusal`] for a request taken apart (its head).
+pub fn head_refusal(head: &request::Parts) -> Option<ProxyError> {
+    refusal_of(head.version, &head.uri, &head.headers)
+}
+
+fn refusal_of(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<ProxyError> {
+    if headers.contains_key(FRAMING_CONFLICT) {
         return Some(ProxyError::FramingConflict);
     }
-    check_host(request.version(), request.uri(), request.headers())
+    check_host(version, uri, headers)
         .err()
         .map(|problem| ProxyError::InvalidHost { problem })
 }

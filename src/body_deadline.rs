@@ -21,14 +21,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::client_io::{BodyReadTimeout, OnStall, Stall};
 use crate::error::BoxError;
-
-/// A client's request body as the pipeline reads it.
-pub type RequestBody = DeadlineBody<Incoming>;
 
 /// The two body rules of a listener (from `config::Limits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

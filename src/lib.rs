@@ -69,6 +69,7 @@ mod per_thread;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;
+pub mod request_body;
 pub mod request_id;
 pub mod respond;
 pub mod routes;

@@ -34,7 +34,7 @@ use crate::access;
 use crate::admin;
 use crate::admission;
 use crate::body::{ProxyBody, UpstreamBody};
-use crate::body_deadline::{BodyRules, DeadlineBody, RequestBody};
+use crate::body_deadline::{BodyRules, DeadlineBody};
 use crate::cache::credentials::{credential_digest, Grants};
 use crate::cache::flight::{FillOutcome, Flights, Join};
 use crate::cache::invalidation::Invalidations;
@@ -52,6 +52,7 @@ use crate::headers::{self, Validators};
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
 use crate::reload::{LiveConfig, Reload, Settings};
+use crate::request_body::{ClientBody, RequestBody};
 use crate::request_id;
 use crate::respond::{self, Ask, CacheStatus, CacheStatusField};
 use crate::routes::{Route, DEFAULT_ROUTE};
@@ -59,6 +60,8 @@ use crate::server::Surface;
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
 
 mod at_once;
+
+use at_once::AfterBody;
 mod filling;
 mod invalidating;
 mod waiting;
@@ -135,6 +138,17 @@ pub struct Trace {
 }
 
 impl Served {
+    /// A request refused before any lookup (its body too large or too
+    /// slow): neither a hit nor a miss.
+    fn rejected(err: &ProxyError, route: Arc<str>) -> Self {
+        Self::traced(
+            respond::error(err),
+            CacheStatus::Bypass,
+            route,
+            Trace::default(),
+        )
+    }
+
     fn traced(
         response: Response<ProxyBody>,
         cache: CacheStatus,
@@ -250,27 +264,53 @@ impl Proxy {
 
     /// Answers one request, gives it its `X-Request-Id` (sent upstream and
     /// back to the client) and writes its access line: at once for a fresh
-    /// hit in memory (`proxy/at_once.rs`), otherwise through the pipeline.
+    /// hit in memory (`proxy/at_once.rs`), otherwise through [`Proxy::later`].
     pub fn answer(self: Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Answer {
         let begun = self.begin(&request, client);
         match self.hit_at_once(request, client, &begun.uri) {
             Ok(served) => Answer::Now(self.finish(begun, served, None, client)),
-            Err(mut request) => Answer::Later(Box::pin(async move {
-                // What goes upstream carries the id; a hit in memory had
-                // no use for it.
-                request
-                    .headers_mut()
-                    .insert(&request_id::X_REQUEST_ID, begun.request_id.clone());
-                let (served, failure) = {
-                    let dispatched =
-                        access::noting_errors(self.dispatch(request, client, &begun.uri));
-                    tokio::pin!(dispatched);
-                    let served = dispatched.as_mut().await;
-                    (served, access::failure(dispatched))
-                };
-                self.finish(begun, served, failure, client)
-            })),
+            Err(request) => Answer::Later(Box::pin(self.later(begun, request, client))),
         }
+    }
+
+    /// A request not answered at once: a fresh hit in memory once its body
+    /// is read (`proxy/at_once.rs`), otherwise the pipeline's answer. The
+    /// pipeline's future is KiBs and goes in a box of its own, so that a
+    /// hit on a request with a body (every POST) neither builds nor copies
+    /// it.
+    async fn later(
+        self: Arc<Self>,
+        begun: Begun,
+        request: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Response<ProxyBody> {
+        let request = match self.hit_after_body(request, client, &begun.uri).await {
+            AfterBody::Answered(served, failure) => {
+                return self.finish(begun, served, failure, client)
+            }
+            AfterBody::Pipeline(request) => request,
+        };
+        Box::pin(self.through_pipeline(begun, request, client)).await
+    }
+
+    /// The pipeline's answer to `request`, noting the error it stands for.
+    async fn through_pipeline(
+        self: Arc<Self>,
+        begun: Begun,
+        mut request: Request<ClientBody>,
+        client: ClientInfo,
+    ) -> Response<ProxyBody> {
+        // What goes upstream carries the id; a hit in memory had no use for it.
+        request
+            .headers_mut()
+            .insert(&request_id::X_REQUEST_ID, begun.request_id.clone());
+        let (served, failure) = {
+            let dispatched = access::noting_errors(self.dispatch(request, client, &begun.uri));
+            tokio::pin!(dispatched);
+            let served = dispatched.as_mut().await;
+            (served, access::failure(dispatched))
+        };
+        self.finish(begun, served, failure, client)
     }
 
     /// What the access line needs from the request, and its id.
@@ -344,7 +384,7 @@ impl Proxy {
     /// API, or the proxy pipeline.
     async fn dispatch(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         client: ClientInfo,
         uri: &http::Uri,
     ) -> Served {
@@ -364,12 +404,12 @@ impl Proxy {
         }
     }
 
-    async fn proxy(self: &Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Served {
+    async fn proxy(self: &Arc<Self>, request: Request<ClientBody>, client: ClientInfo) -> Served {
         // One snapshot for the whole request: a reload does not change it midway.
         let config = self.config();
         let request = self.with_body_deadline(request, &config, client);
         let route = config.routes.lookup(request.method(), request.uri().path());
-        let route_name = route.map_or_else(|| self.default_route.clone(), |r| r.name.clone());
+        let route_name = self.route_name(route);
         if is_cached(&config, request.method(), route) {
             return self
                 .cached(request, &config, route, route_name, client)
@@ -394,21 +434,34 @@ impl Proxy {
     /// (`client_io.rs`), which counts and logs the stall itself.
     fn with_body_deadline(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         config: &Config,
         client: ClientInfo,
     ) -> Request<RequestBody> {
+        let (parts, body) = request.into_parts();
+        let body = self.body_deadline(&parts, body, config, client);
+        Request::from_parts(parts, body)
+    }
+
+    /// [`Proxy::with_body_deadline`] for a request taken apart.
+    fn body_deadline(
+        self: &Arc<Self>,
+        head: &request::Parts,
+        body: ClientBody,
+        config: &Config,
+        client: ClientInfo,
+    ) -> RequestBody {
         // A request whose HEADERS frame ended its stream (every GET) has
         // no body to time.
-        if request.version() != Version::HTTP_2 || http_body::Body::is_end_stream(request.body()) {
-            return request.map(DeadlineBody::untimed);
+        if head.version != Version::HTTP_2 || http_body::Body::is_end_stream(&body) {
+            return DeadlineBody::untimed(body);
         }
         let rules = BodyRules {
             body_read_timeout: config.limits.body_read_timeout,
             body_min_rate: config.limits.body_min_rate,
         };
         let proxy = self.clone();
-        let path = request.uri().path().to_owned();
+        let path = head.uri.path().to_owned();
         let on_stall: OnStall = Arc::new(move |stall| {
             Metrics::bump(&proxy.metrics.body_timeouts);
             info!(
@@ -418,7 +471,7 @@ impl Proxy {
                 "http/2 request body too slow (body_read_timeout, body_min_rate); answering 408 and resetting the stream"
             );
         });
-        request.map(|body| DeadlineBody::timed(body, rules, on_stall))
+        DeadlineBody::timed(body, rules, on_stall)
     }
 
     /// Sends the request upstream and streams the answer back, storing
@@ -470,6 +523,12 @@ impl Proxy {
         }
     }
 
+    /// A cacheable request: its body read and its keys computed, then a
+    /// fresh hit in memory answered here, and anything else handed to
+    /// [`Proxy::cached_keyed`] in a box of its own. A request with a body
+    /// (every POST) reaches this step inside the pipeline's future: the
+    /// boxed rest keeps that future small, so a hit does not build,
+    /// allocate and copy the state of every path it does not take.
     async fn cached(
         self: &Arc<Self>,
         request: Request<RequestBody>,
@@ -484,16 +543,30 @@ impl Proxy {
             .await
         {
             Ok(request) => request,
-            Err(err) => {
-                // Rejected before any lookup: neither a hit nor a miss.
-                return Served::traced(
-                    respond::error(&err),
-                    CacheStatus::Bypass,
-                    route_name,
-                    Trace::default(),
-                );
-            }
+            Err(err) => return Served::rejected(&err, route_name),
         };
+        let freshness = ClientFreshness::of(config, &request.parts.headers);
+        if !shared && !freshness.wants_fresh {
+            let now = Instant::now();
+            if let Some(entry) = self.fresh_in_memory(&request.key, &freshness, now) {
+                return hit(&entry, &request.ask, route_name, now);
+            }
+        }
+        Box::pin(self.cached_keyed(request, freshness, route, route_name, client)).await
+    }
+
+    /// A keyed cacheable request that is not a plain fresh hit in memory:
+    /// a shared route's credential check, a lookup that may ask Redis, a
+    /// stale answer to revalidate, or a fill to lead or wait for.
+    async fn cached_keyed(
+        self: &Arc<Self>,
+        request: Keyed,
+        freshness: ClientFreshness,
+        route: Option<&Route>,
+        route_name: Arc<str>,
+        client: ClientInfo,
+    ) -> Served {
+        let shared = route.is_some_and(|r| r.shared);
         let key = request.key;
         let started = Instant::now();
         let upstream = |response, cache, route| {
@@ -537,7 +610,6 @@ impl Proxy {
             }
         }
 
-        let freshness = ClientFreshness::of(config, &request.parts.headers);
         let wants_fresh = freshness.wants_fresh;
         let acceptable = |entry: &Entry, now: Instant| freshness.accepts(entry, now);
         if !wants_fresh {

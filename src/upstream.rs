@@ -34,9 +34,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::body_deadline::RequestBody;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
+use crate::request_body::RequestBody;
 
 /// Buffered (cacheable requests, replayable) or streamed (pass-through).
 pub type UpstreamRequestBody = Either<Full<Bytes>, Limited<RequestBody>>;

@@ -303,3 +303,116 @@ async fn a_chunked_answer_is_stored_and_replayed_whole() {
     }
     assert_eq!(origin.served(), 1);
 }
+
+/// `POST /api/metrics` with `filters` as its body in two chunks, on a
+/// connection of its own: the answer's status line and `X-Cache`.
+async fn chunked_post(proxy: &support::ProxyHandle, filters: &str) -> (String, String) {
+    use tokio::io::AsyncWriteExt;
+    let (first, second) = filters.split_at(filters.len() / 2);
+    let request = format!(
+        "POST /api/metrics HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+         {:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+        first.len(),
+        second.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = String::from_utf8(support::read_until_closed(&mut stream).await).unwrap();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let x_cache = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("x-cache: "))
+        .unwrap_or_default()
+        .to_owned();
+    (status, x_cache)
+}
+
+/// A POST's body is read before its hit is looked for (`proxy/at_once.rs`):
+/// on a miss the pipeline gets that body as read, and the origin gets it
+/// whole; chunked or not, the same filters are the same entry.
+#[tokio::test]
+async fn a_post_body_read_before_the_lookup_reaches_the_origin_whole_on_a_miss() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let filters = r#"{"org":"Vale","period":"2024-Q1","regions":["eu-west-1","us-east-1"]}"#;
+
+    let (status, x_cache) = chunked_post(&proxy, filters).await;
+    assert_eq!(
+        (status.as_str(), x_cache.as_str()),
+        ("HTTP/1.1 200 OK", "MISS")
+    );
+    let seen = origin.last().expect("the miss reached the origin");
+    assert_eq!(seen.method, Method::POST);
+    assert_eq!(
+        seen.body,
+        filters.as_bytes(),
+        "the body the proxy read, whole"
+    );
+
+    let (status, x_cache) = chunked_post(&proxy, filters).await;
+    assert_eq!(
+        (status.as_str(), x_cache.as_str()),
+        ("HTTP/1.1 200 OK", "HIT")
+    );
+    let with_length = Client::new()
+        .post(&proxy.url("/api/metrics"), filters)
+        .await;
+    assert_eq!(
+        with_length.x_cache(),
+        "HIT",
+        "Content-Length or chunks: one key"
+    );
+    assert_eq!(origin.count("/api/metrics"), 1);
+
+    // Another body misses again, and the origin sees that one.
+    let other = r#"{"org":"Vale","period":"2024-Q2"}"#;
+    let (_, x_cache) = chunked_post(&proxy, other).await;
+    assert_eq!(x_cache, "MISS");
+    assert_eq!(origin.last().unwrap().body, other.as_bytes());
+    assert_eq!(origin.count("/api/metrics"), 2);
+}
+
+/// A client that asks for a fresh answer is not served from memory after
+/// its body is read: the pipeline takes it to the origin.
+#[tokio::test]
+async fn a_post_that_wants_a_fresh_answer_skips_the_stored_one() {
+    let origin = Origin::start().await;
+    let toml = format!("[cache]\nhonor_client_no_cache = true\n{DASHBOARD_ROUTES}");
+    let proxy = spawn_proxy(&origin.url(), &toml).await;
+    let client = Client::new();
+    let filters = r#"{"org":"Vale"}"#;
+    assert_eq!(
+        client
+            .post(&proxy.url("/api/metrics"), filters)
+            .await
+            .x_cache(),
+        "MISS"
+    );
+    assert_eq!(
+        client
+            .post(&proxy.url("/api/metrics"), filters)
+            .await
+            .x_cache(),
+        "HIT"
+    );
+    let fresh = client
+        .send(
+            Method::POST,
+            &proxy.url("/api/metrics"),
+            &[
+                ("content-type", "application/json"),
+                ("cache-control", "no-cache"),
+            ],
+            filters.to_owned(),
+        )
+        .await;
+    assert_eq!(fresh.status, 200);
+    assert_ne!(fresh.x_cache(), "HIT");
+    assert_eq!(
+        origin.count("/api/metrics"),
+        2,
+        "no-cache went to the origin"
+    );
+    assert_eq!(origin.last().unwrap().body, filters.as_bytes());
+}

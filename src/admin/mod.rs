@@ -19,13 +19,13 @@ use std::sync::Arc;
 
 use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL};
 use http::{HeaderMap, Method, Request};
-use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::error::ProxyError;
 use crate::proxy::{ClientInfo, Proxy, Served, Trace};
 use crate::refresh as refresher;
+use crate::request_body::ClientBody;
 use crate::respond::{self, CacheStatus};
 
 mod health;
@@ -50,7 +50,11 @@ pub fn is_admin_path(path: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: ClientInfo) -> Served {
+pub async fn handle(
+    proxy: &Arc<Proxy>,
+    request: Request<ClientBody>,
+    client: ClientInfo,
+) -> Served {
     let path = request.uri().path().trim_end_matches('/');
     let endpoint = path.strip_prefix(PREFIX).unwrap_or_default();
     let readable = allow(&request, &[Method::GET, Method::HEAD], "GET, HEAD");
@@ -118,7 +122,7 @@ pub async fn handle(proxy: &Arc<Proxy>, request: Request<Incoming>, client: Clie
 }
 
 fn allow(
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
     methods: &[Method],
     allow: &'static str,
 ) -> Result<(), ProxyError> {

@@ -1,5 +1,5 @@
-//! The common case answered without suspending: a request with no body
-//! whose answer is fresh in memory.
+//! The common case answered without the pipeline: a request whose answer
+//! is fresh in memory.
 //!
 //! The pipeline (`dispatch` → `proxy` → `cached`) is a chain of async
 //! steps whose future is KiBs; building it, moving it into place and
@@ -7,23 +7,44 @@
 //! building it, [`Proxy::hit_at_once`] takes the same steps synchronously,
 //! with the same helpers (`Proxy::keys`, `ClientFreshness`,
 //! `Storage::lookup_now`), as far as they go without I/O. It answers only a
-//! plain hit; at the first thing that needs more (a body to read, a refusal,
-//! the admin API, a shared route, a client that wants a fresh answer, Redis
-//! to ask, anything but a fresh acceptable entry) it hands the request back
+//! plain hit; at the first thing that needs more (a refusal, the admin API,
+//! a shared route, a client that wants a fresh answer, Redis to ask,
+//! anything but a fresh acceptable entry) it hands the request back
 //! untouched and the pipeline takes it from the start. Nothing it does
 //! before giving up has an effect: the volatile-field sampler sees the
 //! request only once it is answered here.
+//!
+//! A request with a body (every POST) cannot be keyed before its body is
+//! read, so [`Proxy::hit_after_body`] does the same in a small future that
+//! reads the body first (within `max_body_bytes` and the body deadlines, as
+//! the pipeline would). When that finds no hit, the request enters the
+//! pipeline with its body already read (`request_body.rs`); when the body
+//! cannot be read, it gets the pipeline's answer for that (413, 408, 400).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::Request;
+use http::{request, Request};
+use hyper::body::Incoming;
 
-use super::{check_declared_length, hit, is_cached, ClientFreshness, ClientInfo, Proxy, Served};
+use super::{
+    check_declared_length, hit, is_cached, read_body, ClientFreshness, ClientInfo, Proxy, Served,
+};
 use crate::admin;
 use crate::admission;
-use crate::cache::Lookup;
+use crate::cache::{CacheKey, Entry, Lookup};
 use crate::config::Config;
+use crate::request_body::ClientBody;
+use crate::routes::Route;
+
+/// What [`Proxy::hit_after_body`] made of a request.
+pub(super) enum AfterBody {
+    /// A fresh hit in memory, or the refusal of a body that could not be
+    /// read (with the error for the access line).
+    Answered(Served, Option<String>),
+    /// For the pipeline, with its body as far as it was read.
+    Pipeline(Request<ClientBody>),
+}
 
 impl Proxy {
     /// A fresh hit in memory for `request`, or the request back.
@@ -36,42 +57,114 @@ impl Proxy {
         client: ClientInfo,
         uri: &http::Uri,
     ) -> Result<Served, Request<B>> {
-        let path = uri.path();
-        if !http_body::Body::is_end_stream(request.body())
-            || admission::refusal(&request).is_some()
-            || !client.surface.answers(path)
-            || admin::is_admin_path(path)
-        {
-            return Err(request);
-        }
-        let settings = self.live.peek();
-        let config: &Config = &settings;
-        let route = config.routes.lookup(request.method(), path);
-        // A shared route checks the caller's credential first: the pipeline's.
-        let cacheable =
-            is_cached(config, request.method(), route) && route.is_none_or(|r| !r.shared);
-        if !cacheable || check_declared_length(request.headers(), config.max_body_bytes).is_err() {
-            return Err(request);
-        }
-        let freshness = ClientFreshness::of(config, request.headers());
-        if freshness.wants_fresh {
+        if !http_body::Body::is_end_stream(request.body()) {
             return Err(request);
         }
         let (parts, body) = request.into_parts();
-        let keys = self.keys(&parts, &[], config, false, route);
+        let settings = self.live.peek();
+        let config: &Config = &settings;
+        let found = self
+            .plain_hit_route(&parts, client, uri.path(), config)
+            .and_then(|(route, freshness)| {
+                let keys = self.keys(&parts, &[], config, false, route);
+                let now = Instant::now();
+                let entry = self.fresh_in_memory(&keys.key, &freshness, now)?;
+                Some((route, keys, entry, now))
+            });
+        let Some((route, keys, entry, now)) = found else {
+            return Err(Request::from_parts(parts, body));
+        };
+        let route_name = self.route_name(route);
+        self.observe(&route_name, route, &keys.method, &parts.uri, &[]);
+        Ok(hit(&entry, &keys.ask, route_name, now))
+    }
+
+    /// [`Proxy::hit_at_once`] for a request with a body: the body read
+    /// first, then the same steps. A request without one, or that the
+    /// pipeline must see for another reason, goes on untouched.
+    pub(super) async fn hit_after_body(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        client: ClientInfo,
+        uri: &http::Uri,
+    ) -> AfterBody {
+        let (parts, body) = request.into_parts();
+        let body = ClientBody::Arriving(body);
+        if http_body::Body::is_end_stream(&body) {
+            return AfterBody::Pipeline(Request::from_parts(parts, body));
+        }
+        let config = self.config();
+        let Some((route, freshness)) = self.plain_hit_route(&parts, client, uri.path(), &config)
+        else {
+            return AfterBody::Pipeline(Request::from_parts(parts, body));
+        };
+        let body = self.body_deadline(&parts, body, &config, client);
+        let body = match read_body(&parts.headers, body, config.max_body_bytes).await {
+            Ok(body) => body,
+            Err(err) => {
+                let served = Served::rejected(&err, self.route_name(route));
+                return AfterBody::Answered(served, Some(err.message()));
+            }
+        };
+        let keys = self.keys(&parts, &body, &config, false, route);
         let now = Instant::now();
-        let entry = match self.store.lookup_now(&keys.key, now) {
+        let Some(entry) = self.fresh_in_memory(&keys.key, &freshness, now) else {
+            return AfterBody::Pipeline(Request::from_parts(parts, ClientBody::read(body)));
+        };
+        let route_name = self.route_name(route);
+        self.observe(&route_name, route, &keys.method, &parts.uri, &body);
+        AfterBody::Answered(hit(&entry, &keys.ask, route_name, now), None)
+    }
+
+    /// The route of a request that only its key and the store stand
+    /// between and a plain hit, with the client's freshness terms; `None`
+    /// when the pipeline must see it (refused, admin API, not cached, a
+    /// shared route, a declared body too large, a client that wants a
+    /// fresh answer).
+    fn plain_hit_route<'c>(
+        &self,
+        head: &request::Parts,
+        client: ClientInfo,
+        path: &str,
+        config: &'c Config,
+    ) -> Option<(Option<&'c Route>, ClientFreshness)> {
+        if admission::head_refusal(head).is_some()
+            || !client.surface.answers(path)
+            || admin::is_admin_path(path)
+        {
+            return None;
+        }
+        let route = config.routes.lookup(&head.method, path);
+        // A shared route checks the caller's credential first: the pipeline's.
+        let cacheable = is_cached(config, &head.method, route) && route.is_none_or(|r| !r.shared);
+        if !cacheable || check_declared_length(&head.headers, config.max_body_bytes).is_err() {
+            return None;
+        }
+        let freshness = ClientFreshness::of(config, &head.headers);
+        (!freshness.wants_fresh).then_some((route, freshness))
+    }
+
+    /// The entry under `key` when memory alone can tell it is fresh, not
+    /// invalidated, and acceptable to the client.
+    pub(super) fn fresh_in_memory(
+        &self,
+        key: &CacheKey,
+        freshness: &ClientFreshness,
+        now: Instant,
+    ) -> Option<Arc<Entry>> {
+        match self.store.lookup_now(key, now) {
             Some(Lookup::Fresh(entry))
                 if !self.invalidated(&entry) && freshness.accepts(&entry, now) =>
             {
-                entry
+                Some(entry)
             }
-            _ => return Err(Request::from_parts(parts, body)),
-        };
-        let route_name: Arc<str> =
-            route.map_or_else(|| self.default_route.clone(), |r| r.name.clone());
-        self.observe(&route_name, route, &keys.method, &parts.uri, &[]);
-        Ok(hit(&entry, &keys.ask, route_name, now))
+            _ => None,
+        }
+    }
+
+    /// The name a route's requests are counted and logged under.
+    pub(super) fn route_name(&self, route: Option<&Route>) -> Arc<str> {
+        route.map_or_else(|| self.default_route.clone(), |r| r.name.clone())
     }
 }
 
