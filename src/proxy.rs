@@ -60,11 +60,11 @@ use crate::server::Surface;
 use crate::upstream::{Upstream, UpstreamRequestBody, UpstreamSetupError};
 
 mod at_once;
-
-use at_once::AfterBody;
 mod filling;
 mod invalidating;
 mod waiting;
+
+use at_once::AfterBody;
 
 /// Where a request came from, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
@@ -523,12 +523,6 @@ impl Proxy {
         }
     }
 
-    /// A cacheable request: its body read and its keys computed, then a
-    /// fresh hit in memory answered here, and anything else handed to
-    /// [`Proxy::cached_keyed`] in a box of its own. A request with a body
-    /// (every POST) reaches this step inside the pipeline's future: the
-    /// boxed rest keeps that future small, so a hit does not build,
-    /// allocate and copy the state of every path it does not take.
     async fn cached(
         self: &Arc<Self>,
         request: Request<RequestBody>,
@@ -545,28 +539,6 @@ impl Proxy {
             Ok(request) => request,
             Err(err) => return Served::rejected(&err, route_name),
         };
-        let freshness = ClientFreshness::of(config, &request.parts.headers);
-        if !shared && !freshness.wants_fresh {
-            let now = Instant::now();
-            if let Some(entry) = self.fresh_in_memory(&request.key, &freshness, now) {
-                return hit(&entry, &request.ask, route_name, now);
-            }
-        }
-        Box::pin(self.cached_keyed(request, freshness, route, route_name, client)).await
-    }
-
-    /// A keyed cacheable request that is not a plain fresh hit in memory:
-    /// a shared route's credential check, a lookup that may ask Redis, a
-    /// stale answer to revalidate, or a fill to lead or wait for.
-    async fn cached_keyed(
-        self: &Arc<Self>,
-        request: Keyed,
-        freshness: ClientFreshness,
-        route: Option<&Route>,
-        route_name: Arc<str>,
-        client: ClientInfo,
-    ) -> Served {
-        let shared = route.is_some_and(|r| r.shared);
         let key = request.key;
         let started = Instant::now();
         let upstream = |response, cache, route| {
@@ -610,6 +582,7 @@ impl Proxy {
             }
         }
 
+        let freshness = ClientFreshness::of(config, &request.parts.headers);
         let wants_fresh = freshness.wants_fresh;
         let acceptable = |entry: &Entry, now: Instant| freshness.accepts(entry, now);
         if !wants_fresh {

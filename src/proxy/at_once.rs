@@ -146,7 +146,7 @@ impl Proxy {
 
     /// The entry under `key` when memory alone can tell it is fresh, not
     /// invalidated, and acceptable to the client.
-    pub(super) fn fresh_in_memory(
+    fn fresh_in_memory(
         &self,
         key: &CacheKey,
         freshness: &ClientFreshness,
