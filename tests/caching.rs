@@ -416,3 +416,45 @@ async fn a_post_that_wants_a_fresh_answer_skips_the_stored_one() {
     );
     assert_eq!(origin.last().unwrap().body, filters.as_bytes());
 }
+
+/// `POST /api/metrics` with `Expect: 100-continue`: the head alone first,
+/// the body only after the proxy's `100 Continue`. The final answer's
+/// `X-Cache`.
+async fn post_after_continue(proxy: &support::ProxyHandle, filters: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "POST /api/metrics HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/json\r\n\
+         expect: 100-continue\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        filters.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(support::PATIENCE, stream.read_exact(&mut interim))
+        .await
+        .expect("the proxy asks for the body")
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(filters.as_bytes()).await.unwrap();
+    let answer = String::from_utf8(support::read_until_closed(&mut stream).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("x-cache: "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A client that waits for `100 Continue` before sending its body gets it
+/// when the proxy starts reading the body to look for a hit, on a miss and
+/// on a hit alike.
+#[tokio::test]
+async fn a_post_that_expects_100_continue_is_asked_for_its_body_then_cached() {
+    let origin = Origin::start().await;
+    let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
+    let filters = r#"{"org":"Vale","period":"2024-Q3"}"#;
+    assert_eq!(post_after_continue(&proxy, filters).await, "MISS");
+    assert_eq!(origin.last().unwrap().body, filters.as_bytes());
+    assert_eq!(post_after_continue(&proxy, filters).await, "HIT");
+    assert_eq!(origin.count("/api/metrics"), 1);
+}
