@@ -267,7 +267,7 @@ impl Proxy {
     /// hit in memory (`proxy/at_once.rs`), otherwise through [`Proxy::later`].
     pub fn answer(self: Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Answer {
         let begun = self.begin(&request, client);
-        match self.hit_at_once(request, client, &begun.uri) {
+        match self.hit_at_once(request, client) {
             Ok(served) => Answer::Now(self.finish(begun, served, None, client)),
             Err(request) => Answer::Later(Box::pin(self.later(begun, request, client))),
         }
@@ -284,7 +284,7 @@ impl Proxy {
         request: Request<Incoming>,
         client: ClientInfo,
     ) -> Response<ProxyBody> {
-        let request = match self.hit_after_body(request, client, &begun.uri).await {
+        let request = match self.hit_after_body(request, client).await {
             AfterBody::Answered(served, failure) => {
                 return self.finish(begun, served, failure, client)
             }

@@ -55,7 +55,6 @@ impl Proxy {
         &self,
         request: Request<B>,
         client: ClientInfo,
-        uri: &http::Uri,
     ) -> Result<Served, Request<B>> {
         if !http_body::Body::is_end_stream(request.body()) {
             return Err(request);
@@ -64,7 +63,7 @@ impl Proxy {
         let settings = self.live.peek();
         let config: &Config = &settings;
         let found = self
-            .plain_hit_route(&parts, client, uri.path(), config)
+            .plain_hit_route(&parts, client, config)
             .and_then(|(route, freshness)| {
                 let keys = self.keys(&parts, &[], config, false, route);
                 let now = Instant::now();
@@ -86,7 +85,6 @@ impl Proxy {
         self: &Arc<Self>,
         request: Request<Incoming>,
         client: ClientInfo,
-        uri: &http::Uri,
     ) -> AfterBody {
         let (parts, body) = request.into_parts();
         let body = ClientBody::Arriving(body);
@@ -94,8 +92,7 @@ impl Proxy {
             return AfterBody::Pipeline(Request::from_parts(parts, body));
         }
         let config = self.config();
-        let Some((route, freshness)) = self.plain_hit_route(&parts, client, uri.path(), &config)
-        else {
+        let Some((route, freshness)) = self.plain_hit_route(&parts, client, &config) else {
             return AfterBody::Pipeline(Request::from_parts(parts, body));
         };
         let body = self.body_deadline(&parts, body, &config, client);
@@ -125,9 +122,9 @@ impl Proxy {
         &self,
         head: &request::Parts,
         client: ClientInfo,
-        path: &str,
         config: &'c Config,
     ) -> Option<(Option<&'c Route>, ClientFreshness)> {
+        let path = head.uri.path();
         if admission::head_refusal(head).is_some()
             || !client.surface.answers(path)
             || admin::is_admin_path(path)
@@ -250,22 +247,12 @@ mod tests {
             .expect("stored");
     }
 
-    /// `request` put to the at-once path, as `Proxy::answer` does.
-    #[allow(clippy::result_large_err)]
-    fn at_once<B: http_body::Body>(
-        proxy: &Proxy,
-        request: Request<B>,
-    ) -> Result<Served, Request<B>> {
-        let uri = request.uri().clone();
-        proxy.hit_at_once(request, CLIENT, &uri)
-    }
-
     #[tokio::test]
     async fn a_fresh_hit_in_memory_is_answered_at_once() {
         let proxy = proxy("");
         let get = request(Method::GET, "/api/metrics?org=1", Empty::<Bytes>::new());
         store_for(&proxy, &get, "{\"n\":1}").await;
-        let Ok(served) = at_once(&proxy, get) else {
+        let Ok(served) = proxy.hit_at_once(get, CLIENT) else {
             panic!("a hit");
         };
         assert_eq!(served.cache, CacheStatus::Hit);
@@ -273,7 +260,7 @@ mod tests {
         assert_eq!(served.response.headers()["x-cache"], "HIT");
         // HEAD is answered from the GET entry, without its body.
         let head = request(Method::HEAD, "/api/metrics?org=1", Empty::<Bytes>::new());
-        let Ok(served) = at_once(&proxy, head) else {
+        let Ok(served) = proxy.hit_at_once(head, CLIENT) else {
             panic!("a hit");
         };
         assert!(http_body::Body::is_end_stream(served.response.body()));
@@ -284,7 +271,10 @@ mod tests {
         let proxy = proxy("[cache]\nhonor_client_no_cache = true\n");
         let stored = request(Method::GET, "/api/metrics?org=1", Empty::<Bytes>::new());
         store_for(&proxy, &stored, "{}").await;
-        assert!(at_once(&proxy, stored).is_ok(), "the stored one hits");
+        assert!(
+            proxy.hit_at_once(stored, CLIENT).is_ok(),
+            "the stored one hits"
+        );
 
         let mut no_cache = request(Method::GET, "/api/metrics?org=1", Empty::<Bytes>::new());
         no_cache
@@ -316,7 +306,7 @@ mod tests {
                 request.uri().clone(),
                 request.headers().clone(),
             );
-            let back = at_once(&proxy, request).err().expect(case);
+            let back = proxy.hit_at_once(request, CLIENT).err().expect(case);
             assert_eq!(
                 (
                     back.method().clone(),
@@ -333,6 +323,6 @@ mod tests {
             "/api/metrics?org=1",
             Full::new(Bytes::from_static(b"{}")),
         );
-        assert!(at_once(&proxy, post).is_err());
+        assert!(proxy.hit_at_once(post, CLIENT).is_err());
     }
 }
