@@ -3,7 +3,9 @@
 mod support;
 
 use http::Method;
-use support::{spawn_proxy, Behaviour, Client, Origin, RawOrigin, Step, DASHBOARD_ROUTES};
+use support::{
+    spawn_proxy, Behaviour, Client, Origin, RawOrigin, RawReply, Step, DASHBOARD_ROUTES,
+};
 
 #[tokio::test]
 async fn the_same_post_twice_is_a_miss_then_an_identical_hit() {
@@ -305,9 +307,8 @@ async fn a_chunked_answer_is_stored_and_replayed_whole() {
 }
 
 /// `POST /api/metrics` with `filters` as its body in two chunks, on a
-/// connection of its own: the answer's status line and `X-Cache`.
-async fn chunked_post(proxy: &support::ProxyHandle, filters: &str) -> (String, String) {
-    use tokio::io::AsyncWriteExt;
+/// connection of its own.
+async fn chunked_post(proxy: &support::ProxyHandle, filters: &str) -> RawReply {
     let (first, second) = filters.split_at(filters.len() / 2);
     let request = format!(
         "POST /api/metrics HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/json\r\n\
@@ -316,16 +317,7 @@ async fn chunked_post(proxy: &support::ProxyHandle, filters: &str) -> (String, S
         first.len(),
         second.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let answer = String::from_utf8(support::read_until_closed(&mut stream).await).unwrap();
-    let status = answer.lines().next().unwrap_or_default().to_owned();
-    let x_cache = answer
-        .lines()
-        .find_map(|line| line.strip_prefix("x-cache: "))
-        .unwrap_or_default()
-        .to_owned();
-    (status, x_cache)
+    support::raw_request(proxy.addr, request.as_bytes()).await
 }
 
 /// A POST's body is read before its hit is looked for (`proxy/at_once.rs`):
@@ -337,11 +329,8 @@ async fn a_post_body_read_before_the_lookup_reaches_the_origin_whole_on_a_miss()
     let proxy = spawn_proxy(&origin.url(), DASHBOARD_ROUTES).await;
     let filters = r#"{"org":"Vale","period":"2024-Q1","regions":["eu-west-1","us-east-1"]}"#;
 
-    let (status, x_cache) = chunked_post(&proxy, filters).await;
-    assert_eq!(
-        (status.as_str(), x_cache.as_str()),
-        ("HTTP/1.1 200 OK", "MISS")
-    );
+    let miss = chunked_post(&proxy, filters).await;
+    assert_eq!((miss.status, miss.get("x-cache")), (200, Some("MISS")));
     let seen = origin.last().expect("the miss reached the origin");
     assert_eq!(seen.method, Method::POST);
     assert_eq!(
@@ -350,11 +339,8 @@ async fn a_post_body_read_before_the_lookup_reaches_the_origin_whole_on_a_miss()
         "the body the proxy read, whole"
     );
 
-    let (status, x_cache) = chunked_post(&proxy, filters).await;
-    assert_eq!(
-        (status.as_str(), x_cache.as_str()),
-        ("HTTP/1.1 200 OK", "HIT")
-    );
+    let hit = chunked_post(&proxy, filters).await;
+    assert_eq!((hit.status, hit.get("x-cache")), (200, Some("HIT")));
     let with_length = Client::new()
         .post(&proxy.url("/api/metrics"), filters)
         .await;
@@ -367,8 +353,8 @@ async fn a_post_body_read_before_the_lookup_reaches_the_origin_whole_on_a_miss()
 
     // Another body misses again, and the origin sees that one.
     let other = r#"{"org":"Vale","period":"2024-Q2"}"#;
-    let (_, x_cache) = chunked_post(&proxy, other).await;
-    assert_eq!(x_cache, "MISS");
+    let miss = chunked_post(&proxy, other).await;
+    assert_eq!(miss.get("x-cache"), Some("MISS"));
     assert_eq!(origin.last().unwrap().body, other.as_bytes());
     assert_eq!(origin.count("/api/metrics"), 2);
 }
@@ -436,13 +422,9 @@ async fn post_after_continue(proxy: &support::ProxyHandle, filters: &str) -> Str
         .unwrap();
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
     stream.write_all(filters.as_bytes()).await.unwrap();
-    let answer = String::from_utf8(support::read_until_closed(&mut stream).await).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-    answer
-        .lines()
-        .find_map(|line| line.strip_prefix("x-cache: "))
-        .unwrap_or_default()
-        .to_owned()
+    let answer = RawReply::parse(&support::read_until_closed(&mut stream).await);
+    assert_eq!(answer.status, 200);
+    answer.get("x-cache").unwrap_or_default().to_owned()
 }
 
 /// A client that waits for `100 Continue` before sending its body gets it

@@ -728,35 +728,32 @@ impl RawReply {
 pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawReply {
     let mut stream = TcpStream::connect(addr).await.expect("connect to proxy");
     stream.write_all(request).await.expect("write request");
-    // Read until EOF; a reset after the answer (the server closing with
-    // request bytes unread) ends the read but keeps what arrived.
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => panic!("the server did not close the connection"),
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+    // A reset after the answer (the server closing with request bytes
+    // unread) ends the read but keeps what arrived.
+    RawReply::parse(&read_until_closed(&mut stream).await)
+}
+
+impl RawReply {
+    /// One answer as it came off the wire: head, then body.
+    pub fn parse(answer: &[u8]) -> Self {
+        let head_end = find(answer, b"\r\n\r\n").expect("a complete answer head") + 4;
+        let head = String::from_utf8_lossy(&answer[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let headers = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        RawReply {
+            status,
+            headers,
+            body: answer[head_end..].to_vec(),
         }
-    }
-    let head_end = find(&buf, b"\r\n\r\n").expect("a complete answer head") + 4;
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    RawReply {
-        status,
-        headers,
-        body: buf[head_end..].to_vec(),
     }
 }
 
