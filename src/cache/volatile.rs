@@ -107,8 +107,12 @@ pub const MAX_ROUTE_BYTES: usize =
 /// `try_lock` by sampled requests only.
 #[derive(Default)]
 pub struct VolatileDetector {
-    routes: ArcSwap<HashMap<Arc<str>, Arc<RouteSampler>>>,
+    routes: ArcSwap<Samplers>,
 }
+
+/// Route name → its sampler. Read on every keyed request: foldhash, since
+/// the names come from the configuration, not from clients.
+type Samplers = HashMap<Arc<str>, Arc<RouteSampler>, foldhash::fast::RandomState>;
 
 struct RouteSampler {
     /// Requests seen, per thread: each thread samples its own warm-up and
@@ -269,7 +273,7 @@ impl VolatileDetector {
         }
         let mut added = None;
         self.routes.rcu(|routes| {
-            let mut routes = HashMap::clone(routes);
+            let mut routes = Samplers::clone(routes);
             added = Some(routes.entry(route.clone()).or_default().clone());
             routes
         });

@@ -38,7 +38,9 @@ pub use prometheus::{StoreFigures, OPENMETRICS_CONTENT_TYPE};
 use tally::Tally;
 
 /// Route name → its figures; replaced whole when a name is first seen.
-type RouteMap = HashMap<Arc<str>, Arc<RouteMetrics>>;
+/// Read on every request: foldhash, since the names come from the
+/// configuration, not from clients.
+type RouteMap = HashMap<Arc<str>, Arc<RouteMetrics>, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
 pub struct Metrics {
