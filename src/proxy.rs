@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{request, HeaderMap, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -795,6 +795,11 @@ impl Proxy {
 }
 
 /// Reads a cacheable request's body whole, within `limit` (`max_body_bytes`).
+/// The whole request body, within `limit` bytes, declared or as they
+/// arrive. A body that comes as one frame (a dashboard's filters, a body
+/// already read) is handed on as it came, with no list of buffers to
+/// allocate and no copy; a body in several frames is joined as it arrives.
+/// Trailers are not part of it.
 async fn read_body(
     headers: &HeaderMap,
     body: RequestBody,
@@ -802,13 +807,29 @@ async fn read_body(
 ) -> Result<Bytes, ProxyError> {
     check_declared_length(headers, limit)?;
     let limit = limit as usize;
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(source) if source.is::<http_body_util::LengthLimitError>() => {
-            Err(ProxyError::BodyTooLarge { limit })
+    let mut body = std::pin::pin!(body);
+    let (mut first, mut joined) = (Bytes::new(), None::<BytesMut>);
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(ProxyError::client_body)?.into_data() else {
+            continue;
+        };
+        read += data.len();
+        if read > limit {
+            return Err(ProxyError::BodyTooLarge { limit });
         }
-        Err(source) => Err(ProxyError::client_body(source)),
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut both = BytesMut::with_capacity(read);
+                both.extend_from_slice(&first);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
     }
+    Ok(joined.map_or(first, BytesMut::freeze))
 }
 
 fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), ProxyError> {
