@@ -391,8 +391,7 @@ pub fn canonical_query(query: &str) -> Cow<'_, str> {
     if is_canonical_query(query) {
         return Cow::Borrowed(query);
     }
-    let mut named: Vec<(Cow<str>, &str)> = query
-        .split('&')
+    let mut named: Vec<(Cow<str>, &str)> = segments(query)
         .filter(|segment| !segment.is_empty())
         .map(|segment| (decoded_name(segment), segment))
         .collect();
@@ -408,10 +407,9 @@ pub fn canonical_query_with<'q>(query: &'q str, rules: &KeyRules) -> Cow<'q, str
     if !rules.has_query_rules() {
         return canonical_query(query);
     }
-    let kept = query
-        .split('&')
+    let kept = segments(query)
         .filter(|segment| !segment.is_empty() && !rules.ignores_query(&decoded_name(segment)));
-    if kept.clone().count() == query.split('&').count() {
+    if kept.clone().count() == segments(query).count() {
         return canonical_query(query);
     }
     let kept: Vec<&str> = kept.collect();
@@ -422,7 +420,7 @@ pub fn canonical_query_with<'q>(query: &'q str, rules: &KeyRules) -> Cow<'q, str
 /// case, checked without allocating.
 fn is_canonical_query(query: &str) -> bool {
     let mut previous: Option<Cow<str>> = None;
-    for segment in query.split('&') {
+    for segment in segments(query) {
         if segment.is_empty() {
             return query.is_empty();
         }
@@ -435,10 +433,34 @@ fn is_canonical_query(query: &str) -> bool {
     true
 }
 
+/// `query`'s `&`-separated segments, empty ones included, as
+/// `query.split('&')` gives them. A byte loop: for a query of a few dozen
+/// bytes, `str::split`'s searcher spends more setting up than searching
+/// (callgrind: about 130 instructions per call, four calls per keyed query).
+fn segments(query: &str) -> impl Iterator<Item = &str> + Clone {
+    let mut rest = Some(query);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.bytes().position(|b| b == b'&') {
+            Some(at) => {
+                rest = Some(&text[at + 1..]);
+                Some(&text[..at])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
+}
+
 /// A query segment's name as `application/x-www-form-urlencoded` decodes
 /// it; borrowed unless it holds `%` or `+`.
 fn decoded_name(segment: &str) -> Cow<'_, str> {
-    let name = segment.split_once('=').map_or(segment, |(name, _)| name);
+    let name = segment
+        .bytes()
+        .position(|b| b == b'=')
+        .map_or(segment, |at| &segment[..at]);
     if !name.bytes().any(|b| b == b'%' || b == b'+') {
         // Nothing to decode, and already UTF-8: the common case, without
         // the decoder's validation pass.
@@ -1145,6 +1167,17 @@ mod tests {
             memo.keyed(&Method::POST, "/q", None, other, &ignoring),
             ruled
         );
+    }
+
+    #[test]
+    fn segments_split_a_query_as_str_split_does() {
+        for query in ["", "a", "a=1&b=2", "&", "a=1&&b", "&a&", "é=1&ü&x=%26"] {
+            assert_eq!(
+                segments(query).collect::<Vec<_>>(),
+                query.split('&').collect::<Vec<_>>(),
+                "{query:?}"
+            );
+        }
     }
 
     fn ruled_key_at(path: &str, body: &[u8], rules: &KeyRules) -> CacheKey {
