@@ -806,6 +806,11 @@ async fn read_body(
     limit: u64,
 ) -> Result<Bytes, ProxyError> {
     check_declared_length(headers, limit)?;
+    read_declared_body(body, limit).await
+}
+
+/// [`read_body`] for a body whose declared length was already checked.
+async fn read_declared_body(body: RequestBody, limit: u64) -> Result<Bytes, ProxyError> {
     let limit = limit as usize;
     let mut body = std::pin::pin!(body);
     let (mut first, mut joined) = (Bytes::new(), None::<BytesMut>);

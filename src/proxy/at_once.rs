@@ -28,7 +28,8 @@ use http::{request, Request};
 use hyper::body::Incoming;
 
 use super::{
-    check_declared_length, hit, is_cached, read_body, ClientFreshness, ClientInfo, Proxy, Served,
+    check_declared_length, hit, is_cached, read_declared_body, ClientFreshness, ClientInfo, Proxy,
+    Served,
 };
 use crate::admin;
 use crate::admission;
@@ -96,7 +97,8 @@ impl Proxy {
             return AfterBody::Pipeline(Request::from_parts(parts, body));
         };
         let body = self.body_deadline(&parts, body, &config, client);
-        let body = match read_body(&parts.headers, body, config.max_body_bytes).await {
+        // `plain_hit_route` checked its declared length.
+        let body = match read_declared_body(body, config.max_body_bytes).await {
             Ok(body) => body,
             Err(err) => {
                 let served = Served::rejected(&err, self.route_name(route));
