@@ -794,12 +794,11 @@ impl Proxy {
     }
 }
 
-/// Reads a cacheable request's body whole, within `limit` (`max_body_bytes`).
-/// The whole request body, within `limit` bytes, declared or as they
-/// arrive. A body that comes as one frame (a dashboard's filters, a body
-/// already read) is handed on as it came, with no list of buffers to
-/// allocate and no copy; a body in several frames is joined as it arrives.
-/// Trailers are not part of it.
+/// Reads a cacheable request's body whole, within `limit` bytes
+/// (`max_body_bytes`), declared or as they arrive. A body that comes as
+/// one frame (a dashboard's filters, a body already read) is handed on as
+/// it came, with no list of buffers to allocate and no copy; a body in
+/// several frames is joined as it arrives. Trailers are not part of it.
 async fn read_body(
     headers: &HeaderMap,
     body: RequestBody,
