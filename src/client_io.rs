@@ -332,6 +332,19 @@ impl<IO> ClientIo<IO> {
         }
     }
 
+    /// Fails once the next request head has been waited for
+    /// `header_read_timeout` since the last answer: the wait of a
+    /// connection no reader is polling (`keep_alive.rs`), on the head timer
+    /// its reads use.
+    pub fn poll_idle_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_head_deadline(cx)
+    }
+
+    /// Whether bytes wait to be read again.
+    pub fn has_replay(&self) -> bool {
+        self.replay.is_some()
+    }
+
     /// Bounds every request head by `header_read_timeout` from here on:
     /// for an HTTP/1 connection, whose requests come one after another.
     pub fn time_request_heads(&mut self) {

@@ -127,10 +127,10 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The protocol ALPN settled on, if any.
     fn negotiated(&self) -> Option<Protocol>;
 
-    /// Resolves once the client has sent something (or closed). Called only
+    /// Ready once the client has sent something (or closed). Called only
     /// after a read found nothing, so nothing already received waits in a
     /// buffer above the socket.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl ClientStream for TcpStream {
@@ -138,8 +138,8 @@ impl ClientStream for TcpStream {
         None
     }
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        TcpStream::readable(self)
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
 
@@ -152,11 +152,11 @@ impl ClientStream for Box<TlsStream<TcpStream>> {
         }
     }
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // tokio-rustls answered the last read with Pending only once rustls
         // held no plaintext and the socket had nothing: new bytes can only
         // come through the socket.
-        self.get_ref().0.readable()
+        self.get_ref().0.poll_read_ready(cx)
     }
 }
 
@@ -398,6 +398,23 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ProxyService {
                 guard: Some(answer),
             },
         }
+    }
+}
+
+impl ProxyService {
+    /// A plain hit answered at once, for the express lane (`express.rs`):
+    /// counted as a request of the connection, with the guard whose drop
+    /// ends it, as hyper's end of body does. The request back, uncounted,
+    /// for anything else.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn answer_at_once<B: Body>(
+        &self,
+        request: hyper::Request<B>,
+    ) -> Result<(hyper::Response<ProxyBody>, AnswerGuard), hyper::Request<B>> {
+        let response = self.proxy.answer_at_once(request, self.client)?;
+        // Its head had no body, so no framing conflict either.
+        self.watch.next_request_conflicts();
+        Ok((response, AnswerGuard::new(self.watch.clone(), false)))
     }
 }
 

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
@@ -123,21 +123,29 @@ impl Drop for Drain {
 }
 
 impl DrainWatch {
+    /// Whether the drain has started.
+    pub fn has_started(&self) -> bool {
+        self.shared.started.load(Ordering::Acquire)
+    }
+
     /// Resolves once the drain has started (at once if it already has).
     pub fn started(&mut self) -> impl Future<Output = ()> + '_ {
-        poll_fn(|cx| {
-            if self.shared.started.load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            // A signal between the first check and the registration woke
-            // no one: look again.
-            if self.shared.started.load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
+        poll_fn(|cx| self.poll_started(cx))
+    }
+
+    /// [`DrainWatch::started`] as a poll.
+    pub fn poll_started(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shared.started.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A signal between the first check and the registration woke
+        // no one: look again.
+        if self.shared.started.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 

@@ -1,4 +1,11 @@
-//! HTTP/1.1 connections, and the parking of idle keep-alive ones.
+//! HTTP/1.1 connections: the express lane first, hyper for the rest, and
+//! the parking of idle keep-alive ones.
+//!
+//! Between two requests, while no hyper connection runs, the connection
+//! waits for the client here (readiness of the socket, the drain, and
+//! `ClientIo`'s head timer) and gives what arrives to the express lane
+//! (`express.rs`), which answers a plain hit itself; whatever it leaves is
+//! replayed to a new hyper connection, parked as below once at rest.
 //!
 //! hyper gives every HTTP/1 connection an 8 KiB read buffer and an 8 KiB
 //! head buffer that it keeps while it waits for the next request, and
@@ -43,6 +50,7 @@ use tracing::debug;
 use crate::client_io::{ClientIo, ConnectionWatch};
 use crate::connection::{ClientStream, ProxyService, Settings};
 use crate::drain::DrainWatch;
+use crate::express::{self, Express};
 
 type Http1<IO> = http1::Connection<TokioIo<ClientIo<IO>>, ProxyService>;
 type Parts<IO> = http1::Parts<TokioIo<ClientIo<IO>>, ProxyService>;
@@ -58,7 +66,9 @@ enum Run<IO> {
     Parked(Parts<IO>),
 }
 
-/// Serves an HTTP/1 connection to its end, parking it whenever it is idle.
+/// Serves an HTTP/1 connection to its end: each request read by the
+/// express lane first (`express.rs`), and a hyper connection started for
+/// the first one it leaves, parked again whenever it is idle.
 /// `first_deadline` bounds the first request head.
 ///
 /// The stream and service come boxed: an async fn keeps its arguments for
@@ -73,11 +83,50 @@ pub(crate) async fn serve<IO: ClientStream>(
 ) {
     let (mut io, mut service) = *start;
     let watch = io.watch().clone();
-    // A request head must be complete (the request count pass the second
-    // field) by the first field's instant.
-    let mut head_due = Some((first_deadline, 0));
     let mut woken = false;
     loop {
+        let idle_until = match watch.requests() {
+            0 => first_deadline,
+            _ => watch.rested_at() + settings.idle_timeout,
+        };
+        // No hyper connection here: a client that sends nothing holds only
+        // the stream and `ClientIo` (bytes replayed are read at once). The
+        // wait uses the connection's one head timer, not one per request.
+        if !io.has_replay() {
+            let woke = poll_fn(|cx| {
+                if drain.poll_started(cx).is_ready() {
+                    return Poll::Ready(Wake::Drain);
+                }
+                if io.poll_idle_deadline(cx).is_ready() {
+                    return Poll::Ready(Wake::Deadline);
+                }
+                io.get_ref().poll_readable(cx).map(Wake::Readable)
+            })
+            .await;
+            match woke {
+                Wake::Readable(Ok(())) => {}
+                Wake::Drain => {
+                    debug!(client = %client, "shutting down: closing an idle connection");
+                    return;
+                }
+                Wake::Deadline => {
+                    debug!(client = %client, "idle keep-alive connection reached header_read_timeout; closing");
+                    return;
+                }
+                Wake::Readable(Err(err)) => {
+                    debug!(client = %client, error = %err, "idle connection failed");
+                    return;
+                }
+            }
+        }
+        match express::answer(&mut io, &service, &drain, client).await {
+            Express::Answered | Express::Nothing => continue,
+            Express::Closed => return,
+            Express::Hyper => {}
+        }
+        // The head the hyper connection reads must be done when the express
+        // lane's would have been (`ClientIo` keeps that clock too).
+        let mut head_due = Some((idle_until, watch.requests()));
         // Both boxed: parked, the task keeps only their pointers' slots, not
         // hyper's connection or the state of driving it.
         let conn = Box::new(settings.http1.serve_connection(TokioIo::new(io), service));
@@ -105,40 +154,20 @@ pub(crate) async fn serve<IO: ClientStream>(
         io = parked.into_inner();
         io.release_head_timer();
         service = kept;
-        let idle_until = match watch.requests() {
-            0 => first_deadline,
-            _ => watch.rested_at() + settings.idle_timeout,
-        };
-        if read_buf.is_empty() {
-            drop(read_buf);
-            debug!(client = %client, "idle connection parked");
-            tokio::select! {
-                biased;
-                () = drain.started() => {
-                    debug!(client = %client, "shutting down: closing a parked connection");
-                    return;
-                }
-                () = tokio::time::sleep_until(idle_until) => {
-                    debug!(client = %client, "idle keep-alive connection reached header_read_timeout; closing");
-                    return;
-                }
-                ready = io.get_ref().readable() => {
-                    if let Err(err) = ready {
-                        debug!(client = %client, error = %err, "parked connection failed");
-                        return;
-                    }
-                }
-            }
-        } else {
-            // Not expected at rest, but those bytes are the client's next
-            // request: hand them to hyper at once.
-            io.replay(read_buf);
-        }
-        // The head the new hyper connection reads must still be done when
-        // the parked connection's would be (`ClientIo` keeps that clock too).
-        head_due = Some((idle_until, watch.requests()));
+        debug!(client = %client, "idle connection parked");
+        // Not expected at rest, but those bytes are the client's next
+        // request: read at once.
+        io.replay(read_buf);
         woken = true;
     }
+}
+
+/// What ended a wait for the next request.
+enum Wake {
+    Readable(std::io::Result<()>),
+    Drain,
+    /// `header_read_timeout` since the last answer.
+    Deadline,
 }
 
 /// Drives one hyper connection until it ends or is parked.

@@ -58,6 +58,7 @@ pub mod config;
 mod connection;
 mod drain;
 pub mod error;
+mod express;
 mod fill;
 pub mod framing;
 pub mod headers;

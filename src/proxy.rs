@@ -266,10 +266,37 @@ impl Proxy {
     /// back to the client) and writes its access line: at once for a fresh
     /// hit in memory (`proxy/at_once.rs`), otherwise through [`Proxy::later`].
     pub fn answer(self: Arc<Self>, request: Request<Incoming>, client: ClientInfo) -> Answer {
+        match self.at_once(request, client) {
+            Ok(response) => Answer::Now(response),
+            Err((begun, request)) => Answer::Later(Box::pin(self.later(begun, request, client))),
+        }
+    }
+
+    /// [`Proxy::answer`] for a fresh hit in memory only (the express lane,
+    /// `express.rs`); the request back, untouched, for anything else.
+    // Moved in and out by value, as `hit_at_once` does.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn answer_at_once<B: http_body::Body>(
+        &self,
+        request: Request<B>,
+        client: ClientInfo,
+    ) -> Result<Response<ProxyBody>, Request<B>> {
+        self.at_once(request, client)
+            .map_err(|(_, request)| request)
+    }
+
+    /// The answer to a fresh hit in memory, or the request back with what
+    /// the access line needs of it.
+    #[allow(clippy::result_large_err)]
+    fn at_once<B: http_body::Body>(
+        &self,
+        request: Request<B>,
+        client: ClientInfo,
+    ) -> Result<Response<ProxyBody>, (Begun, Request<B>)> {
         let begun = self.begin(&request, client);
         match self.hit_at_once(request, client) {
-            Ok(served) => Answer::Now(self.finish(begun, served, None, client)),
-            Err(request) => Answer::Later(Box::pin(self.later(begun, request, client))),
+            Ok(served) => Ok(self.finish(begun, served, None, client)),
+            Err(request) => Err((begun, request)),
         }
     }
 
@@ -314,7 +341,7 @@ impl Proxy {
     }
 
     /// What the access line needs from the request, and its id.
-    fn begin(&self, request: &Request<Incoming>, client: ClientInfo) -> Begun {
+    fn begin<B>(&self, request: &Request<B>, client: ClientInfo) -> Begun {
         let started = Instant::now();
         let request_id = request_id::for_request(
             request.headers(),

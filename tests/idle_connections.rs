@@ -125,6 +125,13 @@ struct Answer {
 }
 
 impl Answer {
+    fn x_cache(&self) -> &str {
+        self.headers
+            .iter()
+            .find_map(|line| line.strip_prefix("x-cache: "))
+            .unwrap_or("")
+    }
+
     fn has(&self, name: &str) -> bool {
         self.headers
             .iter()
@@ -182,7 +189,8 @@ impl KeepAlive {
         self.buf.drain(..n).collect()
     }
 
-    async fn answer(&mut self) -> Answer {
+    /// The status and lower-cased field lines of the next answer.
+    async fn head(&mut self) -> (u16, Vec<String>) {
         let status_line = String::from_utf8(self.line().await).unwrap();
         let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
         let mut headers = Vec::new();
@@ -193,6 +201,21 @@ impl KeepAlive {
             }
             headers.push(line.to_ascii_lowercase());
         }
+        (status, headers)
+    }
+
+    /// The answer to a `HEAD` request: no body, whatever its length says.
+    async fn answer_to_head(&mut self) -> Answer {
+        let (status, headers) = self.head().await;
+        Answer {
+            status,
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    async fn answer(&mut self) -> Answer {
+        let (status, headers) = self.head().await;
         let length = headers
             .iter()
             .find_map(|l| l.strip_prefix("content-length:"))
@@ -260,9 +283,12 @@ async fn an_idle_connection_is_parked_and_answers_its_next_request() {
 
     let woken = connection.get(GET).await;
     assert_same_answer(&woken, &fresh_answer(&proxy, GET).await);
-    log.wait_for_parked(2).await;
+    // A plain hit is the express lane's: no hyper connection starts again,
+    // so none is parked, and the connection still answers after idling.
+    tokio::time::sleep(PARK_AFTER * 6).await;
+    assert_eq!(log.parked(), 1);
     let again = connection.get(GET).await;
-    assert_eq!(again.status, 200, "parked and woken again");
+    assert_eq!(again.status, 200, "idle and woken again");
     assert_eq!(
         origin.count("/api/filter-options"),
         1,
@@ -338,7 +364,7 @@ async fn pipelined_requests_after_a_park_are_answered_in_order() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_parked_connection_is_closed_when_header_read_timeout_runs_out() {
+async fn an_idle_connection_is_closed_when_header_read_timeout_runs_out() {
     let (log, _guard) = Log::capture();
     let origin = Origin::start().await;
     let proxy = proxy_with(&origin, "header_read_timeout = \"10s\"").await;
@@ -348,8 +374,10 @@ async fn a_parked_connection_is_closed_when_header_read_timeout_runs_out() {
     let mut connection = KeepAlive::open(&proxy).await;
     assert_eq!(connection.get(GET).await.status, 200);
     // Paused time only moves when every task waits: the answer's end is now.
+    // The hit was the express lane's, which holds no hyper connection. (The
+    // pause keeps the read's own limit, PATIENCE, past the proxy's.)
     let answered = Instant::now();
-    log.wait_for_parked(1).await;
+    tokio::time::sleep(PARK_AFTER).await;
 
     let rest = read_until_closed(&mut connection.stream).await;
     assert!(rest.is_empty(), "closed without a word: {rest:?}");
@@ -361,7 +389,7 @@ async fn a_parked_connection_is_closed_when_header_read_timeout_runs_out() {
     assert_eq!(
         log.count("idle keep-alive connection reached header_read_timeout"),
         1,
-        "closed while parked"
+        "closed while idle"
     );
 }
 
@@ -408,7 +436,7 @@ async fn a_parked_connection_keeps_its_slot() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_parked_connections_at_once() {
+async fn shutdown_closes_idle_connections_at_once() {
     let (log, _guard) = Log::capture();
     let origin = Origin::start().await;
     let mut proxy = proxy_with(&origin, "shutdown_timeout = \"60s\"").await;
@@ -419,7 +447,9 @@ async fn shutdown_closes_parked_connections_at_once() {
         assert_eq!(connection.get(GET).await.status, 200);
         connections.push(connection);
     }
-    log.wait_for_parked(3).await;
+    // The first was a miss, hyper's, parked since; the others were hits,
+    // the express lane's, waiting without hyper.
+    log.wait_for_parked(1).await;
 
     let stopped = proxy.shutdown();
     tokio::time::timeout(PATIENCE, stopped)
@@ -429,7 +459,7 @@ async fn shutdown_closes_parked_connections_at_once() {
     for connection in &mut connections {
         assert!(read_until_closed(&mut connection.stream).await.is_empty());
     }
-    assert_eq!(log.count("shutting down: closing a parked connection"), 3);
+    assert_eq!(log.count("shutting down: closing an idle connection"), 3);
 }
 
 #[tokio::test]
@@ -520,4 +550,90 @@ async fn a_connection_waiting_on_its_answer_or_its_body_is_not_parked() {
     assert_eq!(answer.status, 200);
     assert!(!answer.has("connection"), "{answer:?}");
     log.wait_for_parked(1).await;
+}
+
+// ---------------------------------------------------------------- the express lane
+
+/// An answer's head lines with the fields that change per answer blanked.
+fn stable_lines(answer: &Answer) -> Vec<String> {
+    answer
+        .headers
+        .iter()
+        .map(|line| {
+            let name = line.split(':').next().unwrap();
+            match name {
+                "date" | "age" | "x-request-id" | "cache-status" => format!("{name}: …"),
+                _ => line.clone(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_plain_hit_is_answered_without_hyper_exactly_as_hyper_answers_it() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "").await;
+    const HEAD: &[u8] = b"HEAD /api/filter-options?region=north HTTP/1.1\r\nHost: proxy\r\n\r\n";
+
+    // A miss: hyper answers it, then parks.
+    let mut first = KeepAlive::open(&proxy).await;
+    assert_eq!(first.get(GET).await.status, 200);
+    log.wait_for_parked(1).await;
+
+    // Two requests in one write are hyper's (pipelining): it parks after.
+    let mut pipelined = KeepAlive::open(&proxy).await;
+    pipelined.send(&[GET, HEAD].concat()).await;
+    let by_hyper = pipelined.answer().await;
+    let head_by_hyper = pipelined.answer_to_head().await;
+    log.wait_for_parked(2).await;
+
+    // One plain hit: the express lane's. No hyper connection starts, so
+    // none is parked however long the connection stays idle.
+    let mut express = KeepAlive::open(&proxy).await;
+    let answer = express.get(GET).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, by_hyper.body);
+    assert_eq!(stable_lines(&answer), stable_lines(&by_hyper));
+    assert!(
+        answer.has("x-request-id") && answer.has("date"),
+        "{answer:?}"
+    );
+    express.send(HEAD).await;
+    let head = express.answer_to_head().await;
+    assert_eq!(stable_lines(&head), stable_lines(&head_by_hyper));
+    tokio::time::sleep(PARK_AFTER * 6).await;
+    assert_eq!(log.parked(), 2, "no hyper connection on the express one");
+    assert_eq!(express.get(GET).await.status, 200, "still open");
+    assert_eq!(origin.count("/api/filter-options"), 1, "the rest were hits");
+}
+
+#[tokio::test]
+async fn what_the_express_lane_does_not_answer_goes_to_hyper_on_the_same_connection() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "").await;
+    let mut connection = KeepAlive::open(&proxy).await;
+    // A miss, then a hit, then another miss on one connection: each time the
+    // bytes reach hyper whole.
+    assert_eq!(connection.get(GET).await.status, 200);
+    log.wait_for_parked(1).await;
+    assert_eq!(connection.get(GET).await.x_cache(), "hit");
+    let other = b"GET /api/filter-options?region=south HTTP/1.1\r\nHost: proxy\r\n\r\n";
+    let miss = connection.get(other).await;
+    assert_eq!(miss.x_cache(), "miss");
+    log.wait_for_parked(2).await;
+    // A hit that closes the connection is hyper's too.
+    let close = b"GET /api/filter-options?region=south HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n";
+    let last = connection.get(close).await;
+    assert_eq!(last.x_cache(), "hit");
+    assert!(
+        last.headers.contains(&"connection: close".to_owned()),
+        "{last:?}"
+    );
+    assert!(
+        read_until_closed(&mut connection.stream).await.is_empty(),
+        "closed after the answer"
+    );
+    assert_eq!(origin.count("/api/filter-options"), 2);
 }
