@@ -402,19 +402,20 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ProxyService {
 }
 
 impl ProxyService {
-    /// A plain hit answered at once, for the express lane (`express.rs`):
-    /// counted as a request of the connection, with the guard whose drop
-    /// ends it, as hyper's end of body does. The request back, uncounted,
-    /// for anything else.
+    /// A plain hit written into `out` at once, for the express lane
+    /// (`express.rs`): counted as a request of the connection, with the
+    /// body to send and the guard whose drop ends it, as hyper's end of
+    /// body does. The request back, uncounted, for anything else.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn answer_at_once<B: Body>(
+    pub(crate) fn write_at_once<B: Body>(
         &self,
         request: hyper::Request<B>,
-    ) -> Result<(hyper::Response<ProxyBody>, AnswerGuard), hyper::Request<B>> {
-        let response = self.proxy.answer_at_once(request, self.client)?;
+        out: &mut Vec<u8>,
+    ) -> Result<(Bytes, AnswerGuard), hyper::Request<B>> {
+        let body = self.proxy.write_at_once(request, self.client, out)?;
         // Its head had no body, so no framing conflict either.
         self.watch.next_request_conflicts();
-        Ok((response, AnswerGuard::new(self.watch.clone(), false)))
+        Ok((body, AnswerGuard::new(self.watch.clone(), false)))
     }
 }
 

@@ -2,18 +2,19 @@
 //! memory, read, answered and written without hyper.
 //!
 //! hyper's per-request machinery (its dispatcher, its read and write
-//! buffers, the head encoder) costs a cache hit about as much user-space
-//! time as everything the proxy itself does for it, and a plain hit needs
-//! none of it: its head arrives in one read, its answer leaves in one
-//! write. So while no hyper connection runs on an HTTP/1 connection
-//! (`keep_alive.rs`: before the first request, and whenever hyper's
-//! connection ended at rest), the next request is read here first.
+//! buffers, the head encoder) and the answer's header map are a large part
+//! of a hit's user-space time, and a plain hit needs none of them: its head
+//! arrives in one read, its answer leaves in one write. So while no hyper
+//! connection runs on an HTTP/1 connection (`keep_alive.rs`: before the
+//! first request, and whenever hyper's connection ended at rest), the next
+//! request is read here first.
 //!
-//! [`answer`] answers it when it is a plain hit, through the same
-//! [`Proxy::answer_at_once`](crate::proxy::Proxy::answer_at_once) hyper's
-//! path takes first (the same lookup, `X-Request-Id`, access line and
-//! counters), and writes the answer as hyper would, byte for byte
-//! ([`encode_head`], tested against hyper's own output). Everything else
+//! [`answer`] answers it when it is a plain hit, through
+//! [`Proxy::write_at_once`](crate::proxy::Proxy::write_at_once): the same
+//! steps hyper's path takes first (the lookup, `X-Request-Id`, counters and
+//! access line), with the answer's head written straight from the stored
+//! entry (`respond::write_from_entry`) by hyper's rules (`head_writer.rs`),
+//! byte for byte what hyper would send (tested against it). Everything else
 //! goes to hyper untouched, the bytes read replayed to it
 //! ([`ClientIo::replay`]): a head not complete in what has arrived, more
 //! than one request (pipelining) or a body, anything but HTTP/1.1, a
@@ -26,18 +27,14 @@
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
-use std::time::SystemTime;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, DATE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body::Body;
-use http_body_util::{BodyExt, Either, Empty};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::Empty;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tracing::debug;
 
-use crate::body::ProxyBody;
 use crate::client_io::ClientIo;
 use crate::connection::{ClientStream, ProxyService};
 use crate::drain::DrainWatch;
@@ -123,23 +120,15 @@ pub(crate) async fn answer<IO: ClientStream>(
         io.replay(bytes);
         return Express::Hyper;
     };
-    let head_only = request.method() == Method::HEAD;
-    let (response, answered) = match service.answer_at_once(request) {
+    let mut head = Vec::with_capacity(HEAD_OUT_BYTES);
+    let (body, answered) = match service.write_at_once(request, &mut head) {
         Ok(answered) => answered,
         Err(_) => {
             io.replay(bytes);
             return Express::Hyper;
         }
     };
-    let (parts, body) = response.into_parts();
-    let body = whole(body).await;
-    let mut out = Vec::with_capacity(HEAD_OUT_BYTES);
-    let send_body = encode_head(&parts, head_only, body.len(), &mut out);
-    let written = if send_body {
-        write_all(io, &out, &body).await
-    } else {
-        write_all(io, &out, &[]).await
-    };
+    let written = write_all(io, &head, &body).await;
     // Ends the answer for the connection's watch, as hyper's end of body does.
     drop(answered);
     match written {
@@ -276,115 +265,6 @@ impl Head {
     }
 }
 
-/// An answer's body in one piece: a hit's is one `Bytes` already.
-async fn whole(body: ProxyBody) -> Bytes {
-    match body {
-        Either::Left(mut full) => {
-            let mut cx = Context::from_waker(Waker::noop());
-            match Pin::new(&mut full).poll_frame(&mut cx) {
-                Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-                // `Full` has one frame, ready, and no error.
-                _ => Bytes::new(),
-            }
-        }
-        // Not an answer at once; read whole all the same.
-        streamed => streamed
-            .collect()
-            .await
-            .map(|collected| collected.to_bytes())
-            .unwrap_or_default(),
-    }
-}
-
-/// Writes an answer's head as hyper's HTTP/1 server does (lower-case names
-/// in the map's order, `content-length` and `date` added when the answer
-/// has none, by hyper's rules for `HEAD`, 204 and 304); returns whether its
-/// body is to be sent.
-///
-/// Hop-by-hop fields (`Connection`, `Transfer-Encoding`, `Trailer`), which
-/// hyper treats apart, are never in a stored answer (`headers.rs`).
-pub(crate) fn encode_head(
-    parts: &http::response::Parts,
-    head_only: bool,
-    body_len: usize,
-    out: &mut Vec<u8>,
-) -> bool {
-    let status = parts.status;
-    if status == StatusCode::OK {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    } else {
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        let reason = status.canonical_reason().unwrap_or("<none>");
-        out.extend_from_slice(reason.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    // hyper's "no body" is an answer whose body is already at its end.
-    let has_body = body_len > 0;
-    let no_length = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let mut wrote_len = false;
-    let mut wrote_date = false;
-    let mut previous: Option<&HeaderName> = None;
-    for (name, value) in &parts.headers {
-        let repeated = previous == Some(name);
-        previous = Some(name);
-        if name == CONTENT_LENGTH {
-            if has_body {
-                // hyper trusts the body's length and writes the first value.
-                wrote_len = true;
-                if repeated {
-                    continue;
-                }
-            } else if head_only {
-                wrote_len = true;
-            } else {
-                continue;
-            }
-        } else if name == DATE {
-            wrote_date = true;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !wrote_len && !no_length && (has_body || !head_only) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !wrote_date {
-        out.extend_from_slice(b"date: ");
-        http_date(out);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    has_body && !head_only && !no_length
-}
-
-/// The current time as an HTTP date, formatted once a second per thread
-/// (as hyper does).
-fn http_date(out: &mut Vec<u8>) {
-    use std::cell::RefCell;
-    thread_local! {
-        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    }
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    CACHED.with_borrow_mut(|(at, text)| {
-        if *at != second {
-            *at = second;
-            *text = httpdate::fmt_http_date(now);
-        }
-        out.extend_from_slice(text.as_bytes());
-    });
-}
-
 /// Writes the head and body in as few writes as the stream takes, then
 /// flushes (a TLS stream holds records until then).
 async fn write_all<IO: ClientStream>(
@@ -406,8 +286,6 @@ async fn write_all<IO: ClientStream>(
 
 #[cfg(test)]
 mod tests {
-    use http::Response;
-
     use super::*;
 
     fn parsed(text: &str) -> Option<Request<Empty<Bytes>>> {
@@ -493,77 +371,5 @@ mod tests {
         );
         assert!(is_partial("GET / HTTP/1.1\r\nHost: p\r\n"));
         assert!(is_partial("GET /"));
-    }
-
-    fn head_of(response: Response<()>, head_only: bool, body_len: usize) -> (String, bool) {
-        let (parts, ()) = response.into_parts();
-        let mut out = Vec::new();
-        let send = encode_head(&parts, head_only, body_len, &mut out);
-        (String::from_utf8(out).unwrap(), send)
-    }
-
-    #[test]
-    fn an_answer_head_follows_hypers_length_and_date_rules() {
-        let with_date = |status: u16, fields: &[(&str, &str)]| {
-            let mut response = Response::new(());
-            *response.status_mut() = StatusCode::from_u16(status).unwrap();
-            for (name, value) in fields {
-                response.headers_mut().append(
-                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    HeaderValue::from_str(value).unwrap(),
-                );
-            }
-            response.headers_mut().append(
-                DATE,
-                HeaderValue::from_static("Mon, 07 Dec 2026 12:00:00 GMT"),
-            );
-            response
-        };
-        let date = "date: Mon, 07 Dec 2026 12:00:00 GMT\r\n";
-        // A body and no length: hyper adds it after the fields.
-        let (head, send) = head_of(with_date(200, &[("x-a", "1")]), false, 5);
-        assert_eq!(
-            head,
-            format!("HTTP/1.1 200 OK\r\nx-a: 1\r\n{date}content-length: 5\r\n\r\n")
-        );
-        assert!(send);
-        // A stored length is trusted, its first value written in place.
-        let (head, _) = head_of(
-            with_date(200, &[("content-length", "5"), ("content-length", "5")]),
-            false,
-            5,
-        );
-        assert_eq!(
-            head,
-            format!("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n{date}\r\n")
-        );
-        // HEAD: the stored length is kept, none is added, no body.
-        let (head, send) = head_of(with_date(200, &[("content-length", "5")]), true, 0);
-        assert_eq!(
-            head,
-            format!("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n{date}\r\n")
-        );
-        assert!(!send);
-        let (head, _) = head_of(with_date(200, &[]), true, 0);
-        assert_eq!(head, format!("HTTP/1.1 200 OK\r\n{date}\r\n"));
-        // An empty GET body: a stated length is dropped, a zero one added.
-        let (head, send) = head_of(with_date(404, &[("content-length", "9")]), false, 0);
-        assert_eq!(
-            head,
-            format!("HTTP/1.1 404 Not Found\r\n{date}content-length: 0\r\n\r\n")
-        );
-        assert!(!send);
-        // 304 and 204 carry no length.
-        let (head, _) = head_of(with_date(304, &[]), false, 0);
-        assert_eq!(head, format!("HTTP/1.1 304 Not Modified\r\n{date}\r\n"));
-        let (head, _) = head_of(with_date(599, &[]), false, 0);
-        assert!(head.starts_with("HTTP/1.1 599 <none>\r\n"), "{head}");
-        // No date: the current one, in HTTP's format.
-        let (head, _) = head_of(Response::new(()), false, 1);
-        let date = head
-            .lines()
-            .find_map(|line| line.strip_prefix("date: "))
-            .expect("a date");
-        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
     }
 }

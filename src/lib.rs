@@ -61,6 +61,7 @@ pub mod error;
 mod express;
 mod fill;
 pub mod framing;
+mod head_writer;
 pub mod headers;
 mod keep_alive;
 pub mod log_format;

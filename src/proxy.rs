@@ -124,6 +124,14 @@ pub struct Served {
     pub trace: Trace,
 }
 
+/// What the counters and the access line learn of an answered request.
+struct Outcome<'a> {
+    status: http::StatusCode,
+    cache: CacheStatus,
+    route: &'a Arc<str>,
+    trace: Trace,
+}
+
 /// What the access line and the counters learn about a proxied request
 /// beyond its cache status.
 #[derive(Debug, Clone, Copy, Default)]
@@ -272,17 +280,43 @@ impl Proxy {
         }
     }
 
-    /// [`Proxy::answer`] for a fresh hit in memory only (the express lane,
-    /// `express.rs`); the request back, untouched, for anything else.
-    // Moved in and out by value, as `hit_at_once` does.
+    /// [`Proxy::answer`] for a fresh hit in memory only, written straight
+    /// into `out` as its HTTP/1.1 head (the express lane, `express.rs`):
+    /// built from the stored entry without the answer's map
+    /// (`respond::write_from_entry`), counted and logged as
+    /// [`Proxy::finish`] does. Returns the body to send after the head; the
+    /// request back, untouched, for anything else.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn answer_at_once<B: http_body::Body>(
+    pub(crate) fn write_at_once<B: http_body::Body>(
         &self,
         request: Request<B>,
         client: ClientInfo,
-    ) -> Result<Response<ProxyBody>, Request<B>> {
-        self.at_once(request, client)
-            .map_err(|(_, request)| request)
+        out: &mut Vec<u8>,
+    ) -> Result<Bytes, Request<B>> {
+        let begun = self.begin(&request, client);
+        let found = self.find_at_once(request, client)?;
+        let (field, trace) = counted_hit(&found.entry, found.now);
+        let (status, send_body) = respond::write_from_entry(
+            &found.entry,
+            CacheStatus::Hit,
+            field,
+            &found.ask,
+            found.now,
+            &begun.request_id,
+            out,
+        );
+        let outcome = Outcome {
+            status,
+            cache: CacheStatus::Hit,
+            route: &found.route,
+            trace,
+        };
+        self.record(begun, &outcome, None, client);
+        Ok(if send_body {
+            found.entry.body.clone()
+        } else {
+            Bytes::new()
+        })
     }
 
     /// The answer to a fresh hit in memory, or the request back with what
@@ -364,12 +398,6 @@ impl Proxy {
         failure: Option<String>,
         client: ClientInfo,
     ) -> Response<ProxyBody> {
-        let Begun {
-            started,
-            method,
-            uri,
-            request_id,
-        } = begun;
         let headers = served.response.headers_mut();
         if served.cache != CacheStatus::Admin && !headers.contains_key(&respond::X_CACHE) {
             // dashcache's own error answers (502, 504, 413…) say so too.
@@ -379,32 +407,50 @@ impl Proxy {
         // sensitive for HPACK only: an HTTP/2 answer then sends it as a
         // never-indexed literal, since a value no other answer repeats
         // would just push the repeated fields out of the dynamic table.
-        let mut answered_id = request_id;
+        let mut answered_id = begun.request_id.clone();
         answered_id.set_sensitive(true);
         headers.insert(&request_id::X_REQUEST_ID, answered_id);
+        // Only when the answer is that error (not a fallback after it).
+        let error = failure
+            .as_deref()
+            .filter(|_| served.response.status().as_u16() >= 400);
+        let outcome = Outcome {
+            status: served.response.status(),
+            cache: served.cache,
+            route: &served.route,
+            trace: served.trace,
+        };
+        self.record(begun, &outcome, error, client);
+        served.response
+    }
+
+    /// Counts an answered request and writes its access line.
+    fn record(&self, begun: Begun, outcome: &Outcome<'_>, error: Option<&str>, client: ClientInfo) {
+        let Begun {
+            started,
+            method,
+            uri,
+            request_id,
+        } = begun;
         let elapsed = started.elapsed();
-        let trace = served.trace;
+        let trace = outcome.trace;
         self.metrics
-            .record(&served.route, served.cache, elapsed, trace.saved);
+            .record(outcome.route, outcome.cache, elapsed, trace.saved);
         access::AccessLine {
             client: client.addr.ip(),
             method: &method,
             path: uri.path(),
-            status: served.response.status(),
-            cache: served.cache,
-            route: &served.route,
+            status: outcome.status,
+            cache: outcome.cache,
+            route: outcome.route,
             key: trace.key,
             upstream_time: trace.upstream_time,
             saved: trace.saved,
             elapsed,
-            request_id: &served.response.headers()[&request_id::X_REQUEST_ID],
-            // Only when the answer is that error (not a fallback after it).
-            error: failure
-                .as_deref()
-                .filter(|_| served.response.status().as_u16() >= 400),
+            request_id: &request_id,
+            error,
         }
         .write();
-        served.response
     }
 
     /// Sends a request to the step that answers it: a refusal, the admin
@@ -885,6 +931,17 @@ fn is_cached(config: &Config, method: &Method, route: Option<&Route>) -> bool {
 
 /// A hit's answer, as of `now` (the instant its freshness was judged at).
 fn hit(entry: &Entry, ask: &Ask, route: Arc<str>, now: Instant) -> Served {
+    let (field, trace) = counted_hit(entry, now);
+    Served::traced(
+        respond::from_entry(entry, CacheStatus::Hit, field, ask, now),
+        CacheStatus::Hit,
+        route,
+        trace,
+    )
+}
+
+/// Counts a hit on `entry`; its `Cache-Status` member and trace.
+fn counted_hit(entry: &Entry, now: Instant) -> (CacheStatusField, Trace) {
     entry.hits.fetch_add(1, Ordering::Relaxed);
     let field = CacheStatusField::hit(entry.ttl_left(now).as_secs());
     let trace = Trace {
@@ -892,12 +949,7 @@ fn hit(entry: &Entry, ask: &Ask, route: Arc<str>, now: Instant) -> Served {
         upstream_time: None,
         saved: Some(entry.upstream_time),
     };
-    Served::traced(
-        respond::from_entry(entry, CacheStatus::Hit, field, ask, now),
-        CacheStatus::Hit,
-        route,
-        trace,
-    )
+    (field, trace)
 }
 
 /// True when `entry` is the variant `request` would be stored under.

@@ -20,7 +20,9 @@ use crate::cache::policy::NotStorable;
 use crate::cache::stale::StaleReason;
 use crate::cache::Entry;
 use crate::error::ProxyError;
+use crate::head_writer::HeadWriter;
 use crate::headers::Validators;
+use crate::request_id;
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -243,8 +245,9 @@ pub fn from_entry(
                 headers.append(name.clone(), value.clone());
             }
         }
-        headers.insert(AGE, age_value(entry.age(now)));
-        mark(headers, status, field);
+        for (name, value) in added_fields(entry, status, field, now) {
+            headers.insert(name, value);
+        }
         return response;
     }
     let body = if ask.head {
@@ -259,8 +262,9 @@ pub fn from_entry(
     for (name, value) in &entry.headers {
         headers.append(name.clone(), value.clone());
     }
-    headers.insert(AGE, age_value(entry.age(now)));
-    mark(&mut headers, status, field);
+    for (name, value) in added_fields(entry, status, field, now) {
+        headers.insert(name, value);
+    }
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
     *response.headers_mut() = headers;
@@ -270,6 +274,77 @@ pub fn from_entry(
 /// Fields a hit's answer gets beyond the stored ones: `Age`, `X-Cache`,
 /// `Cache-Status` and `X-Request-Id`.
 const ADDED_FIELDS: usize = 4;
+
+/// The fields [`from_entry`] sets on top of the stored ones, in order: each
+/// replaces a stored field of its name in place, or comes after them.
+fn added_fields(
+    entry: &Entry,
+    status: CacheStatus,
+    field: CacheStatusField,
+    now: Instant,
+) -> [(HeaderName, HeaderValue); 3] {
+    [
+        (AGE, age_value(entry.age(now))),
+        (X_CACHE.clone(), status.header_value()),
+        (CACHE_STATUS.clone(), field.render()),
+    ]
+}
+
+/// The head of [`from_entry`]'s answer, with `request_id` set as its
+/// `X-Request-Id` (as `Proxy::finish` sets it), written in HTTP/1.1 wire
+/// form (`head_writer.rs`) without building the answer's map: the stored
+/// fields in order, each added one in place of a stored field of its name
+/// or after them. Returns the answer's status and whether the entry's body
+/// is to be sent after the head.
+pub fn write_from_entry(
+    entry: &Entry,
+    status: CacheStatus,
+    field: CacheStatusField,
+    ask: &Ask,
+    now: Instant,
+    request_id: &HeaderValue,
+    out: &mut Vec<u8>,
+) -> (StatusCode, bool) {
+    let [age, x_cache, cache_status] = added_fields(entry, status, field, now);
+    let added = [
+        age,
+        x_cache,
+        cache_status,
+        (request_id::X_REQUEST_ID.clone(), request_id.clone()),
+    ];
+    if ask.validators.not_modified(&entry.headers) {
+        let mut head = HeadWriter::start(out, StatusCode::NOT_MODIFIED, ask.head, 0);
+        for name in NOT_MODIFIED_FIELDS {
+            for value in entry.headers.get_all(&name) {
+                head.field(&name, value);
+            }
+        }
+        for (name, value) in &added {
+            head.field(name, value);
+        }
+        return (StatusCode::NOT_MODIFIED, head.finish());
+    }
+    let body_len = if ask.head { 0 } else { entry.body.len() };
+    let mut head = HeadWriter::start(out, entry.status, ask.head, body_len);
+    let mut placed = [false; ADDED_FIELDS];
+    // Stored fields come grouped by name (from a map), as a map keeps them.
+    for (name, value) in &entry.headers {
+        match added.iter().position(|(added, _)| added == name) {
+            Some(at) if placed[at] => {}
+            Some(at) => {
+                placed[at] = true;
+                head.field(&added[at].0, &added[at].1);
+            }
+            None => head.field(name, value),
+        }
+    }
+    for ((name, value), placed) in added.iter().zip(placed) {
+        if !placed {
+            head.field(name, value);
+        }
+    }
+    (entry.status, head.finish())
+}
 
 /// A complete answer that was not stored (shared with coalesced waiters).
 pub fn from_buffered(
@@ -362,7 +437,109 @@ pub fn error(err: &ProxyError) -> Response<ProxyBody> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::Method;
+
     use super::*;
+    use crate::head_writer::tests::encode_head;
+
+    fn entry(status: u16, fields: &[(&str, &str)], body: &'static str) -> Entry {
+        let now = Instant::now();
+        let fields: crate::cache::StoredHeaders = fields
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                )
+            })
+            .collect();
+        Entry::for_test(
+            crate::cache::CacheKey::from_bytes([1; 16]),
+            StatusCode::from_u16(status).unwrap(),
+            fields,
+            Bytes::from_static(body.as_bytes()),
+            now - Duration::from_secs(7),
+        )
+    }
+
+    /// The head hyper writes for `from_entry`'s answer once `Proxy::finish`
+    /// set its id, and the one written straight from the entry.
+    fn both_heads(entry: &Entry, ask: &Ask) -> (String, String, bool) {
+        let now = Instant::now();
+        let field = CacheStatusField::hit(entry.ttl_left(now).as_secs());
+        let id = HeaderValue::from_static("0123456789abcdef01234567");
+        let mut response = from_entry(entry, CacheStatus::Hit, field, ask, now);
+        response
+            .headers_mut()
+            .insert(&request_id::X_REQUEST_ID, id.clone());
+        let body_len = http_body::Body::size_hint(response.body()).exact().unwrap() as usize;
+        let (parts, _) = response.into_parts();
+        let mut by_map = Vec::new();
+        let map_sends = encode_head(&parts, ask.head, body_len, &mut by_map);
+        let mut direct = Vec::new();
+        let (status, sends) =
+            write_from_entry(entry, CacheStatus::Hit, field, ask, now, &id, &mut direct);
+        assert_eq!(status, parts.status);
+        assert_eq!(sends, map_sends);
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+        (text(by_map), text(direct), sends)
+    }
+
+    #[test]
+    fn a_hit_head_written_from_the_entry_is_the_one_its_map_gives() {
+        let get = Ask::default();
+        let head = Ask {
+            head: true,
+            ..Ask::default()
+        };
+        let plain = [
+            ("content-type", "application/json"),
+            ("date", "Mon, 07 Dec 2026 12:00:00 GMT"),
+        ];
+        // Stored fields the answer sets again, repeated ones, and a stored
+        // length and date, which hyper's rules treat apart.
+        let awkward = [
+            ("x-cache", "MISS"),
+            ("content-length", "2"),
+            ("vary", "accept"),
+            ("vary", "x-tenant"),
+            ("age", "100"),
+            ("age", "101"),
+            ("x-request-id", "upstream-id"),
+            ("etag", "\"v1\""),
+            ("cache-status", "origin; hit"),
+        ];
+        for (fields, status, body) in [
+            (&plain[..], 200, "{}"),
+            (&awkward[..], 200, "{}"),
+            (&awkward[..], 404, ""),
+            (&[][..], 203, "x"),
+        ] {
+            let entry = entry(status, fields, body);
+            for ask in [&get, &head] {
+                let (by_map, direct, _) = both_heads(&entry, ask);
+                assert_eq!(direct, by_map, "{fields:?} {status} head={}", ask.head);
+            }
+        }
+        // A 304 for matching validators (the express lane sends those to
+        // hyper, but the head is the same).
+        let mut conditional = HeaderMap::new();
+        conditional.insert("if-none-match", HeaderValue::from_static("\"v1\""));
+        let revalidating = Ask {
+            head: false,
+            validators: Validators::from_request(&Method::GET, &conditional),
+        };
+        let (by_map, direct, sends) = both_heads(&entry(200, &awkward, "{}"), &revalidating);
+        assert!(
+            direct.starts_with("HTTP/1.1 304 Not Modified\r\n"),
+            "{direct}"
+        );
+        assert_eq!(direct, by_map);
+        assert!(!sends);
+    }
 
     #[test]
     fn a_hit_reports_its_ttl() {

@@ -93,6 +93,35 @@ const HEADER_BUCKET: u64 =
     (std::mem::size_of::<http::HeaderName>() + std::mem::size_of::<HeaderValue>() + 32) as u64;
 
 impl Entry {
+    /// A plain answer for tests: stored under `key` at `stored_at`, fresh
+    /// for an hour, 2.5 s of upstream time, no vary, stale windows or replay.
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        key: CacheKey,
+        status: StatusCode,
+        headers: StoredHeaders,
+        body: Bytes,
+        stored_at: Instant,
+    ) -> Self {
+        Self {
+            expires_at: stored_at + Duration::from_secs(3600),
+            stored_at,
+            key,
+            base: key,
+            hits: AtomicU64::new(0),
+            initial_age: 0,
+            upstream_time: Duration::from_millis(2500),
+            body,
+            headers,
+            status,
+            stale: StaleWindows::default(),
+            vary: None,
+            route: "default".into(),
+            description: String::new(),
+            replay: None,
+        }
+    }
+
     /// Bytes this entry holds in memory, as counted against `max_bytes`:
     /// every heap block it owns, its share of the store, and the
     /// allocator's overhead per block (after [`Entry::compacted`], which

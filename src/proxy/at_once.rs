@@ -36,7 +36,17 @@ use crate::admission;
 use crate::cache::{CacheKey, Entry, Lookup};
 use crate::config::Config;
 use crate::request_body::ClientBody;
+use crate::respond::Ask;
 use crate::routes::Route;
+
+/// A fresh entry in memory for a request, and what answering it takes.
+pub(super) struct Found {
+    pub entry: Arc<Entry>,
+    pub ask: Ask,
+    /// The name the request is counted and logged under.
+    pub route: Arc<str>,
+    pub now: Instant,
+}
 
 /// What [`Proxy::hit_after_body`] made of a request.
 pub(super) enum AfterBody {
@@ -57,6 +67,18 @@ impl Proxy {
         request: Request<B>,
         client: ClientInfo,
     ) -> Result<Served, Request<B>> {
+        let found = self.find_at_once(request, client)?;
+        Ok(hit(&found.entry, &found.ask, found.route, found.now))
+    }
+
+    /// The fresh entry in memory that answers `request` (seen by the
+    /// volatile-field sampler), or the request back untouched.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn find_at_once<B: http_body::Body>(
+        &self,
+        request: Request<B>,
+        client: ClientInfo,
+    ) -> Result<Found, Request<B>> {
         if !http_body::Body::is_end_stream(request.body()) {
             return Err(request);
         }
@@ -76,7 +98,12 @@ impl Proxy {
         };
         let route_name = self.route_name(route);
         self.observe(&route_name, route, &keys.method, &parts.uri, &[]);
-        Ok(hit(&entry, &keys.ask, route_name, now))
+        Ok(Found {
+            entry,
+            ask: keys.ask,
+            route: route_name,
+            now,
+        })
     }
 
     /// [`Proxy::hit_at_once`] for a request with a body: the body read
@@ -169,7 +196,6 @@ impl Proxy {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -177,7 +203,6 @@ mod tests {
     use http_body_util::{Empty, Full};
 
     use super::*;
-    use crate::cache::stale::StaleWindows;
     use crate::cache::Entry;
     use crate::cache::StoredHeaders;
     use crate::respond::CacheStatus;
@@ -223,24 +248,13 @@ mod tests {
         let mut parts = parts;
         parts.headers = request.headers().clone();
         let keys = proxy.keys(&parts, &[], &settings, false, route);
-        let now = Instant::now();
-        let entry = Entry {
-            key: keys.key,
-            base: keys.base,
-            vary: None,
-            status: StatusCode::OK,
-            headers: StoredHeaders::default(),
-            body: Bytes::from_static(body.as_bytes()),
-            route: "default".into(),
-            description: String::new(),
-            stored_at: now,
-            expires_at: now + Duration::from_secs(3600),
-            stale: StaleWindows::default(),
-            initial_age: 0,
-            upstream_time: Duration::from_millis(2500),
-            hits: AtomicU64::new(0),
-            replay: None,
-        };
+        let entry = Entry::for_test(
+            keys.key,
+            StatusCode::OK,
+            StoredHeaders::default(),
+            Bytes::from_static(body.as_bytes()),
+            Instant::now(),
+        );
         let generation = proxy.store.generation();
         proxy
             .store
