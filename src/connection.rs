@@ -403,17 +403,21 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ProxyService {
 
 impl ProxyService {
     /// A plain hit written into `out` at once, for the express lane
-    /// (`express.rs`): counted as a request of the connection, with the
+    /// (`express.rs`; `read_body` is the request's body, read already):
+    /// counted as a request of the connection, with the
     /// body to send and the guard whose drop ends it, as hyper's end of
     /// body does. The request back, uncounted, for anything else.
     #[allow(clippy::result_large_err)]
     pub(crate) fn write_at_once<B: Body>(
         &self,
         request: hyper::Request<B>,
+        read_body: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(Bytes, AnswerGuard), hyper::Request<B>> {
-        let body = self.proxy.write_at_once(request, self.client, out)?;
-        // Its head had no body, so no framing conflict either.
+        let body = self
+            .proxy
+            .write_at_once(request, read_body, self.client, out)?;
+        // Its head had one `Content-Length` at most: no framing conflict.
         self.watch.next_request_conflicts();
         Ok((body, AnswerGuard::new(self.watch.clone(), false)))
     }

@@ -1,5 +1,5 @@
-//! The express lane: an HTTP/1.1 `GET` or `HEAD` whose answer is fresh in
-//! memory, read, answered and written without hyper.
+//! The express lane: an HTTP/1.1 `GET`, `HEAD` or `POST` whose answer is
+//! fresh in memory, read, answered and written without hyper.
 //!
 //! hyper's per-request machinery (its dispatcher, its read and write
 //! buffers, the head encoder) and the answer's header map are a large part
@@ -16,8 +16,9 @@
 //! entry (`respond::write_from_entry`) by hyper's rules (`head_writer.rs`),
 //! byte for byte what hyper would send (tested against it). Everything else
 //! goes to hyper untouched, the bytes read replayed to it
-//! ([`ClientIo::replay`]): a head not complete in what has arrived, more
-//! than one request (pipelining) or a body, anything but HTTP/1.1, a
+//! ([`ClientIo::replay`]): a request not complete in what has arrived (a
+//! `POST` with its `Content-Length` body, within 4 KiB in all), more than
+//! one request (pipelining), a chunked body, anything but HTTP/1.1, a
 //! `Connection` other than `keep-alive`, `Expect`, `Upgrade`, `TE`,
 //! conditional and range fields, a draining server, and every request the
 //! proxy would not answer at once (a miss, the admin API, a refusal…).
@@ -60,8 +61,7 @@ const MAX_FIELDS: usize = 32;
 
 /// Request fields that need hyper: a body, the connection's handling, or a
 /// conditional or partial answer.
-const FOR_HYPER: [&str; 12] = [
-    "content-length",
+const FOR_HYPER: [&str; 11] = [
     "transfer-encoding",
     "expect",
     "upgrade",
@@ -116,12 +116,12 @@ pub(crate) async fn answer<IO: ClientStream>(
     let request = head
         .filter(|_| !drain.has_started())
         .and_then(|head| head.request(&bytes));
-    let Some(request) = request else {
+    let Some((request, request_body)) = request else {
         io.replay(bytes);
         return Express::Hyper;
     };
     let mut head = Vec::with_capacity(HEAD_OUT_BYTES);
-    let (body, answered) = match service.write_at_once(request, &mut head) {
+    let (body, answered) = match service.write_at_once(request, &request_body, &mut head) {
         Ok(answered) => answered,
         Err(_) => {
             io.replay(bytes);
@@ -178,12 +178,25 @@ enum Parsed {
     Hyper,
 }
 
-/// Where the parts of a request head lie in the bytes read.
+/// Where the parts of a request lie in the bytes read.
 struct Head {
     method: Method,
     target: Span,
     fields: [Field; MAX_FIELDS],
     count: usize,
+    /// A POST's body (empty for the others).
+    body: Span,
+}
+
+/// A `Content-Length` value the express lane takes: digits only, no
+/// larger than what it reads at once.
+fn body_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 4 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value
+        .iter()
+        .try_fold(0usize, |n, digit| Some(n * 10 + usize::from(digit - b'0')))
 }
 
 /// Start and end of a part of the head (at most [`HEAD_BYTES`] long).
@@ -209,12 +222,13 @@ fn parse(read: &[u8]) -> Parsed {
     let method = match request.method {
         Some("GET") => Method::GET,
         Some("HEAD") => Method::HEAD,
+        Some("POST") => Method::POST,
         _ => return Parsed::Hyper,
     };
     let Some(target) = request.path.filter(|t| t.starts_with('/')) else {
         return Parsed::Hyper;
     };
-    if len != read.len() || request.version != Some(1) {
+    if request.version != Some(1) {
         return Parsed::Hyper;
     }
     // Within `read`, which is at most `HEAD_BYTES` long.
@@ -227,10 +241,18 @@ fn parse(read: &[u8]) -> Parsed {
         target: at(target.as_bytes()),
         fields: [Field::default(); MAX_FIELDS],
         count: request.headers.len(),
+        body: (len as u16, len as u16),
     };
+    let mut length = None;
     for (field, parsed) in head.fields.iter_mut().zip(request.headers.iter()) {
         let name = parsed.name;
-        if FOR_HYPER.iter().any(|n| n.eq_ignore_ascii_case(name))
+        if name.eq_ignore_ascii_case("content-length") {
+            // One plain length, on a POST; anything else is hyper's to judge.
+            match (&head.method, length, body_length(parsed.value)) {
+                (&Method::POST, None, Some(n)) => length = Some(n),
+                _ => return Parsed::Hyper,
+            }
+        } else if FOR_HYPER.iter().any(|n| n.eq_ignore_ascii_case(name))
             || (name.eq_ignore_ascii_case("connection")
                 && !parsed.value.eq_ignore_ascii_case(b"keep-alive"))
         {
@@ -241,13 +263,27 @@ fn parse(read: &[u8]) -> Parsed {
             value: at(parsed.value),
         };
     }
+    // A POST's body must be all here, and nothing after it; a GET or HEAD
+    // has none.
+    let end = match (&head.method, length) {
+        (&Method::POST, None) => return Parsed::Hyper,
+        (_, length) => len + length.unwrap_or(0),
+    };
+    if end > HEAD_BYTES || read.len() > end {
+        return Parsed::Hyper;
+    }
+    if read.len() < end {
+        return Parsed::Partial;
+    }
+    head.body = (len as u16, end as u16);
     Parsed::Complete(head)
 }
 
 impl Head {
-    /// The request as hyper would hand it to the service (values share the
-    /// bytes read); `None` when hyper would refuse it.
-    fn request(&self, bytes: &Bytes) -> Option<Request<Empty<Bytes>>> {
+    /// The request as hyper would hand it to the service, with its body
+    /// apart (values share the bytes read); `None` when hyper would refuse
+    /// it.
+    fn request(&self, bytes: &Bytes) -> Option<(Request<Empty<Bytes>>, Bytes)> {
         let slice = |(start, end): Span| bytes.slice(usize::from(start)..usize::from(end));
         let uri = Uri::from_maybe_shared(slice(self.target)).ok()?;
         let mut headers = HeaderMap::with_capacity(self.count);
@@ -261,7 +297,7 @@ impl Head {
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        Some(request)
+        Some((request, slice(self.body)))
     }
 }
 
@@ -289,6 +325,10 @@ mod tests {
     use super::*;
 
     fn parsed(text: &str) -> Option<Request<Empty<Bytes>>> {
+        parsed_with_body(text).map(|(request, _)| request)
+    }
+
+    fn parsed_with_body(text: &str) -> Option<(Request<Empty<Bytes>>, Bytes)> {
         let bytes = Bytes::copy_from_slice(text.as_bytes());
         match parse(&bytes) {
             Parsed::Complete(head) => head.request(&bytes),
@@ -317,9 +357,49 @@ mod tests {
     }
 
     #[test]
+    fn a_post_with_its_whole_body_is_read_with_the_body_apart() {
+        let (request, body) = parsed_with_body(
+            "POST /api/query HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+        )
+        .expect("express");
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.headers()["content-length"], "7");
+        assert_eq!(&body[..], b"{\"a\":1}");
+        let (_, body) = parsed_with_body("POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n")
+            .expect("an empty body");
+        assert!(body.is_empty());
+        assert_eq!(body_length(b"0042"), Some(42));
+        assert_eq!(body_length(b"12345"), None);
+        assert_eq!(body_length(b""), None);
+    }
+
+    #[test]
     fn anything_but_one_plain_head_goes_to_hyper() {
         for (case, text) in [
-            ("POST", "POST / HTTP/1.1\r\nHost: p\r\n\r\n"),
+            (
+                "PUT",
+                "PUT / HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n",
+            ),
+            (
+                "POST without a length",
+                "POST / HTTP/1.1\r\nHost: p\r\n\r\n",
+            ),
+            (
+                "POST, two lengths",
+                "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+            ),
+            (
+                "POST, a signed length",
+                "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: +2\r\n\r\n{}",
+            ),
+            (
+                "POST, more than its body",
+                "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{}GET",
+            ),
+            (
+                "POST, past 4 KiB",
+                "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 9999\r\n\r\n{}",
+            ),
             ("HTTP/1.0", "GET / HTTP/1.0\r\nHost: p\r\n\r\n"),
             ("absolute form", "GET http://p/ HTTP/1.1\r\nHost: p\r\n\r\n"),
             ("asterisk", "GET * HTTP/1.1\r\nHost: p\r\n\r\n"),
@@ -370,6 +450,9 @@ mod tests {
             "too many fields"
         );
         assert!(is_partial("GET / HTTP/1.1\r\nHost: p\r\n"));
+        assert!(is_partial(
+            "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n\r\n{}"
+        ));
         assert!(is_partial("GET /"));
     }
 }

@@ -284,17 +284,19 @@ impl Proxy {
     /// into `out` as its HTTP/1.1 head (the express lane, `express.rs`):
     /// built from the stored entry without the answer's map
     /// (`respond::write_from_entry`), counted and logged as
-    /// [`Proxy::finish`] does. Returns the body to send after the head; the
-    /// request back, untouched, for anything else.
+    /// [`Proxy::finish`] does. `read_body` is the request's body, read
+    /// already (its own body is empty). Returns the body to send after the
+    /// head; the request back, untouched, for anything else.
     #[allow(clippy::result_large_err)]
     pub(crate) fn write_at_once<B: http_body::Body>(
         &self,
         request: Request<B>,
+        read_body: &[u8],
         client: ClientInfo,
         out: &mut Vec<u8>,
     ) -> Result<Bytes, Request<B>> {
         let begun = self.begin(&request, client);
-        let found = self.find_at_once(request, client)?;
+        let found = self.find_at_once(request, read_body, client)?;
         let (field, trace) = counted_hit(&found.entry, found.now);
         let (status, send_body) = respond::write_from_entry(
             &found.entry,

@@ -637,3 +637,50 @@ async fn what_the_express_lane_does_not_answer_goes_to_hyper_on_the_same_connect
     );
     assert_eq!(origin.count("/api/filter-options"), 2);
 }
+
+#[tokio::test]
+async fn a_post_hit_with_its_body_in_hand_is_answered_as_hyper_answers_it() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "").await;
+    let post = |filters: &str| {
+        format!(
+            "POST /api/metrics HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{filters}",
+            filters.len()
+        )
+        .into_bytes()
+    };
+    // The same filters in another order: the same key.
+    let first = post(r#"{"region":"north","period":"7d"}"#);
+    let reordered = post(r#"{"period":"7d","region":"north"}"#);
+
+    // A miss (hyper), then the same hit pipelined behind a GET (hyper's).
+    let mut miss = KeepAlive::open(&proxy).await;
+    assert_eq!(miss.get(&first).await.x_cache(), "miss");
+    log.wait_for_parked(1).await;
+    let mut pipelined = KeepAlive::open(&proxy).await;
+    pipelined.send(&[GET, &first[..]].concat()).await;
+    pipelined.answer().await;
+    let by_hyper = pipelined.answer().await;
+    assert_eq!(by_hyper.x_cache(), "hit");
+
+    // Alone on its connection, with its body in the same read: the express
+    // lane's, the same answer, and no hyper connection to park.
+    let mut express = KeepAlive::open(&proxy).await;
+    let answer = express.get(&reordered).await;
+    assert_eq!(answer.body, by_hyper.body);
+    assert_eq!(stable_lines(&answer), stable_lines(&by_hyper));
+    log.wait_for_parked(2).await;
+    tokio::time::sleep(PARK_AFTER * 6).await;
+    assert_eq!(log.parked(), 2, "no hyper connection on the express one");
+
+    // A body that arrives after its head is hyper's: the same answer.
+    let (head, body) = first.split_at(first.len() - 5);
+    express.send(head).await;
+    tokio::time::sleep(PARK_AFTER).await;
+    express.send(body).await;
+    let split = express.answer().await;
+    assert_eq!(split.body, by_hyper.body);
+    assert_eq!(split.x_cache(), "hit");
+    assert_eq!(origin.count("/api/metrics"), 1, "the rest were hits");
+}

@@ -67,16 +67,18 @@ impl Proxy {
         request: Request<B>,
         client: ClientInfo,
     ) -> Result<Served, Request<B>> {
-        let found = self.find_at_once(request, client)?;
+        let found = self.find_at_once(request, &[], client)?;
         Ok(hit(&found.entry, &found.ask, found.route, found.now))
     }
 
-    /// The fresh entry in memory that answers `request` (seen by the
+    /// The fresh entry in memory that answers `request`, whose body (read
+    /// already, the express lane's) is `read_body` (seen by the
     /// volatile-field sampler), or the request back untouched.
     #[allow(clippy::result_large_err)]
     pub(super) fn find_at_once<B: http_body::Body>(
         &self,
         request: Request<B>,
+        read_body: &[u8],
         client: ClientInfo,
     ) -> Result<Found, Request<B>> {
         if !http_body::Body::is_end_stream(request.body()) {
@@ -88,7 +90,7 @@ impl Proxy {
         let found = self
             .plain_hit_route(&parts, client, config)
             .and_then(|(route, freshness)| {
-                let keys = self.keys(&parts, &[], config, false, route);
+                let keys = self.keys(&parts, read_body, config, false, route);
                 let now = Instant::now();
                 let entry = self.fresh_in_memory(&keys.key, &freshness, now)?;
                 Some((route, keys, entry, now))
@@ -97,7 +99,7 @@ impl Proxy {
             return Err(Request::from_parts(parts, body));
         };
         let route_name = self.route_name(route);
-        self.observe(&route_name, route, &keys.method, &parts.uri, &[]);
+        self.observe(&route_name, route, &keys.method, &parts.uri, read_body);
         Ok(Found {
             entry,
             ask: keys.ask,
