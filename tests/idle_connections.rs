@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{
-    eventually, read_until_closed, spawn_server_tuned, tls_connect, Client, Origin, ServerHandle,
-    TestCa, DASHBOARD_ROUTES, PATIENCE,
+    eventually, read_until_closed, spawn_server_tuned, tls_connect, Behaviour, Client, Origin,
+    ServerHandle, TestCa, DASHBOARD_ROUTES, PATIENCE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -683,4 +683,36 @@ async fn a_post_hit_with_its_body_in_hand_is_answered_as_hyper_answers_it() {
     assert_eq!(split.body, by_hyper.body);
     assert_eq!(split.x_cache(), "hit");
     assert_eq!(origin.count("/api/metrics"), 1, "the rest were hits");
+}
+
+#[tokio::test]
+async fn a_revalidation_is_answered_304_by_the_express_lane_as_by_hyper() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    origin.on("/api/filter-options", Behaviour::new().etag("\"v1\""));
+    let proxy = proxy_with(&origin, "").await;
+    const CONDITIONAL: &[u8] = b"GET /api/filter-options?region=north HTTP/1.1\r\nHost: proxy\r\nIf-None-Match: \"v1\"\r\n\r\n";
+
+    let mut first = KeepAlive::open(&proxy).await;
+    assert_eq!(first.get(GET).await.status, 200);
+    log.wait_for_parked(1).await;
+    // Pipelined behind a GET: hyper's.
+    let mut pipelined = KeepAlive::open(&proxy).await;
+    pipelined.send(&[GET, CONDITIONAL].concat()).await;
+    pipelined.answer().await;
+    let by_hyper = pipelined.answer_to_head().await;
+    assert_eq!(by_hyper.status, 304);
+    log.wait_for_parked(2).await;
+
+    // Alone: the express lane's, the same 304, no body, and the connection
+    // goes on.
+    let mut express = KeepAlive::open(&proxy).await;
+    express.send(CONDITIONAL).await;
+    let answer = express.answer_to_head().await;
+    assert_eq!(answer.status, 304);
+    assert_eq!(stable_lines(&answer), stable_lines(&by_hyper));
+    assert_eq!(express.get(GET).await.status, 200, "no body was sent");
+    tokio::time::sleep(PARK_AFTER * 6).await;
+    assert_eq!(log.parked(), 2, "no hyper connection on the express one");
+    assert_eq!(origin.count("/api/filter-options"), 1);
 }
