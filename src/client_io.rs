@@ -26,8 +26,9 @@
 //!   that never reads its answer cannot pin the answer's memory.
 //!
 //! The body and send timers exist only while the proxy is actually waiting
-//! on the client; the head timer is let go when an idle connection is
-//! parked.
+//! on the client. The head timer is the connection's one timer between
+//! requests: a connection with no hyper connection waits on it too
+//! ([`ClientIo::poll_idle_deadline`], `keep_alive.rs`).
 //!
 //! For the parking of idle HTTP/1 connections (`keep_alive.rs`),
 //! [`ConnectionWatch`] also learns, at the cost of a few relaxed stores per
@@ -349,12 +350,6 @@ impl<IO> ClientIo<IO> {
     /// for an HTTP/1 connection, whose requests come one after another.
     pub fn time_request_heads(&mut self) {
         self.time_heads = true;
-    }
-
-    /// Lets the head timer go while the connection is parked: the clock
-    /// itself is kept, and the timer is armed again at the next wait.
-    pub fn release_head_timer(&mut self) {
-        self.head_timer = None;
     }
 
     pub fn get_ref(&self) -> &IO {

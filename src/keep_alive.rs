@@ -152,7 +152,6 @@ pub(crate) async fn serve<IO: ClientStream>(
             ..
         } = parts;
         io = parked.into_inner();
-        io.release_head_timer();
         service = kept;
         debug!(client = %client, "idle connection parked");
         // Not expected at rest, but those bytes are the client's next

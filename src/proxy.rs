@@ -130,6 +130,7 @@ struct Outcome<'a> {
     cache: CacheStatus,
     route: &'a Arc<str>,
     trace: Trace,
+    request_id: &'a HeaderValue,
 }
 
 /// What the access line and the counters learn about a proxied request
@@ -312,8 +313,9 @@ impl Proxy {
             cache: CacheStatus::Hit,
             route: &found.route,
             trace,
+            request_id: &begun.request_id,
         };
-        self.record(begun, &outcome, None, client);
+        self.record(&begun, &outcome, None, client);
         Ok(if send_body {
             found.entry.body.clone()
         } else {
@@ -395,7 +397,7 @@ impl Proxy {
     /// Marks the answer, counts it and writes its access line.
     fn finish(
         &self,
-        begun: Begun,
+        mut begun: Begun,
         mut served: Served,
         failure: Option<String>,
         client: ClientInfo,
@@ -409,7 +411,9 @@ impl Proxy {
         // sensitive for HPACK only: an HTTP/2 answer then sends it as a
         // never-indexed literal, since a value no other answer repeats
         // would just push the repeated fields out of the dynamic table.
-        let mut answered_id = begun.request_id.clone();
+        // Moved, not cloned: a clone of a generated id's bytes allocates.
+        let mut answered_id =
+            std::mem::replace(&mut begun.request_id, HeaderValue::from_static(""));
         answered_id.set_sensitive(true);
         headers.insert(&request_id::X_REQUEST_ID, answered_id);
         // Only when the answer is that error (not a fallback after it).
@@ -421,27 +425,28 @@ impl Proxy {
             cache: served.cache,
             route: &served.route,
             trace: served.trace,
+            request_id: &served.response.headers()[&request_id::X_REQUEST_ID],
         };
-        self.record(begun, &outcome, error, client);
+        self.record(&begun, &outcome, error, client);
         served.response
     }
 
     /// Counts an answered request and writes its access line.
-    fn record(&self, begun: Begun, outcome: &Outcome<'_>, error: Option<&str>, client: ClientInfo) {
-        let Begun {
-            started,
-            method,
-            uri,
-            request_id,
-        } = begun;
-        let elapsed = started.elapsed();
+    fn record(
+        &self,
+        begun: &Begun,
+        outcome: &Outcome<'_>,
+        error: Option<&str>,
+        client: ClientInfo,
+    ) {
+        let elapsed = begun.started.elapsed();
         let trace = outcome.trace;
         self.metrics
             .record(outcome.route, outcome.cache, elapsed, trace.saved);
         access::AccessLine {
             client: client.addr.ip(),
-            method: &method,
-            path: uri.path(),
+            method: &begun.method,
+            path: begun.uri.path(),
             status: outcome.status,
             cache: outcome.cache,
             route: outcome.route,
@@ -449,7 +454,7 @@ impl Proxy {
             upstream_time: trace.upstream_time,
             saved: trace.saved,
             elapsed,
-            request_id: &request_id,
+            request_id: outcome.request_id,
             error,
         }
         .write();
