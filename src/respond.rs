@@ -236,39 +236,67 @@ pub fn from_entry(
     ask: &Ask,
     now: Instant,
 ) -> Response<ProxyBody> {
-    if ask.validators.not_modified(&entry.headers) {
-        let mut response = Response::new(body::empty());
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        let headers = response.headers_mut();
-        for name in NOT_MODIFIED_FIELDS {
-            for value in entry.headers.get_all(&name) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-        for (name, value) in added_fields(entry, status, field, now) {
-            headers.insert(name, value);
-        }
-        return response;
-    }
-    let body = if ask.head {
-        body::empty()
-    } else {
-        body::full(entry.body.clone())
-    };
-    // Sized for the fields added below and `X-Request-Id` (`Proxy::finish`)
-    // at once: a clone of the stored map has no room to spare, and
-    // growing it rehashes every field.
+    let not_modified = ask.validators.not_modified(&entry.headers);
+    let added = added_fields(entry, status, field, now);
+    // Sized for the added fields and `X-Request-Id` (`Proxy::finish`) at
+    // once: growing a map rehashes every field.
     let mut headers = HeaderMap::with_capacity(entry.headers.len() + ADDED_FIELDS);
-    for (name, value) in &entry.headers {
+    let added: [(&HeaderName, &HeaderValue); 3] = added.each_ref().map(|(n, v)| (n, v));
+    answer_fields(entry, not_modified, &added, |name, value| {
         headers.append(name.clone(), value.clone());
-    }
-    for (name, value) in added_fields(entry, status, field, now) {
-        headers.insert(name, value);
-    }
+    });
+    let (code, body) = if not_modified {
+        (StatusCode::NOT_MODIFIED, body::empty())
+    } else if ask.head {
+        (entry.status, body::empty())
+    } else {
+        (entry.status, body::full(entry.body.clone()))
+    };
     let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
+    *response.status_mut() = code;
     *response.headers_mut() = headers;
     response
+}
+
+/// The fields of the answer to `entry`, to `emit` in the order its map
+/// holds them: for a 304, the stored fields it carries over; otherwise
+/// every stored one (grouped by name, as they come from a map). Each of
+/// `added` takes the place of the stored fields of its name, or comes after
+/// them, as `HeaderMap::insert` puts it.
+fn answer_fields<'f>(
+    entry: &'f Entry,
+    not_modified: bool,
+    added: &[(&'f HeaderName, &'f HeaderValue)],
+    mut emit: impl FnMut(&HeaderName, &HeaderValue),
+) {
+    let mut placed = [false; ADDED_FIELDS];
+    let mut stored = |name: &HeaderName, value: &HeaderValue| match added
+        .iter()
+        .position(|(added, _)| *added == name)
+    {
+        Some(at) if placed[at] => {}
+        Some(at) => {
+            placed[at] = true;
+            emit(added[at].0, added[at].1);
+        }
+        None => emit(name, value),
+    };
+    if not_modified {
+        for name in &NOT_MODIFIED_FIELDS {
+            for value in entry.headers.get_all(name) {
+                stored(name, value);
+            }
+        }
+    } else {
+        for (name, value) in &entry.headers {
+            stored(name, value);
+        }
+    }
+    for (&(name, value), placed) in added.iter().zip(placed) {
+        if !placed {
+            emit(name, value);
+        }
+    }
 }
 
 /// Fields a hit's answer gets beyond the stored ones: `Age`, `X-Cache`,
@@ -305,45 +333,24 @@ pub fn write_from_entry(
     request_id: &HeaderValue,
     out: &mut Vec<u8>,
 ) -> (StatusCode, bool) {
+    let not_modified = ask.validators.not_modified(&entry.headers);
     let [age, x_cache, cache_status] = added_fields(entry, status, field, now);
     let added = [
-        age,
-        x_cache,
-        cache_status,
-        (request_id::X_REQUEST_ID.clone(), request_id.clone()),
+        (&age.0, &age.1),
+        (&x_cache.0, &x_cache.1),
+        (&cache_status.0, &cache_status.1),
+        (&request_id::X_REQUEST_ID, request_id),
     ];
-    if ask.validators.not_modified(&entry.headers) {
-        let mut head = HeadWriter::start(out, StatusCode::NOT_MODIFIED, ask.head, 0);
-        for name in NOT_MODIFIED_FIELDS {
-            for value in entry.headers.get_all(&name) {
-                head.field(&name, value);
-            }
-        }
-        for (name, value) in &added {
-            head.field(name, value);
-        }
-        return (StatusCode::NOT_MODIFIED, head.finish());
-    }
-    let body_len = if ask.head { 0 } else { entry.body.len() };
-    let mut head = HeadWriter::start(out, entry.status, ask.head, body_len);
-    let mut placed = [false; ADDED_FIELDS];
-    // Stored fields come grouped by name (from a map), as a map keeps them.
-    for (name, value) in &entry.headers {
-        match added.iter().position(|(added, _)| added == name) {
-            Some(at) if placed[at] => {}
-            Some(at) => {
-                placed[at] = true;
-                head.field(&added[at].0, &added[at].1);
-            }
-            None => head.field(name, value),
-        }
-    }
-    for ((name, value), placed) in added.iter().zip(placed) {
-        if !placed {
-            head.field(name, value);
-        }
-    }
-    (entry.status, head.finish())
+    let (code, body_len) = match (not_modified, ask.head) {
+        (true, _) => (StatusCode::NOT_MODIFIED, 0),
+        (false, true) => (entry.status, 0),
+        (false, false) => (entry.status, entry.body.len()),
+    };
+    let mut head = HeadWriter::start(out, code, ask.head, body_len);
+    answer_fields(entry, not_modified, &added, |name, value| {
+        head.field(name, value)
+    });
+    (code, head.finish())
 }
 
 /// A complete answer that was not stored (shared with coalesced waiters).
@@ -486,6 +493,34 @@ mod tests {
         assert_eq!(sends, map_sends);
         let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
         (text(by_map), text(direct), sends)
+    }
+
+    #[test]
+    fn added_fields_take_a_stored_fields_place_as_a_map_insert_does() {
+        let stored = [
+            ("x-cache", "MISS"),
+            ("vary", "accept"),
+            ("age", "100"),
+            ("age", "101"),
+            ("etag", "\"v1\""),
+        ];
+        let entry = entry(200, &stored, "{}");
+        let now = Instant::now();
+        let field = CacheStatusField::hit(60);
+        let mut expected = HeaderMap::new();
+        for (name, value) in &entry.headers {
+            expected.append(name.clone(), value.clone());
+        }
+        for (name, value) in added_fields(&entry, CacheStatus::Hit, field, now) {
+            expected.insert(name, value);
+        }
+        let answer = from_entry(&entry, CacheStatus::Hit, field, &Ask::default(), now);
+        let fields = |map: &HeaderMap| {
+            map.iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields(answer.headers()), fields(&expected));
     }
 
     #[test]
