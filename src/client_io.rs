@@ -333,6 +333,54 @@ impl<IO> ClientIo<IO> {
         }
     }
 
+    /// Reads what has arrived as a read by the connection's reader does, but
+    /// without following it: for the express lane (`express.rs`), which
+    /// parses the head itself. What the lane answers, it then counts with
+    /// [`ClientIo::count_unfollowed_request`]; what it does not, it hands
+    /// to hyper with [`ClientIo::replay_unfollowed`], which follows it
+    /// then. Only while nothing waits to be replayed, and with the framing
+    /// at a boundary.
+    pub fn poll_read_unfollowed(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>>
+    where
+        IO: AsyncRead + Unpin,
+    {
+        debug_assert!(self.replay.is_none() && self.scanner.at_boundary());
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            if buf.filled().len() > before {
+                self.watch.bump_io();
+            }
+            self.watch.resting.store(false, Ordering::Relaxed);
+        }
+        // Pending: the lane hands the connection on at once, and whoever
+        // waits next (`keep_alive.rs` or hyper) watches the head's deadline.
+        polled
+    }
+
+    /// Counts one request read by [`ClientIo::poll_read_unfollowed`] and
+    /// answered: a whole head with no `Transfer-Encoding`, its
+    /// `Content-Length` body if any, and nothing after it. Following those
+    /// bytes would have left the connection exactly so.
+    pub fn count_unfollowed_request(&mut self) {
+        self.scanner.count_plain_request();
+        self.heads_seen = self.scanner.heads();
+        self.head_since = None;
+        self.body = None;
+        self.read_timer = None;
+    }
+
+    /// Hands bytes read by [`ClientIo::poll_read_unfollowed`] to the next
+    /// reads, following them now.
+    pub fn replay_unfollowed(&mut self, bytes: Bytes) {
+        self.observe(&bytes);
+        self.replay(bytes);
+    }
+
     /// Fails once the next request head has been waited for
     /// `header_read_timeout` since the last answer: the wait of a
     /// connection no reader is polling (`keep_alive.rs`), on the head timer

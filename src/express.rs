@@ -23,8 +23,12 @@
 //! `If-Match`, `If-Unmodified-Since`, `If-Range` and `Range`, a draining
 //! server, and every request the
 //! proxy would not answer at once (a miss, the admin API, a refusal…).
-//! Bytes are read through [`ClientIo`], so the framing guard, the head and
-//! send deadlines and the connection's watch see them as they see hyper's.
+//! Bytes are read and written through [`ClientIo`], so the deadlines and the
+//! connection's watch see them as they see hyper's. The framing guard
+//! follows a request the lane answers by counting it (the lane takes only
+//! a whole head with plain framing and nothing after it, by the guard's
+//! own httparse rules), and one it hands to hyper when it is replayed: its
+//! head is parsed once, not twice ([`ClientIo::poll_read_unfollowed`]).
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -87,7 +91,12 @@ pub(crate) async fn answer<IO: ClientStream>(
     // Only what has arrived is read: a connection waiting for its next
     // request holds no buffer (`keep_alive.rs` waits for the client).
     let mut buf = BytesMut::with_capacity(HEAD_BYTES);
-    match read_ready(io, &mut buf).await {
+    // Bytes fresh from the socket are not followed by the framing guard as
+    // they are read: the lane parses the head itself, and the guard sees
+    // them only if they go to hyper. Bytes a parked hyper connection left
+    // were followed already, and so is what is read after them.
+    let unfollowed = !io.has_replay();
+    match read_ready(io, &mut buf, unfollowed).await {
         None => return Express::Nothing,
         Some(Ok(0)) => return Express::Closed,
         Some(Ok(_)) => {}
@@ -103,7 +112,7 @@ pub(crate) async fn answer<IO: ClientStream>(
             _ if buf.len() == buf.capacity() => break None,
             Parsed::Complete(head) => break Some(head),
             Parsed::Hyper => break None,
-            Parsed::Partial => match read_ready(io, &mut buf).await {
+            Parsed::Partial => match read_ready(io, &mut buf, unfollowed).await {
                 Some(Ok(0)) | None => break None,
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {
@@ -118,17 +127,20 @@ pub(crate) async fn answer<IO: ClientStream>(
         .filter(|_| !drain.has_started())
         .and_then(|head| head.request(&bytes));
     let Some((request, request_body)) = request else {
-        io.replay(bytes);
+        to_hyper(io, bytes, unfollowed);
         return Express::Hyper;
     };
     let mut head = Vec::with_capacity(HEAD_OUT_BYTES);
     let (body, answered) = match service.write_at_once(request, &request_body, &mut head) {
         Ok(answered) => answered,
         Err(_) => {
-            io.replay(bytes);
+            to_hyper(io, bytes, unfollowed);
             return Express::Hyper;
         }
     };
+    if unfollowed {
+        io.count_unfollowed_request();
+    }
     let written = write_all(io, &head, &body).await;
     // Ends the answer for the connection's watch, as hyper's end of body does.
     drop(answered);
@@ -144,15 +156,31 @@ pub(crate) async fn answer<IO: ClientStream>(
 /// Room for a typical answer head: the stored fields and the four added.
 const HEAD_OUT_BYTES: usize = 512;
 
-/// One read of what has already arrived; `None` when nothing has.
+/// Hands what was read to hyper.
+fn to_hyper<IO: ClientStream>(io: &mut ClientIo<IO>, bytes: Bytes, unfollowed: bool) {
+    if unfollowed {
+        io.replay_unfollowed(bytes);
+    } else {
+        io.replay(bytes);
+    }
+}
+
+/// One read of what has already arrived (followed by the framing guard
+/// unless `unfollowed`); `None` when nothing has.
 async fn read_ready<IO: ClientStream>(
     io: &mut ClientIo<IO>,
     buf: &mut BytesMut,
+    unfollowed: bool,
 ) -> Option<io::Result<usize>> {
     std::future::poll_fn(|cx| {
         let spare = buf.spare_capacity_mut();
         let mut read = ReadBuf::uninit(spare);
-        match Pin::new(&mut *io).poll_read(cx, &mut read) {
+        let polled = if unfollowed {
+            io.poll_read_unfollowed(cx, &mut read)
+        } else {
+            Pin::new(&mut *io).poll_read(cx, &mut read)
+        };
+        match polled {
             Poll::Pending => Poll::Ready(None),
             Poll::Ready(Err(err)) => Poll::Ready(Some(Err(err))),
             Poll::Ready(Ok(())) => {

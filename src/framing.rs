@@ -121,6 +121,16 @@ impl FramingScanner {
         matches!(&self.state, State::Head(held) if held.is_empty())
     }
 
+    /// Counts a request followed elsewhere, from a boundary to the next: a
+    /// head without `Transfer-Encoding`, with its `Content-Length` body if
+    /// any, and nothing after it (the express lane's, which parses its
+    /// heads itself by the same httparse rules and stricter framing ones).
+    /// [`FramingScanner::observe`] on those bytes would judge it so too.
+    pub fn count_plain_request(&mut self) {
+        debug_assert!(self.at_boundary(), "counted from a boundary only");
+        self.heads += 1;
+    }
+
     /// Observes bytes read from the client, in order. Returns how many of
     /// them were request body bytes (for the body's minimum rate).
     pub fn observe(&mut self, mut input: &[u8]) -> u64 {

@@ -716,3 +716,30 @@ async fn a_revalidation_is_answered_304_by_the_express_lane_as_by_hyper() {
     assert_eq!(log.parked(), 2, "no hyper connection on the express one");
     assert_eq!(origin.count("/api/filter-options"), 1);
 }
+
+#[tokio::test]
+async fn the_framing_guard_counts_the_requests_the_express_lane_answers() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "").await;
+    let post = b"POST /api/metrics HTTP/1.1\r\nHost: proxy\r\nContent-Length: 2\r\n\r\n{}";
+    let mut connection = KeepAlive::open(&proxy).await;
+    assert_eq!(connection.get(GET).await.x_cache(), "miss");
+    assert_eq!(connection.get(post).await.x_cache(), "miss");
+    log.wait_for_parked(1).await;
+    // A GET and a POST with its body the express lane answers: the framing
+    // guard never parses their heads, but counts them.
+    assert_eq!(connection.get(GET).await.x_cache(), "hit");
+    assert_eq!(connection.get(post).await.x_cache(), "hit");
+    // So the fifth head, with both framing fields, is the one hyper's
+    // fifth request is refused for.
+    let smuggled = b"POST /api/metrics HTTP/1.1\r\nHost: proxy\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let refused = connection.get(smuggled).await;
+    assert_eq!(refused.status, 400);
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("Content-Length and Transfer-Encoding"),
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(origin.count("/api/metrics"), 1, "only the first POST");
+}
