@@ -21,7 +21,8 @@
 /// Marks a request whose head had both `Content-Length` and
 /// `Transfer-Encoding` (added by the server before the pipeline sees it). A
 /// client sending it itself only gets its own 400.
-pub const FRAMING_CONFLICT: &str = "x-dashcache-framing-conflict";
+pub const FRAMING_CONFLICT: http::HeaderName =
+    http::HeaderName::from_static("x-dashcache-framing-conflict");
 
 /// As many header fields as hyper parses by default; a head with more is
 /// refused by hyper (431), so following it is pointless.
