@@ -14,8 +14,10 @@
 #          proxy): fill, admin call latencies, hit p50/p99 on random stored
 #          keys, invalidate 1 %, refresh, clear and the hits after it, RSS.
 #          Outputs side by side, then the hit p50/p99 ratio of the largest
-#          size to the smallest. About 10 s at 1,000 and 2 min at 1,000,000
-#          entries (1.5 GB of RSS).
+#          size to the smallest: in the largest size's own run, where a
+#          second proxy holding the smallest size is timed in turn with it
+#          (SCALE_REFERENCE), and across the two runs. About 10 s at 1,000
+#          and 2 min at 1,000,000 entries (1.5 GB of RSS).
 #   idle   docs/bench/idle_connections.py with IDLE_CONNECTIONS idle
 #          keep-alive connections (ulimit -n raised): RSS per connection.
 #   h2     cache hits on one warm key with h2load, dashcache against nginx
@@ -317,10 +319,15 @@ if has_section scale; then
     [ -x "$EXAMPLES/scale" ] || die "$EXAMPLES/scale missing: cargo build --release --bin dashcache --example scale --example probe"
     say "" "## Scale (examples/scale.rs)" ""
     sizes=()
-    for n in $SCALE_SIZES; do
+    read -r -a all_sizes <<<"$SCALE_SIZES"
+    first="${all_sizes[0]}"
+    last="${all_sizes[${#all_sizes[@]} - 1]}"
+    for n in "${all_sizes[@]}"; do
         log "scale: $n entries (load average $(load_avg))"
         say "- $n entries: load average before $(load_avg)"
-        (cd "$REPO" && SCALE_ENTRIES="$n" SCALE_BIN="$BIN" timeout "$SCALE_TIMEOUT" "$EXAMPLES/scale") \
+        reference=0
+        [ "$n" = "$last" ] && [ "$n" != "$first" ] && reference="$first"
+        (cd "$REPO" && SCALE_ENTRIES="$n" SCALE_REFERENCE="$reference" SCALE_BIN="$BIN" timeout "$SCALE_TIMEOUT" "$EXAMPLES/scale") \
             >"$RUN_DIR/scale-$n.txt" 2>"$LOG_DIR/scale-$n.log" ||
             die "scale probe at $n entries failed, see $LOG_DIR/scale-$n.log"
         sizes+=("$n")
@@ -330,17 +337,21 @@ if has_section scale; then
     rule="|---|"
     for n in "${sizes[@]}"; do header="$header $n entries |"; rule="$rule---|"; done
     say "$header" "$rule"
-    lines=$(wc -l <"$RUN_DIR/scale-${sizes[0]}.txt")
+    # The reference store's lines (the largest size's run only) stay out of
+    # the table, so its rows line up.
+    own() { grep -v -e "random stored keys, $first entries:.*the stores in turn" -e 'in the same run' "$RUN_DIR/scale-$1.txt"; }
+    lines=$(own "${sizes[0]}" | wc -l)
     for ((i = 1; i <= lines; i++)); do
         row="| $i |"
-        for n in "${sizes[@]}"; do row="$row $(sed -n "${i}p" "$RUN_DIR/scale-$n.txt") |"; done
+        for n in "${sizes[@]}"; do row="$row $(own "$n" | sed -n "${i}p") |"; done
         say "$row"
     done
-    first="${sizes[0]}"
-    last="${sizes[${#sizes[@]} - 1]}"
     if [ "$first" != "$last" ]; then
         hit() { grep -m1 '^hit latency, random stored keys' "$RUN_DIR/scale-$1.txt" | sed -n "s/.* $2 \([0-9.]*\) ms.*/\1/p"; }
-        say "" "Hit latency on random stored keys, $last entries against $first (target: within 10 %):" ""
+        say "" "Hit latency on random stored keys, $last entries against $first (target: within 10 %)." \
+            "In one run, the two stores timed in turn (the figure to go by):" ""
+        say "- $(grep -m1 'in the same run' "$RUN_DIR/scale-$last.txt" || echo 'missing')"
+        say "" "Across the two runs (minutes apart, so the host's noise differs):" ""
         for p in p50 p99; do
             a="$(hit "$first" "$p")"
             b="$(hit "$last" "$p")"

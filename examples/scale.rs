@@ -4,18 +4,21 @@
 //! health and `keys?limit=10`, how long `invalidate` (1 % of the entries),
 //! `refresh` and `clear` take, how long a hit on another key waits while
 //! they run, and the RSS given back after `clear`; hit latency percentiles on
-//! random stored keys (run it at 1,000 and at 1,000,000 entries to compare),
-//! and the hits in the seconds after a `clear` while its sweep runs.
-//! `bench/scale.sh` runs it at both sizes side by side.
+//! random stored keys, and the hits in the seconds after a `clear` while its
+//! sweep runs. With `SCALE_REFERENCE` set, a second proxy holding that many
+//! entries is timed in the same run, in turn with the first a few
+//! milliseconds at a time, so the host's noise falls on both alike and their percentiles
+//! compare (`bench/scale.sh` does so at 1,000,000 entries against 1,000).
 //!
 //! ```text
 //! cargo build --release && cargo run --release --example scale             # 100,000 entries
-//! SCALE_ENTRIES=1000000 cargo run --release --example scale
+//! SCALE_ENTRIES=1000000 SCALE_REFERENCE=1000 cargo run --release --example scale
 //! ```
 //!
-//! Environment: `SCALE_ENTRIES` (100000), `SCALE_MAX_BYTES` (`max_bytes`,
+//! Environment: `SCALE_ENTRIES` (100000), `SCALE_REFERENCE` (0: none),
+//! `SCALE_MAX_BYTES` (`max_bytes`,
 //! default 4GiB so nothing is evicted), `SCALE_BIN` (target/release/dashcache),
-//! `SCALE_CONCURRENCY` (32 fill connections), `SCALE_HITS` (20000 timed hits
+//! `SCALE_CONCURRENCY` (32 fill connections), `SCALE_HITS` (100000 timed hits
 //! on random stored keys), `SCALE_HIT_CONNECTIONS` (4 keep-alive connections,
 //! sequential on each), `SCALE_CLEAR_WINDOW_MS` (2000: how long hits are
 //! timed after the `clear` answer). The origin runs in this
@@ -148,50 +151,101 @@ impl XorShift {
     }
 }
 
-/// Times `total` GETs of random stored keys over `connections` keep-alive
-/// connections, each sending its requests one after the other (after 50
-/// untimed ones to open it). Returns the sorted latencies of the hits in
-/// ms, and how many answers were misses (keys the store did not keep).
-async fn random_hits(
-    base: &str,
+/// A proxy whose hits are timed: its base URL and how many keys it stores.
+struct Target {
+    base: String,
     entries: usize,
-    total: usize,
-    connections: usize,
-) -> (Vec<f64>, usize) {
+}
+
+/// The hits timed on one [`Target`]: sorted latencies in ms, and how many
+/// answers were misses (keys the store did not keep), left out.
+struct HitTimes {
+    latencies: Vec<f64>,
+    misses: usize,
+}
+
+/// Requests each task sends to one target before all of them move on to
+/// the next: a few milliseconds, so that a target's workers are as busy as
+/// with no other target, and host noise lasting longer falls on all.
+const TURN: usize = 100;
+
+/// Times `total` GETs of random stored keys on each target, over
+/// `connections` keep-alive connections to each, each task sending its
+/// requests one after the other (after 50 untimed ones to open them). The
+/// tasks take the targets in turn together, [`TURN`] requests each at a
+/// time: whatever the host does meanwhile falls on all of them alike, so
+/// their percentiles compare.
+async fn random_hits(targets: &[Target], total: usize, connections: usize) -> Vec<HitTimes> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(connections)
         .build(connector);
     let per = total.div_ceil(connections);
+    let targets: Arc<Vec<(String, usize)>> = Arc::new(
+        targets
+            .iter()
+            .map(|t| (t.base.clone(), t.entries))
+            .collect(),
+    );
+    let turns = Arc::new(tokio::sync::Barrier::new(connections));
     let mut tasks = Vec::new();
     for task in 0..connections {
-        let (client, base) = (client.clone(), base.to_owned());
+        let (client, targets, turns) = (client.clone(), targets.clone(), turns.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ ((task as u64 + 1) * 0x2545_F491));
             for _ in 0..50 {
-                get_hit(&client, &url(&base, rng.below(entries))).await;
-            }
-            let (mut samples, mut misses) = (Vec::with_capacity(per), 0);
-            for _ in 0..per {
-                let key = url(&base, rng.below(entries));
-                let started = Instant::now();
-                if get_hit(&client, &key).await {
-                    samples.push(started.elapsed().as_secs_f64() * 1000.0);
-                } else {
-                    misses += 1;
+                for (base, entries) in targets.iter() {
+                    get_hit(&client, &url(base, rng.below(*entries))).await;
                 }
             }
-            (samples, misses)
+            let mut timed: Vec<HitTimes> = targets
+                .iter()
+                .map(|_| HitTimes {
+                    latencies: Vec::with_capacity(per),
+                    misses: 0,
+                })
+                .collect();
+            for turn in 0..per.div_ceil(TURN) {
+                let requests = TURN.min(per - turn * TURN);
+                // Each target goes first in its turn as often as the others.
+                for at in 0..targets.len() {
+                    let at = (at + turn) % targets.len();
+                    let ((base, entries), timed) = (&targets[at], &mut timed[at]);
+                    turns.wait().await;
+                    for _ in 0..requests {
+                        let key = url(base, rng.below(*entries));
+                        let started = Instant::now();
+                        if get_hit(&client, &key).await {
+                            timed
+                                .latencies
+                                .push(started.elapsed().as_secs_f64() * 1000.0);
+                        } else {
+                            timed.misses += 1;
+                        }
+                    }
+                }
+            }
+            timed
         }));
     }
-    let (mut all, mut misses) = (Vec::with_capacity(per * connections), 0);
+    let mut all: Vec<HitTimes> = targets
+        .iter()
+        .map(|_| HitTimes {
+            latencies: Vec::with_capacity(per * connections),
+            misses: 0,
+        })
+        .collect();
     for task in tasks {
-        let (samples, task_misses) = task.await.unwrap();
-        all.extend(samples);
-        misses += task_misses;
+        for (all, timed) in all.iter_mut().zip(task.await.unwrap()) {
+            all.latencies.extend(timed.latencies);
+            all.misses += timed.misses;
+        }
     }
-    (sorted(all), misses)
+    for timed in &mut all {
+        timed.latencies = sorted(std::mem::take(&mut timed.latencies));
+    }
+    all
 }
 
 /// Milliseconds one call takes, best and worst of `rounds`.
@@ -318,18 +372,17 @@ impl Drop for Proxy {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let entries = env("SCALE_ENTRIES", 100_000) as usize;
-    let max_bytes = env("SCALE_MAX_BYTES", 4 << 30);
-    let concurrency = env("SCALE_CONCURRENCY", 32) as usize;
-    let hit_count = env("SCALE_HITS", 20_000) as usize;
-    let hit_connections = env("SCALE_HIT_CONNECTIONS", 4).max(1) as usize;
-    let clear_window = Duration::from_millis(env("SCALE_CLEAR_WINDOW_MS", 2000));
-    let bin = std::env::var("SCALE_BIN").unwrap_or_else(|_| "target/release/dashcache".into());
-    let origin = origin().await;
+/// Starts `bin` as a proxy for `origin` with room for `entries` (nothing
+/// evicted) and waits until it answers; returns it and its base URL.
+async fn start_proxy(
+    bin: &str,
+    origin: SocketAddr,
+    entries: usize,
+    max_bytes: u64,
+    client: &HttpClient,
+) -> (Proxy, String) {
     let port = free_port();
-    let child = Command::new(&bin)
+    let child = Command::new(bin)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", &format!("http://{origin}")])
         // 2 % headroom: the store's shards fill unevenly, and a full shard
@@ -342,13 +395,7 @@ async fn main() {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (cargo build --release first)"));
     let proxy = Proxy(child);
-    let pid = proxy.0.id();
     let base = format!("http://127.0.0.1:{port}");
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(concurrency + 4)
-        .build(connector);
     let health = format!("{base}/api/cache/health");
     for _ in 0..200 {
         let request = Request::get(&health).body(Full::new(Bytes::new())).unwrap();
@@ -357,17 +404,23 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let hot = format!("{base}/api/hot");
-    call(&client, Method::GET, &hot).await;
-    let idle_rss = rss_kib(pid);
+    (proxy, base)
+}
 
+/// Stores `entries` keys in the proxy at `base` (one miss each) over
+/// `concurrency` connections; returns the seconds it took.
+async fn fill(client: &HttpClient, base: &str, entries: usize, concurrency: usize) -> f64 {
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let misses = Arc::new(AtomicU64::new(0));
     let mut fillers = Vec::new();
     for _ in 0..concurrency {
-        let (client, base, next, misses) =
-            (client.clone(), base.clone(), next.clone(), misses.clone());
+        let (client, base, next, misses) = (
+            client.clone(),
+            base.to_owned(),
+            next.clone(),
+            misses.clone(),
+        );
         fillers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -383,7 +436,32 @@ async fn main() {
     for filler in fillers {
         filler.await.unwrap();
     }
-    let fill_s = started.elapsed().as_secs_f64();
+    started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let entries = env("SCALE_ENTRIES", 100_000) as usize;
+    let reference = env("SCALE_REFERENCE", 0) as usize;
+    let max_bytes = env("SCALE_MAX_BYTES", 4 << 30);
+    let concurrency = env("SCALE_CONCURRENCY", 32) as usize;
+    let hit_count = env("SCALE_HITS", 100_000) as usize;
+    let hit_connections = env("SCALE_HIT_CONNECTIONS", 4).max(1) as usize;
+    let clear_window = Duration::from_millis(env("SCALE_CLEAR_WINDOW_MS", 2000));
+    let bin = std::env::var("SCALE_BIN").unwrap_or_else(|_| "target/release/dashcache".into());
+    let origin = origin().await;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency + 4)
+        .build(connector);
+    let (proxy, base) = start_proxy(&bin, origin, entries, max_bytes, &client).await;
+    let pid = proxy.0.id();
+    let hot = format!("{base}/api/hot");
+    call(&client, Method::GET, &hot).await;
+    let idle_rss = rss_kib(pid);
+
+    let fill_s = fill(&client, &base, entries, concurrency).await;
     let full_rss = rss_kib(pid);
     let stats_url = format!("{base}/api/cache/stats");
     let (stats_best, stats_worst, stats) = timed(&client, Method::GET, &stats_url, 20).await;
@@ -425,14 +503,46 @@ async fn main() {
         "hit on the hot key, nothing else running: worst {idle_worst:.2} ms over {idle_count} hits"
     );
 
-    let (latencies, misses) = random_hits(&base, entries, hit_count, hit_connections).await;
-    println!(
-        "hit latency, random stored keys: p50 {:.3} ms, p99 {:.3} ms, max {:.2} ms over {} hits ({hit_connections} connections, sequential on each; {misses} misses left out)",
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 99.0),
-        latencies.last().copied().unwrap_or(0.0),
-        latencies.len()
-    );
+    let mut targets = vec![Target {
+        base: base.clone(),
+        entries,
+    }];
+    // The reference store, filled now and timed in turn with this one.
+    let reference_proxy = if reference > 0 {
+        let (proxy, base) = start_proxy(&bin, origin, reference, max_bytes, &client).await;
+        fill(&client, &base, reference, concurrency).await;
+        targets.push(Target {
+            base,
+            entries: reference,
+        });
+        Some(proxy)
+    } else {
+        None
+    };
+    let hit_times = random_hits(&targets, hit_count, hit_connections).await;
+    for (target, times) in targets.iter().zip(&hit_times) {
+        let latencies = &times.latencies;
+        println!(
+            "hit latency, random stored keys, {} entries: p50 {:.3} ms, p99 {:.3} ms, max {:.2} ms over {} hits ({hit_connections} connections, sequential on each{}; {} misses left out)",
+            target.entries,
+            percentile(latencies, 50.0),
+            percentile(latencies, 99.0),
+            latencies.last().copied().unwrap_or(0.0),
+            latencies.len(),
+            if targets.len() > 1 { ", the stores in turn" } else { "" },
+            times.misses
+        );
+    }
+    if let [this, reference] = &hit_times[..] {
+        let ratio = |p| percentile(&this.latencies, p) / percentile(&reference.latencies, p);
+        println!(
+            "hit latency, {entries} entries against {} in the same run: p50 {:.2}x, p99 {:.2}x",
+            targets[1].entries,
+            ratio(50.0),
+            ratio(99.0)
+        );
+    }
+    drop(reference_proxy);
 
     let invalidate = format!("{base}/api/cache/invalidate?pattern=g%3D007x");
     let (ms, answer, worst) = with_hits(pid, &client, &hot, Method::POST, &invalidate).await;
