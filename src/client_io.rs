@@ -232,7 +232,7 @@ impl ConnectionWatch {
     }
 
     /// HTTP/1 requests handed to the service whose answer has not ended.
-    fn answers_pending(&self) -> u64 {
+    pub fn answers_pending(&self) -> u64 {
         self.requests
             .load(Ordering::Relaxed)
             .wrapping_sub(self.answered.load(Ordering::Relaxed))

@@ -50,8 +50,13 @@ use crate::drain::DrainWatch;
 pub(crate) enum Express {
     /// Answered here; the connection waits for its next request.
     Answered,
-    /// For hyper: what was read is replayed to it.
+    /// For hyper, not being the lane's kind of request (see the module
+    /// doc): what was read is replayed to it.
     Hyper,
+    /// For hyper, being the lane's kind of request but not answered at once
+    /// (a miss, the admin API, a refusal…): what was read is replayed to it.
+    /// The next request is likely the lane's again.
+    NotAtOnce,
     /// Nothing had arrived (a wake-up without bytes): wait again.
     Nothing,
     /// The client left, a deadline ran out, or a read or write failed.
@@ -135,7 +140,7 @@ pub(crate) async fn answer<IO: ClientStream>(
         Ok(answered) => answered,
         Err(_) => {
             to_hyper(io, bytes, unfollowed);
-            return Express::Hyper;
+            return Express::NotAtOnce;
         }
     };
     if unfollowed {

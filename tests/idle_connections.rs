@@ -530,10 +530,14 @@ async fn a_connection_waiting_on_its_answer_or_its_body_is_not_parked() {
     // The answer takes six park delays: hyper is busy all along, and a
     // park there would have added `Connection: close`.
     let mut connection = KeepAlive::open(&proxy).await;
-    let slow = connection.get(GET).await;
+    connection.send(GET).await;
+    tokio::time::sleep(PARK_AFTER * 4).await;
+    assert_eq!(log.parked(), 0, "parked while the answer was pending");
+    let slow = connection.answer().await;
     assert_eq!(slow.status, 200);
     assert!(!slow.has("connection"), "{slow:?}");
-    assert_eq!(log.parked(), 0, "parked while the answer was pending");
+    // At rest once it is out: parked at once.
+    log.wait_for_parked(1).await;
 
     // A request body that pauses for six park delays.
     let body = r#"{"org":"Vale","period":"2024-Q1"}"#;
@@ -544,12 +548,12 @@ async fn a_connection_waiting_on_its_answer_or_its_body_is_not_parked() {
     connection.send(head.as_bytes()).await;
     connection.send(&body.as_bytes()[..5]).await;
     tokio::time::sleep(PARK_AFTER * 6).await;
-    assert_eq!(log.parked(), 0, "parked in the middle of a body");
+    assert_eq!(log.parked(), 1, "parked in the middle of a body");
     connection.send(&body.as_bytes()[5..]).await;
     let answer = connection.answer().await;
     assert_eq!(answer.status, 200);
     assert!(!answer.has("connection"), "{answer:?}");
-    log.wait_for_parked(1).await;
+    log.wait_for_parked(2).await;
 }
 
 // ---------------------------------------------------------------- the express lane
@@ -742,4 +746,45 @@ async fn the_framing_guard_counts_the_requests_the_express_lane_answers() {
         String::from_utf8_lossy(&refused.body)
     );
     assert_eq!(origin.count("/api/metrics"), 1, "only the first POST");
+}
+
+#[tokio::test]
+async fn after_a_miss_the_next_request_is_the_express_lanes_at_once() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    // No quiet time ever parks a connection in this test.
+    let proxy = spawn_server_tuned(&origin.url(), DASHBOARD_ROUTES, |c| {
+        c.limits.idle_park_after = Duration::from_secs(3600);
+    })
+    .await;
+    let mut connection = KeepAlive::open(&proxy).await;
+    let other = b"GET /api/filter-options?region=south HTTP/1.1\r\nHost: proxy\r\n\r\n";
+    // Each miss is hyper's; its connection ends as soon as the answer is
+    // out, so the hits sent right after are the express lane's.
+    for (request, x_cache, hyper_runs) in [
+        (GET, "miss", 1),
+        (GET, "hit", 1),
+        (other, "miss", 2),
+        (GET, "hit", 2),
+        (other, "hit", 2),
+    ] {
+        assert_eq!(connection.get(request).await.x_cache(), x_cache);
+        eventually("hyper's connection ended at rest", || {
+            log.parked() == hyper_runs
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(log.parked(), 2, "the hits started no hyper connection");
+    assert_eq!(origin.count("/api/filter-options"), 2);
+
+    // A request the lane never takes (a precondition) keeps its hyper
+    // connection until it is quiet: its client likely sends more of them.
+    let precondition =
+        b"GET /api/filter-options?region=north HTTP/1.1\r\nHost: proxy\r\nIf-Match: *\r\n\r\n";
+    for _ in 0..2 {
+        assert_eq!(connection.get(precondition).await.x_cache(), "hit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(log.parked(), 2, "hyper's connection stays");
+    }
 }
