@@ -24,11 +24,12 @@
 //! When depends on why hyper was started:
 //! - for a request of the lane's kind that was not answered at once (a
 //!   miss, the admin API, a refusal), it is parked as soon as it is at
-//!   rest: the next request is likely a hit, the lane's. A miss costs its
-//!   connection one hyper connection (about 8k instructions, nothing
-//!   beside the upstream's answer), and the hits after it are the lane's at
-//!   once: before, a connection hyper served under steady traffic stayed
-//!   hyper's, at 20.5k instructions per hit against the lane's 15k;
+//!   rest: the next request is likely a hit, the lane's. A miss then costs
+//!   the lane's attempt and a hyper connection of its own (14k instructions
+//!   more, about 3 µs, on an answer the backend takes seconds to give), and
+//!   the hits after it are the lane's at once: before, a connection hyper
+//!   served under steady traffic stayed hyper's, at 20.5k instructions per
+//!   hit against the lane's 15k;
 //! - for anything else (`Range`, a precondition, HTTP/1.0, a head over 4
 //!   KiB, a body still arriving), its client will likely send more of the
 //!   same: it is parked once it has been quiet and at rest for
