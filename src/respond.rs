@@ -591,6 +591,19 @@ mod tests {
     }
 
     #[test]
+    fn every_rendered_value_is_a_valid_field_value() {
+        // What `Rendered::get`'s unchecked construction relies on.
+        for table in [&*AGE_VALUES, &*HIT_STATUS] {
+            for n in 0..RENDERED_SECONDS {
+                let value = table.get(n).expect("in range");
+                assert!(HeaderValue::from_bytes(value.as_bytes()).is_ok(), "{n}");
+                assert!(value.as_bytes().ends_with(n.to_string().as_bytes()));
+            }
+            assert!(table.get(RENDERED_SECONDS).is_none());
+        }
+    }
+
+    #[test]
     fn rendered_values_match_the_formatted_ones() {
         for ttl in [0, 1, 9, 10, 14_399, 14_400, 16_383, 16_384, 86_400] {
             let field = CacheStatusField::hit(ttl);
