@@ -368,10 +368,7 @@ impl<IO> ClientIo<IO> {
     /// bytes would have left the connection exactly so.
     pub fn count_unfollowed_request(&mut self) {
         self.scanner.count_plain_request();
-        self.heads_seen = self.scanner.heads();
-        self.head_since = None;
-        self.body = None;
-        self.read_timer = None;
+        self.followed(0);
     }
 
     /// Hands bytes read by [`ClientIo::poll_read_unfollowed`] to the next
@@ -421,6 +418,12 @@ impl<IO> ClientIo<IO> {
 
     fn observe(&mut self, bytes: &[u8]) {
         let body_bytes = self.scanner.observe(bytes);
+        self.followed(body_bytes);
+    }
+
+    /// Brings the deadlines and the watch up to where the scanner now is,
+    /// `body_bytes` of body having just arrived.
+    fn followed(&mut self, body_bytes: u64) {
         if self.scanner.heads() != self.heads_seen {
             // The head waited for is complete; the next one gets a clock
             // of its own at its first wait.
