@@ -249,35 +249,34 @@ async fn run<IO: ClientStream>(
             }
             () = tokio::time::sleep_until(wake) => Step::Wait,
         };
-        match step {
+        let park_now = match step {
             Step::Ended(ended) => {
                 let unused = woken && watch.requests() == requests_at_start;
                 return finish(conn, ended, unused, client).await;
             }
-            Step::AtRest => match park(conn, client).await {
-                Ok(parked) => return parked,
-                Err(busy) => {
-                    conn = busy;
-                    draining = true;
+            Step::AtRest => true,
+            Step::Wait => {
+                let now = Instant::now();
+                if let Some((at, requests)) = *head_due {
+                    if now >= at {
+                        if watch.requests() == requests {
+                            debug!(client = %client, "no request within header_read_timeout; closing");
+                            return Run::Ended;
+                        }
+                        *head_due = None;
+                    }
                 }
-            },
-            Step::Wait => {}
-        }
-        let now = Instant::now();
-        if let Some((at, requests)) = *head_due {
-            if now >= at {
-                if watch.requests() == requests {
-                    debug!(client = %client, "no request within header_read_timeout; closing");
-                    return Run::Ended;
+                if now < next_tick {
+                    continue;
                 }
-                *head_due = None;
+                let events = watch.io_events();
+                let quiet = events == seen && watch.is_at_rest();
+                seen = events;
+                next_tick = now + tick;
+                quiet
             }
-        }
-        if now < next_tick {
-            continue;
-        }
-        let events = watch.io_events();
-        if !draining && events == seen && watch.is_at_rest() {
+        };
+        if park_now && !draining {
             match park(conn, client).await {
                 Ok(parked) => return parked,
                 Err(busy) => {
@@ -286,8 +285,6 @@ async fn run<IO: ClientStream>(
                 }
             }
         }
-        seen = events;
-        next_tick = now + tick;
     }
 }
 
