@@ -19,6 +19,9 @@
 # Needs valgrind and h2load (apt-get install valgrind nghttp2-client).
 # Environment [defaults]: METHODS ["GET POST"], HITS [20000], WARM [3000],
 # BASE_PORT [18190] (origin, proxy), BENCH_WORK [target/bench],
+# POST_BODY [compare.sh's 315-byte filter, $SHARED_BENCH/tools/post-body.json],
+# HEADER [none]: one more request field on every request, e.g. a browser's
+# large cookie (HEADER="Cookie: s=$(head -c 6000 /dev/zero | tr '\0' c)"),
 # SHARED_BENCH [../shared/bench], ORIGIN_BIN
 # [$BENCH_WORK/target/release/bench-origin, built when missing],
 # OUT [$BENCH_WORK/callgrind]: the callgrind files, for callgrind_annotate.
@@ -38,7 +41,7 @@ ORIGIN_PORT="$BASE_PORT"
 PROXY_PORT="$((BASE_PORT + 1))"
 GET_PATH="/api/dashboards/ops-overview/panels/latency?range=7d&region=eu-west-1"
 POST_PATH="/api/query"
-POST_BODY="$SHARED_BENCH/tools/post-body.json"
+POST_BODY="$(realpath -m "${POST_BODY:-$SHARED_BENCH/tools/post-body.json}")"
 
 die() { echo "hit_instructions.sh: $*" >&2; exit 1; }
 for c in valgrind h2load curl; do
@@ -46,7 +49,7 @@ for c in valgrind h2load curl; do
 done
 [ $# -gt 0 ] || set -- "$ROOT/target/release/dashcache"
 for bin in "$@"; do [ -x "$bin" ] || die "not an executable: $bin"; done
-[ -f "$POST_BODY" ] || die "no $POST_BODY: set SHARED_BENCH to compare.sh's folder"
+[ -f "$POST_BODY" ] || die "no $POST_BODY: set SHARED_BENCH to compare.sh's folder, or POST_BODY"
 mkdir -p "$WORK" "$OUT"
 if [ ! -x "$ORIGIN_BIN" ]; then
     cargo build --release --quiet --manifest-path "$SHARED_BENCH/origin/Cargo.toml" \
@@ -65,9 +68,10 @@ PIDS+=($!)
 instructions() {
     local bin=$1 method=$2 name=$3 more=$4 file="$OUT/$3.$2.$4.callgrind"
     local url extra=()
+    [ -z "${HEADER:-}" ] || extra+=(-H "$HEADER")
     if [ "$method" = POST ]; then
         url="http://127.0.0.1:$PROXY_PORT$POST_PATH"
-        extra=(-d "$POST_BODY" -H 'Content-Type: application/json')
+        extra+=(-d "$POST_BODY" -H 'Content-Type: application/json')
     else
         url="http://127.0.0.1:$PROXY_PORT$GET_PATH"
     fi

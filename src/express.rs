@@ -17,7 +17,8 @@
 //! byte for byte what hyper would send (tested against it). Everything else
 //! goes to hyper untouched, the bytes read replayed to it
 //! ([`ClientIo::replay`]): a request not complete in what has arrived (a
-//! `POST` with its `Content-Length` body, within 4 KiB in all), more than
+//! `POST` with its `Content-Length` body; [`REQUEST_BYTES`] in all, the
+//! head under [`HEAD_BYTES`]), more than
 //! one request (pipelining), a chunked body, anything but HTTP/1.1, a
 //! `Connection` other than `keep-alive`, `Expect`, `Upgrade`, `TE`,
 //! `If-Match`, `If-Unmodified-Since`, `If-Range` and `Range`, a draining
@@ -63,8 +64,17 @@ pub(crate) enum Express {
     Closed,
 }
 
-/// The bytes read for one head: a head larger than this goes to hyper.
-const HEAD_BYTES: usize = 4096;
+/// The first read's room: a browser's head, or a small `POST` whole.
+const FIRST_READ: usize = 4096;
+
+/// A request (head and body) larger than this goes to hyper. A dashboard's
+/// filter bodies run to 20 KB; the lane's offsets are `u16`.
+const REQUEST_BYTES: usize = 32 * 1024;
+
+/// A head this long or longer goes to hyper: below the smallest
+/// `max_header_bytes` hyper can be given, so the lane never takes a head
+/// hyper would refuse as too large.
+const HEAD_BYTES: usize = crate::config::MIN_MAX_HEADER_BYTES as usize;
 
 /// Header fields followed; a head with more goes to hyper.
 const MAX_FIELDS: usize = 32;
@@ -95,7 +105,7 @@ pub(crate) async fn answer<IO: ClientStream>(
 ) -> Express {
     // Only what has arrived is read: a connection waiting for its next
     // request holds no buffer (`keep_alive.rs` waits for the client).
-    let mut buf = BytesMut::with_capacity(HEAD_BYTES);
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
     // Bytes fresh from the socket are not followed by the framing guard as
     // they are read: the lane parses the head itself, and the guard sees
     // them only if they go to hyper. Bytes a parked hyper connection left
@@ -111,14 +121,26 @@ pub(crate) async fn answer<IO: ClientStream>(
         }
     }
     let head = loop {
-        match parse(&buf) {
-            // A full buffer may leave bytes above the socket (TLS) that
-            // only hyper's next read would take.
-            _ if buf.len() == buf.capacity() => break None,
+        // A full buffer may leave bytes above the socket (TLS) that only a
+        // next read takes: make room and read on before judging it.
+        let full = buf.len() == buf.capacity();
+        if full {
+            if buf.len() >= REQUEST_BYTES {
+                break None;
+            }
+            buf.reserve(REQUEST_BYTES - buf.len());
+        }
+        let parsed = if full { Parsed::Partial } else { parse(&buf) };
+        match parsed {
             Parsed::Complete(head) => break Some(head),
             Parsed::Hyper => break None,
             Parsed::Partial => match read_ready(io, &mut buf, unfollowed).await {
-                Some(Ok(0)) | None => break None,
+                Some(Ok(0)) => break None,
+                // Nothing more has arrived: a full buffer was all there
+                // was, and is judged now; a head or body still to come is
+                // hyper's to wait for.
+                None if full => continue,
+                None => break None,
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {
                     debug!(client = %client, error = %err, "connection ended with an error");
@@ -222,10 +244,10 @@ struct Head {
     body: Span,
 }
 
-/// A `Content-Length` value the express lane takes: digits only, no
-/// larger than what it reads at once.
+/// A `Content-Length` value the express lane takes: digits only, as many
+/// as [`REQUEST_BYTES`] has.
 fn body_length(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 4 || !value.iter().all(u8::is_ascii_digit) {
+    if value.is_empty() || value.len() > 5 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
     value
@@ -233,8 +255,9 @@ fn body_length(value: &[u8]) -> Option<usize> {
         .try_fold(0usize, |n, digit| Some(n * 10 + usize::from(digit - b'0')))
 }
 
-/// Start and end of a part of the head (at most [`HEAD_BYTES`] long).
+/// Start and end of a part of the request (at most [`REQUEST_BYTES`] long).
 type Span = (u16, u16);
+const _: () = assert!(REQUEST_BYTES <= u16::MAX as usize && HEAD_BYTES <= REQUEST_BYTES);
 
 #[derive(Clone, Copy, Default)]
 struct Field {
@@ -243,13 +266,15 @@ struct Field {
 }
 
 fn parse(read: &[u8]) -> Parsed {
-    if read.len() > HEAD_BYTES {
+    if read.len() > REQUEST_BYTES {
         return Parsed::Hyper;
     }
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut request = httparse::Request::new(&mut fields);
     let len = match request.parse(read) {
-        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Complete(len)) if len < HEAD_BYTES => len,
+        Ok(httparse::Status::Complete(_)) => return Parsed::Hyper,
+        Ok(httparse::Status::Partial) if read.len() >= HEAD_BYTES => return Parsed::Hyper,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Hyper,
     };
@@ -265,7 +290,7 @@ fn parse(read: &[u8]) -> Parsed {
     if request.version != Some(1) {
         return Parsed::Hyper;
     }
-    // Within `read`, which is at most `HEAD_BYTES` long.
+    // Within `read`, which is at most `REQUEST_BYTES` long.
     let at = |part: &[u8]| -> Span {
         let start = part.as_ptr() as usize - read.as_ptr() as usize;
         (start as u16, (start + part.len()) as u16)
@@ -303,7 +328,7 @@ fn parse(read: &[u8]) -> Parsed {
         (&Method::POST, None) => return Parsed::Hyper,
         (_, length) => len + length.unwrap_or(0),
     };
-    if end > HEAD_BYTES || read.len() > end {
+    if end > REQUEST_BYTES || read.len() > end {
         return Parsed::Hyper;
     }
     if read.len() < end {
@@ -403,7 +428,8 @@ mod tests {
             .expect("an empty body");
         assert!(body.is_empty());
         assert_eq!(body_length(b"0042"), Some(42));
-        assert_eq!(body_length(b"12345"), None);
+        assert_eq!(body_length(b"12345"), Some(12345));
+        assert_eq!(body_length(b"123456"), None);
         assert_eq!(body_length(b""), None);
     }
 
@@ -431,8 +457,8 @@ mod tests {
                 "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{}GET",
             ),
             (
-                "POST, past 4 KiB",
-                "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 9999\r\n\r\n{}",
+                "POST, past 32 KiB",
+                "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 32768\r\n\r\n{}",
             ),
             ("HTTP/1.0", "GET / HTTP/1.0\r\nHost: p\r\n\r\n"),
             ("absolute form", "GET http://p/ HTTP/1.1\r\nHost: p\r\n\r\n"),
@@ -488,5 +514,54 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n\r\n{}"
         ));
         assert!(is_partial("GET /"));
+    }
+
+    #[test]
+    fn the_lane_reads_a_large_filter_body_and_a_browser_head_but_no_more() {
+        let filters = format!("{{\"ids\":\"{}\"}}", "7".repeat(20_000));
+        let post = |filters: &str| {
+            format!(
+                "POST /api/query HTTP/1.1\r\nHost: p\r\nContent-Length: {}\r\n\r\n{filters}",
+                filters.len()
+            )
+        };
+        let (_, body) = parsed_with_body(&post(&filters)).expect("a 20 KB body");
+        assert_eq!(body.len(), filters.len());
+        let cookie = |n: usize| {
+            format!(
+                "GET / HTTP/1.1\r\nHost: p\r\nCookie: s={}\r\n\r\n",
+                "c".repeat(n)
+            )
+        };
+        let browser = parsed(&cookie(6_000)).expect("a 6 KB head");
+        assert_eq!(browser.headers()["cookie"].len(), 6_002);
+
+        let whole = post(&"7".repeat(REQUEST_BYTES));
+        assert!(
+            matches!(parse(whole.as_bytes()), Parsed::Hyper),
+            "past REQUEST_BYTES"
+        );
+        // A five-digit length: four digits more than `post("")`'s.
+        let room = REQUEST_BYTES - post("").len() - 4;
+        let just_in = post(&"7".repeat(room));
+        assert_eq!(just_in.len(), REQUEST_BYTES);
+        assert!(
+            parsed_with_body(&just_in).is_some(),
+            "exactly REQUEST_BYTES"
+        );
+        let just_over = post(&"7".repeat(room + 1));
+        assert!(
+            matches!(parse(just_over.as_bytes()), Parsed::Hyper),
+            "one byte over"
+        );
+        let long_head = cookie(HEAD_BYTES);
+        assert!(
+            matches!(parse(long_head.as_bytes()), Parsed::Hyper),
+            "a head of 8 KiB"
+        );
+        assert!(
+            matches!(parse(&long_head.as_bytes()[..HEAD_BYTES]), Parsed::Hyper),
+            "an unfinished head of 8 KiB"
+        );
     }
 }

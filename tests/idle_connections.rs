@@ -515,6 +515,20 @@ async fn a_parked_tls_connection_answers_its_next_request() {
     assert_eq!((woken.status.as_u16(), woken.x_cache()), (200, "HIT"));
     assert_eq!(woken.body, first.body);
     assert!(!woken.headers.contains_key("connection"));
+
+    // Filter bodies larger than a first read, within the express lane's
+    // bounds and past them, spread over TLS records: each answered whole.
+    for accounts in [1_500, 3_000] {
+        let ids: Vec<String> = (0..accounts).map(|i| format!("\"acct-{i:06}\"")).collect();
+        let filters = format!("{{\"accounts\":[{}]}}", ids.join(","));
+        let miss = connection.post("/api/metrics", &filters).await;
+        assert_eq!((miss.status.as_u16(), miss.x_cache()), (200, "MISS"));
+        for _ in 0..3 {
+            let hit = connection.post("/api/metrics", &filters).await;
+            assert_eq!((hit.status.as_u16(), hit.x_cache()), (200, "HIT"));
+            assert_eq!(hit.body, miss.body);
+        }
+    }
 }
 
 #[tokio::test]
@@ -787,4 +801,67 @@ async fn after_a_miss_the_next_request_is_the_express_lanes_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(log.parked(), 2, "hyper's connection stays");
     }
+}
+
+#[tokio::test]
+async fn a_large_filter_body_and_a_browser_head_are_the_express_lanes_within_its_bounds() {
+    let (log, _guard) = Log::capture();
+    let origin = Origin::start().await;
+    let proxy = proxy_with(&origin, "").await;
+    // A dashboard's 20 KB filter body, and past the lane's 32 KiB.
+    let post = |accounts: usize| {
+        let ids: Vec<String> = (0..accounts).map(|i| format!("\"acct-{i:06}\"")).collect();
+        let filters = format!("{{\"accounts\":[{}]}}", ids.join(","));
+        format!(
+            "POST /api/metrics HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{filters}",
+            filters.len()
+        )
+        .into_bytes()
+    };
+    // A browser's head with a 6 KB session cookie, and one past 8 KiB.
+    let get = |cookie: usize| {
+        format!(
+            "GET /api/filter-options?region=north HTTP/1.1\r\nHost: proxy\r\nCookie: session={}\r\n\r\n",
+            "c".repeat(cookie)
+        )
+        .into_bytes()
+    };
+    let (large_post, larger_post) = (post(1_500), post(3_000));
+    let (large_head, larger_head) = (get(6_000), get(9_000));
+    assert!((20_000..32_768).contains(&large_post.len()) && larger_post.len() > 32_768);
+    assert!((6_000..8_192).contains(&large_head.len()) && larger_head.len() > 8_192);
+
+    // Each miss is hyper's, which parks at once after it.
+    let mut connection = KeepAlive::open(&proxy).await;
+    let mut misses = Vec::new();
+    for (n, request) in [&large_post, &large_head, &larger_post, &larger_head]
+        .into_iter()
+        .enumerate()
+    {
+        let miss = connection.get(request).await;
+        assert_eq!(miss.x_cache(), "miss");
+        log.wait_for_parked(n + 1).await;
+        misses.push(miss);
+    }
+    // Within the bounds, a hit is the express lane's: no hyper connection
+    // starts, so none is parked.
+    for (request, miss) in [(&large_post, &misses[0]), (&large_head, &misses[1])] {
+        let hit = connection.get(request).await;
+        assert_eq!(hit.x_cache(), "hit");
+        assert_eq!(hit.body, miss.body);
+    }
+    tokio::time::sleep(PARK_AFTER * 6).await;
+    assert_eq!(log.parked(), 4, "no hyper connection for the hits");
+    // Past them, hyper answers the hit and parks when it is quiet.
+    for (n, (request, miss)) in [(&larger_post, &misses[2]), (&larger_head, &misses[3])]
+        .into_iter()
+        .enumerate()
+    {
+        let hit = connection.get(request).await;
+        assert_eq!(hit.x_cache(), "hit");
+        assert_eq!(hit.body, miss.body);
+        log.wait_for_parked(5 + n).await;
+    }
+    assert_eq!(origin.count("/api/metrics"), 2);
+    assert_eq!(origin.count("/api/filter-options"), 2);
 }
