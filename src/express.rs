@@ -349,7 +349,11 @@ impl Head {
         for field in &self.fields[..self.count] {
             let (start, end) = field.name;
             let name = HeaderName::from_bytes(&bytes[usize::from(start)..usize::from(end)]).ok()?;
-            let value = HeaderValue::from_maybe_shared(slice(field.value)).ok()?;
+            // SAFETY: httparse took it as a field value, by the rule
+            // `HeaderValue` checks (tab, space, visible ASCII, obs-text):
+            // hyper builds its values so too. Tested for every byte by
+            // `every_byte_httparse_takes_in_a_value_is_valid_in_a_header_value`.
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(slice(field.value)) };
             headers.append(name, value);
         }
         let mut request = Request::new(Empty::new());
@@ -514,6 +518,26 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n\r\n{}"
         ));
         assert!(is_partial("GET /"));
+    }
+
+    #[test]
+    fn every_byte_httparse_takes_in_a_value_is_valid_in_a_header_value() {
+        let mut taken = 0;
+        for byte in 0..=u8::MAX {
+            let text = [b"GET / HTTP/1.1\r\nX: a".as_slice(), &[byte], b"b\r\n\r\n"].concat();
+            let mut fields = [httparse::EMPTY_HEADER; 4];
+            let mut request = httparse::Request::new(&mut fields);
+            if let Ok(httparse::Status::Complete(_)) = request.parse(&text) {
+                let value = request.headers[0].value;
+                assert!(
+                    HeaderValue::from_bytes(value).is_ok(),
+                    "byte {byte:#04x} taken by httparse"
+                );
+                taken += 1;
+            }
+        }
+        // Tab, space to `~`, and obs-text.
+        assert_eq!(taken, 1 + 95 + 128);
     }
 
     #[test]

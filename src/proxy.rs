@@ -35,7 +35,7 @@ use crate::admin;
 use crate::admission;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::body_deadline::{BodyRules, DeadlineBody};
-use crate::cache::credentials::{credential_digest, Grants};
+use crate::cache::credentials::{CredentialDigests, Grants};
 use crate::cache::flight::{FillOutcome, Flights, Join};
 use crate::cache::invalidation::Invalidations;
 use crate::cache::key::key_with_headers;
@@ -92,6 +92,8 @@ pub struct Proxy {
     /// `POST /api/cache/refresh`'s background work and its counters.
     pub refresher: Refresher,
     key_memo: KeyMemo,
+    /// Digests of the credentials requests carry, remembered.
+    credentials: CredentialDigests,
     /// Each route's sample of its keyed requests: suspected volatile fields.
     pub volatile: VolatileDetector,
     default_route: Arc<str>,
@@ -252,6 +254,7 @@ impl Proxy {
             grants: Grants::new(side_capacity, cache.auth_ttl),
             refresher: Refresher::new(cache.refresh_concurrency),
             key_memo: KeyMemo::new(side_capacity),
+            credentials: CredentialDigests::new(side_capacity),
             volatile: VolatileDetector::default(),
             default_route: DEFAULT_ROUTE.into(),
             invalidations: Invalidations::new(side_capacity),
@@ -746,7 +749,9 @@ impl Proxy {
         } else {
             parts.method.clone()
         };
-        let credential = credential_digest(&parts.headers, &config.cache.credential_headers)
+        let credential = self
+            .credentials
+            .digest(&parts.headers, &config.cache.credential_headers)
             .map(|digest| self.store.scope_credential(digest));
         let rules = route.map_or(KeyRules::none(), |r| &*r.key_rules);
         let (path, query) = (parts.uri.path(), parts.uri.query());

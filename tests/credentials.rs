@@ -90,3 +90,19 @@ fn the_default_credential_headers_are_in_the_printed_config() {
         ]
     );
 }
+
+#[tokio::test]
+async fn long_session_cookies_that_differ_in_their_last_byte_keep_callers_apart() {
+    // Their digests are remembered after the first ask: every later ask
+    // must still find its own caller's entry.
+    let session = "s".repeat(6_000);
+    let (a, b) = (format!("session={session}a"), format!("session={session}b"));
+    let (origin, answers) = ask_as_each("cookie", &[&a, &b, &a, &b, &a, "", &b]).await;
+    let expected = [&a, &b, &a, &b, &a];
+    for (i, (answer, caller)) in answers.iter().zip(expected).enumerate() {
+        assert_eq!(answer["echo"], caller.as_str(), "ask {i}");
+    }
+    assert!(answers[5].get("echo").is_none(), "{}", answers[5]);
+    assert_eq!(answers[6]["echo"], b.as_str());
+    assert_eq!(origin.count("/api/metrics"), 3, "one miss per caller");
+}

@@ -566,20 +566,41 @@ pub fn key_with_headers(identity: CacheKey, rules: &KeyRules, headers: &HeaderMa
 /// The cache key itself stays md5, as the seed document specifies.
 pub struct KeyMemo {
     keys: quick_cache::sync::Cache<CacheKey, CacheKey>,
-    secret: (u64, u64),
+    secret: MemoSecret,
+}
+
+/// The key of a memo's slots: SipHash-1-3 with 128-bit output under a
+/// secret drawn from the OS for each memo, over what it remembers a
+/// function of (see [`KeyMemo`]).
+#[derive(Clone, Copy)]
+pub(super) struct MemoSecret(u64, u64);
+
+impl MemoSecret {
+    pub(super) fn random() -> Self {
+        let mut secret = [0u8; 16];
+        getrandom::getrandom(&mut secret).expect("the OS random source works");
+        let (k0, k1) = secret.split_at(8);
+        Self(
+            u64::from_le_bytes(k0.try_into().expect("8 bytes")),
+            u64::from_le_bytes(k1.try_into().expect("8 bytes")),
+        )
+    }
+
+    pub(super) fn hasher(&self) -> siphasher::sip128::SipHasher13 {
+        siphasher::sip128::SipHasher13::new_with_keys(self.0, self.1)
+    }
+
+    pub(super) fn slot(hasher: &siphasher::sip128::SipHasher13) -> CacheKey {
+        use siphasher::sip128::Hasher128;
+        CacheKey(u128::from(hasher.finish128()).to_le_bytes())
+    }
 }
 
 impl KeyMemo {
     pub fn new(capacity: usize) -> Self {
-        let mut secret = [0u8; 16];
-        getrandom::getrandom(&mut secret).expect("the OS random source works");
-        let (k0, k1) = secret.split_at(8);
         Self {
             keys: quick_cache::sync::Cache::new(capacity.max(64)),
-            secret: (
-                u64::from_le_bytes(k0.try_into().expect("8 bytes")),
-                u64::from_le_bytes(k1.try_into().expect("8 bytes")),
-            ),
+            secret: MemoSecret::random(),
         }
     }
 
@@ -622,9 +643,8 @@ impl KeyMemo {
         body: &[u8],
         rules: &KeyRules,
     ) -> CacheKey {
-        use siphasher::sip128::{Hasher128, SipHasher13};
         use std::hash::Hasher;
-        let mut raw = SipHasher13::new_with_keys(self.secret.0, self.secret.1);
+        let mut raw = self.secret.hasher();
         if !rules.is_empty() {
             raw.write(&rules.fingerprint());
         }
@@ -636,7 +656,7 @@ impl KeyMemo {
         raw.write(query.unwrap_or_default().as_bytes());
         raw.write(b"\n");
         raw.write(body);
-        CacheKey(u128::from(raw.finish128()).to_le_bytes())
+        MemoSecret::slot(&raw)
     }
 }
 

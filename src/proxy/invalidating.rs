@@ -17,7 +17,6 @@ use tracing::info;
 
 use super::Proxy;
 use crate::body::ProxyBody;
-use crate::cache::credentials::credential_digest;
 use crate::cache::invalidation::same_origin_target;
 use crate::cache::{policy, CacheKey, Entry, Lookup};
 use crate::config::Config;
@@ -104,7 +103,9 @@ impl Proxy {
             .routes
             .lookup(&Method::GET, path)
             .is_some_and(|r| r.shared);
-        let credential = credential_digest(headers, &config.cache.credential_headers)
+        let credential = self
+            .credentials
+            .digest(headers, &config.cache.credential_headers)
             .map(|digest| self.store.scope_credential(digest));
         match credential {
             Some(credential) if !shared => base.derive(b"credential", &[&credential[..]]),
