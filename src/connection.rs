@@ -67,7 +67,12 @@ impl Settings {
             // keep-alive connection that stays idle this long (a parked one
             // is closed at the same moment, `keep_alive.rs`).
             .header_read_timeout(None)
-            // A head that does not fit the read buffer is answered 431.
+            // A head over the limit is answered 431, by its parsed length:
+            // the read buffer's bound alone lets a head through when one
+            // read brings it whole (after bytes replayed by the express
+            // lane, say), since hyper checks that bound only on a partial
+            // head.
+            .max_header_size(max_header_bytes)
             .max_buf_size(max_header_bytes)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
