@@ -168,6 +168,9 @@ pub(crate) async fn answer<IO: ClientStream>(
     if unfollowed {
         io.count_unfollowed_request();
     }
+    // The request's bytes (up to `REQUEST_BYTES`) are not held while a
+    // slow reader takes its answer.
+    drop((request_body, bytes));
     let written = write_all(io, &head, &body).await;
     // Ends the answer for the connection's watch, as hyper's end of body does.
     drop(answered);
