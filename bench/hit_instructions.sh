@@ -20,8 +20,9 @@
 # Environment [defaults]: METHODS ["GET POST"], HITS [20000], WARM [3000],
 # BASE_PORT [18190] (origin, proxy), BENCH_WORK [target/bench],
 # POST_BODY [compare.sh's 315-byte filter, $SHARED_BENCH/tools/post-body.json],
-# HEADER [none]: one more request field on every request, e.g. a browser's
-# large cookie (HEADER="Cookie: s=$(head -c 6000 /dev/zero | tr '\0' c)"),
+# HEADERS [none]: request fields added to every request, one per line: a
+# browser's (HEADERS="$(cat docs/bench/browser-headers.txt)") or a large
+# cookie (HEADERS="Cookie: s=$(head -c 6000 /dev/zero | tr '\0' c)"),
 # SHARED_BENCH [../shared/bench], ORIGIN_BIN
 # [$BENCH_WORK/target/release/bench-origin, built when missing],
 # OUT [$BENCH_WORK/callgrind]: the callgrind files, for callgrind_annotate.
@@ -68,7 +69,10 @@ PIDS+=($!)
 instructions() {
     local bin=$1 method=$2 name=$3 more=$4 file="$OUT/$3.$2.$4.callgrind"
     local url extra=()
-    [ -z "${HEADER:-}" ] || extra+=(-H "$HEADER")
+    local field
+    while IFS= read -r field; do
+        [ -z "$field" ] || extra+=(-H "$field")
+    done <<<"${HEADERS:-}"
     if [ "$method" = POST ]; then
         url="http://127.0.0.1:$PROXY_PORT$POST_PATH"
         extra+=(-d "$POST_BODY" -H 'Content-Type: application/json')
