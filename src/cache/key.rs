@@ -569,9 +569,9 @@ pub struct KeyMemo {
     secret: MemoSecret,
 }
 
-/// The key of a memo's slots: SipHash-1-3 with 128-bit output under a
-/// secret drawn from the OS for each memo, over what it remembers a
-/// function of (see [`KeyMemo`]).
+/// A memo's secret, drawn from the OS for each memo. A memo's slot for an
+/// input is the SipHash-1-3 (128-bit) of that input under it: see
+/// [`KeyMemo`] for why that is fast enough and safe.
 #[derive(Clone, Copy)]
 pub(super) struct MemoSecret(u64, u64);
 
