@@ -749,10 +749,7 @@ impl Proxy {
         } else {
             parts.method.clone()
         };
-        let credential = self
-            .credentials
-            .digest(&parts.headers, &config.cache.credential_headers)
-            .map(|digest| self.store.scope_credential(digest));
+        let credential = self.credential(&parts.headers, config);
         let rules = route.map_or(KeyRules::none(), |r| &*r.key_rules);
         let (path, query) = (parts.uri.path(), parts.uri.query());
         let keyed = self.key_memo.keyed(&method, path, query, body, rules);
@@ -772,6 +769,14 @@ impl Proxy {
             key,
             credential,
         }
+    }
+
+    /// The credential part of a request's key: the digest of its credential
+    /// headers, scoped as the storage keys it; `None` without any.
+    fn credential(&self, headers: &http::HeaderMap, config: &Config) -> Option<[u8; 16]> {
+        self.credentials
+            .digest(headers, &config.cache.credential_headers)
+            .map(|digest| self.store.scope_credential(digest))
     }
 
     /// Shows one keyed request to the route's volatile-field sampler.

@@ -103,11 +103,7 @@ impl Proxy {
             .routes
             .lookup(&Method::GET, path)
             .is_some_and(|r| r.shared);
-        let credential = self
-            .credentials
-            .digest(headers, &config.cache.credential_headers)
-            .map(|digest| self.store.scope_credential(digest));
-        match credential {
+        match self.credential(headers, config) {
             Some(credential) if !shared => base.derive(b"credential", &[&credential[..]]),
             _ => base,
         }
