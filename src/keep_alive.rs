@@ -30,9 +30,10 @@
 //!   the hits after it are the lane's at once: before, a connection hyper
 //!   served under steady traffic stayed hyper's, at 20.5k instructions per
 //!   hit against the lane's 15k;
-//! - for anything else (`Range`, a precondition, HTTP/1.0, a head over 4
-//!   KiB, a body still arriving), its client will likely send more of the
-//!   same: it is parked once it has been quiet and at rest for
+//! - for anything else (`Range`, a precondition, HTTP/1.0, a head of 8 KiB
+//!   or a request over 32 KiB, a body still arriving), its client will
+//!   likely send more of the same: it is parked once it has been quiet and
+//!   at rest for
 //!   `park_after`, checked by a tick every `park_after / 2` that compares
 //!   the connection's I/O counter with the previous tick's.
 //!
@@ -219,21 +220,16 @@ async fn run<IO: ClientStream>(
             biased;
             step = poll_fn(|cx| match conn.poll_without_shutdown(cx) {
                 Poll::Ready(ended) => Poll::Ready(Step::Ended(ended)),
+                Poll::Pending if !park_at_rest || draining => Poll::Pending,
                 // Answered, and nothing of the next request read: that one
                 // is the express lane's.
-                Poll::Pending if park_at_rest && !draining && watch.is_at_rest() => {
-                    Poll::Ready(Step::AtRest)
-                }
+                Poll::Pending if watch.is_at_rest() => Poll::Ready(Step::AtRest),
                 Poll::Pending => {
                     // hyper reads for the next request when it is polled
                     // after an answer ended, not in the poll that ended it:
                     // one more poll tells whether it is at rest.
                     let requests = watch.requests();
-                    if park_at_rest
-                        && !draining
-                        && watch.answers_pending() == 0
-                        && nudged != requests
-                    {
+                    if watch.answers_pending() == 0 && nudged != requests {
                         nudged = requests;
                         cx.waker().wake_by_ref();
                     }
