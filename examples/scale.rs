@@ -152,6 +152,7 @@ impl XorShift {
 }
 
 /// A proxy whose hits are timed: its base URL and how many keys it stores.
+#[derive(Clone)]
 struct Target {
     base: String,
     entries: usize,
@@ -162,6 +163,15 @@ struct Target {
 struct HitTimes {
     latencies: Vec<f64>,
     misses: usize,
+}
+
+impl HitTimes {
+    fn with_capacity(hits: usize) -> Self {
+        Self {
+            latencies: Vec::with_capacity(hits),
+            misses: 0,
+        }
+    }
 }
 
 /// Requests each task sends to one target before all of them move on to
@@ -182,12 +192,7 @@ async fn random_hits(targets: &[Target], total: usize, connections: usize) -> Ve
         .pool_max_idle_per_host(connections)
         .build(connector);
     let per = total.div_ceil(connections);
-    let targets: Arc<Vec<(String, usize)>> = Arc::new(
-        targets
-            .iter()
-            .map(|t| (t.base.clone(), t.entries))
-            .collect(),
-    );
+    let targets: Arc<[Target]> = targets.into();
     let turns = Arc::new(tokio::sync::Barrier::new(connections));
     let mut tasks = Vec::new();
     for task in 0..connections {
@@ -195,26 +200,23 @@ async fn random_hits(targets: &[Target], total: usize, connections: usize) -> Ve
         tasks.push(tokio::spawn(async move {
             let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ ((task as u64 + 1) * 0x2545_F491));
             for _ in 0..50 {
-                for (base, entries) in targets.iter() {
-                    get_hit(&client, &url(base, rng.below(*entries))).await;
+                for target in targets.iter() {
+                    get_hit(&client, &url(&target.base, rng.below(target.entries))).await;
                 }
             }
             let mut timed: Vec<HitTimes> = targets
                 .iter()
-                .map(|_| HitTimes {
-                    latencies: Vec::with_capacity(per),
-                    misses: 0,
-                })
+                .map(|_| HitTimes::with_capacity(per))
                 .collect();
             for turn in 0..per.div_ceil(TURN) {
                 let requests = TURN.min(per - turn * TURN);
                 // Each target goes first in its turn as often as the others.
                 for at in 0..targets.len() {
                     let at = (at + turn) % targets.len();
-                    let ((base, entries), timed) = (&targets[at], &mut timed[at]);
+                    let (target, timed) = (&targets[at], &mut timed[at]);
                     turns.wait().await;
                     for _ in 0..requests {
-                        let key = url(base, rng.below(*entries));
+                        let key = url(&target.base, rng.below(target.entries));
                         let started = Instant::now();
                         if get_hit(&client, &key).await {
                             timed
@@ -231,10 +233,7 @@ async fn random_hits(targets: &[Target], total: usize, connections: usize) -> Ve
     }
     let mut all: Vec<HitTimes> = targets
         .iter()
-        .map(|_| HitTimes {
-            latencies: Vec::with_capacity(per * connections),
-            misses: 0,
-        })
+        .map(|_| HitTimes::with_capacity(per * connections))
         .collect();
     for task in tasks {
         for (all, timed) in all.iter_mut().zip(task.await.unwrap()) {
